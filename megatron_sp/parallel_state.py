@@ -1,0 +1,177 @@
+"""The rank mesh ``world = DP x CP x TP`` and its process groups.
+
+Rank order (DESIGN.md section 1): TP varies fastest, then CP, then DP; inside
+CP the Ulysses degree varies fastest, then the ring degree::
+
+    rank = tp_rank + T * (cp_rank + P * dp_rank),   cp_rank = ulysses_rank + U * ring_rank
+
+Worked example, world 8 = DP 2 x CP 2 x TP 2::
+
+    rank : 0 1 2 3 4 5 6 7
+    tp   : 0 1 0 1 0 1 0 1     TP groups   {0,1} {2,3} {4,5} {6,7}
+    cp   : 0 0 1 1 0 0 1 1     CP groups   {0,2} {1,3} {4,6} {5,7}
+    dp   : 0 0 0 0 1 1 1 1     DP groups   {0,4} {1,5} {2,6} {3,7}
+
+There is no global singleton: :func:`initialize_model_parallel` returns a
+:class:`ParallelMesh` which is passed to whatever needs a group.  Every rank
+creates every group in the same order, as ``torch.distributed.new_group``
+requires.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+class LayoutError(ValueError):
+    """An invalid parallel layout; the message names the flags and the numbers."""
+
+
+@dataclass
+class ParallelMesh:
+    world_size: int
+    rank: int
+    tp_size: int
+    cp_size: int
+    dp_size: int
+    ulysses_size: int
+    ring_size: int
+    tp_group: Optional[dist.ProcessGroup] = None
+    cp_group: Optional[dist.ProcessGroup] = None
+    dp_group: Optional[dist.ProcessGroup] = None
+    dp_cp_group: Optional[dist.ProcessGroup] = None
+    tp_cp_group: Optional[dist.ProcessGroup] = None
+    ulysses_group: Optional[dist.ProcessGroup] = None
+    ring_group: Optional[dist.ProcessGroup] = None
+    # Global ranks of this rank's groups, in group-rank order (P2P needs global ranks).
+    tp_ranks: list = field(default_factory=list)
+    cp_ranks: list = field(default_factory=list)
+    dp_ranks: list = field(default_factory=list)
+    ulysses_ranks: list = field(default_factory=list)
+    ring_ranks: list = field(default_factory=list)
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp_size
+
+    @property
+    def cp_rank(self) -> int:
+        return (self.rank // self.tp_size) % self.cp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // (self.tp_size * self.cp_size)
+
+    @property
+    def ulysses_rank(self) -> int:
+        return self.cp_rank % self.ulysses_size
+
+    @property
+    def ring_rank(self) -> int:
+        return self.cp_rank // self.ulysses_size
+
+    def describe(self) -> str:
+        return (f"world {self.world_size} = DP {self.dp_size} x CP {self.cp_size} "
+                f"(Ulysses {self.ulysses_size} x ring {self.ring_size}) x TP {self.tp_size}")
+
+
+def rank_of(tp: int, cp: int, dp: int, tp_size: int, cp_size: int) -> int:
+    return tp + tp_size * (cp + cp_size * dp)
+
+
+def check_layout(world_size: int, tp_size: int, cp_size: int,
+                 hierarchical_cp_sizes: Optional[Sequence[int]] = None) -> tuple:
+    """Validate sizes; return ``(dp_size, ulysses_size, ring_size)``."""
+    if tp_size < 1 or cp_size < 1:
+        raise LayoutError(f"--tensor-model-parallel-size ({tp_size}) and --context-parallel-size "
+                          f"({cp_size}) must be >= 1")
+    if world_size % (tp_size * cp_size) != 0:
+        raise LayoutError(
+            f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp_size} x "
+            f"--context-parallel-size {cp_size} = {tp_size * cp_size}; choose sizes whose product "
+            f"divides the number of ranks")
+    if hierarchical_cp_sizes:
+        if len(hierarchical_cp_sizes) != 2:
+            raise LayoutError(f"--hierarchical-context-parallel-sizes takes two numbers U R "
+                              f"(Ulysses x ring), got {list(hierarchical_cp_sizes)}")
+        u, r = (int(x) for x in hierarchical_cp_sizes)
+        if u * r != cp_size:
+            raise LayoutError(f"--hierarchical-context-parallel-sizes {u} {r}: U x R = {u * r} must "
+                              f"equal --context-parallel-size {cp_size}")
+    else:
+        u, r = 1, cp_size
+    return world_size // (tp_size * cp_size), u, r
+
+
+def _groups(world: int, tp: int, cp: int, dp: int, u: int, r: int) -> dict:
+    """All rank lists of every group kind, in a fixed order."""
+    kinds = {k: [] for k in ("tp", "cp", "dp", "dp_cp", "tp_cp", "ulysses", "ring")}
+    for d in range(dp):
+        for c in range(cp):
+            kinds["tp"].append([rank_of(t, c, d, tp, cp) for t in range(tp)])
+        for t in range(tp):
+            kinds["cp"].append([rank_of(t, c, d, tp, cp) for c in range(cp)])
+            for ri in range(r):
+                kinds["ulysses"].append([rank_of(t, ui + u * ri, d, tp, cp) for ui in range(u)])
+            for ui in range(u):
+                kinds["ring"].append([rank_of(t, ui + u * ri, d, tp, cp) for ri in range(r)])
+        kinds["tp_cp"].append([rank_of(t, c, d, tp, cp) for c in range(cp) for t in range(tp)])
+    for c in range(cp):
+        for t in range(tp):
+            kinds["dp"].append([rank_of(t, c, d, tp, cp) for d in range(dp)])
+    for t in range(tp):
+        kinds["dp_cp"].append([rank_of(t, c, d, tp, cp) for d in range(dp) for c in range(cp)])
+    return kinds
+
+
+def initialize_model_parallel(tensor_model_parallel_size: int = 1,
+                              context_parallel_size: int = 1,
+                              hierarchical_context_parallel_sizes: Optional[Sequence[int]] = None,
+                              ) -> ParallelMesh:
+    """Build the mesh on an initialised default process group (or world 1 without one)."""
+    if dist.is_available() and dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    else:
+        world, rank = 1, 0
+    dp, u, r = check_layout(world, tensor_model_parallel_size, context_parallel_size,
+                            hierarchical_context_parallel_sizes)
+    mesh = ParallelMesh(world, rank, tensor_model_parallel_size, context_parallel_size, dp, u, r)
+    if not dist.is_initialized():
+        for kind in ("tp", "cp", "dp", "ulysses", "ring"):
+            setattr(mesh, f"{kind}_ranks", [0])
+        return mesh
+    for kind, rank_lists in _groups(world, mesh.tp_size, mesh.cp_size, dp, u, r).items():
+        for ranks in rank_lists:
+            group = dist.new_group(ranks)  # collective: every rank creates every group
+            if rank in ranks:
+                setattr(mesh, f"{kind}_group", group)
+                if hasattr(mesh, f"{kind}_ranks"):
+                    setattr(mesh, f"{kind}_ranks", list(ranks))
+    return mesh
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(backend: Optional[str] = None, timeout_s: float = 600.0) -> None:
+    """Initialise the default group from torchrun's environment (no-op without it)."""
+    if dist.is_initialized() or "WORLD_SIZE" not in os.environ:
+        return
+    backend = backend or default_backend()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def group_size(group) -> int:
+    return dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
+
+
+def group_rank(group) -> int:
+    return dist.get_rank(group) if group is not None and dist.is_initialized() else 0
