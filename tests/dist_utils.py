@@ -11,6 +11,7 @@ grace instead of hanging in a collective.  Return values come back in rank order
 """
 from __future__ import annotations
 
+import datetime
 import multiprocessing as mp
 import os
 import queue
