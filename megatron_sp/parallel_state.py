@@ -170,8 +170,15 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = 600.0) ->
 
 
 def group_size(group) -> int:
+    """Size of ``group``; ``None`` means no group (size 1), never the default group."""
     return dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
 
 
 def group_rank(group) -> int:
     return dist.get_rank(group) if group is not None and dist.is_initialized() else 0
+
+
+def single_rank_mesh() -> ParallelMesh:
+    """A world-of-one mesh with no groups (the single-process reference, generation)."""
+    return ParallelMesh(1, 0, 1, 1, 1, 1, 1, tp_ranks=[0], cp_ranks=[0], dp_ranks=[0],
+                        ulysses_ranks=[0], ring_ranks=[0])

@@ -12,6 +12,7 @@ grace instead of hanging in a collective.  Return values come back in rank order
 from __future__ import annotations
 
 import datetime
+import io
 import multiprocessing as mp
 import os
 import queue
@@ -35,7 +36,9 @@ def _worker(fn, rank, world_size, store_path, args, kwargs, out):
         result = fn(rank, world_size, *args, **kwargs)
         dist.barrier()
         dist.destroy_process_group()
-        out.put((rank, "ok", result))
+        buf = io.BytesIO()
+        torch.save(result, buf)  # plain bytes: tensors must not travel as shared memory
+        out.put((rank, "ok", buf.getvalue()))
     except BaseException:  # noqa: BLE001 - every failure must reach the parent
         out.put((rank, "error", traceback.format_exc()))
 
@@ -63,7 +66,10 @@ def run_distributed(fn, world_size: int, *args, timeout: float = 180.0, **kwargs
                 if errors or not any(p.is_alive() for p in procs):
                     break
                 continue
-            (results if status == "ok" else errors)[rank] = payload
+            if status == "ok":
+                results[rank] = torch.load(io.BytesIO(payload), weights_only=False)
+            else:
+                errors[rank] = payload
     finally:
         for p in procs:
             p.join(timeout=0.5)
@@ -80,3 +86,13 @@ def run_distributed(fn, world_size: int, *args, timeout: float = 180.0, **kwargs
         raise TimeoutError(f"ranks {missing} of {world_size} gave no result within {timeout:.0f}s "
                            f"(exit codes {codes})")
     return [results[r] for r in range(world_size)]
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``||actual - expected|| / ||expected||`` in float64; NaN anywhere gives inf."""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    a, e = actual.detach().double(), expected.detach().double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return float((a - e).norm() / e.norm().clamp_min(1e-30))

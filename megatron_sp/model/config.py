@@ -1,0 +1,66 @@
+"""The GPT's configuration, validated against the parallel layout before anything runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class GPTConfig:
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    vocab_size: int  # padded: divisible by the TP size
+    max_position_embeddings: int
+    ffn_hidden_size: Optional[int] = None
+    num_query_groups: Optional[int] = None  # None: multi-head attention
+    kv_channels: Optional[int] = None
+    position_embedding_type: str = "learned_absolute"  # or "rope"
+    rotary_base: float = 10000.0
+    normalization: str = "LayerNorm"  # or "RMSNorm"
+    norm_epsilon: float = 1e-5
+    swiglu: bool = False
+    add_bias_linear: bool = True
+    untie_embeddings_and_output_weights: bool = False
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    init_method_std: float = 0.02
+    sequence_parallel: bool = False
+    cp_comm_type: str = "p2p"
+    recompute_granularity: Optional[str] = None  # None, "full", "selective"
+    recompute_method: Optional[str] = None  # "uniform" or "block" (full only)
+    recompute_num_layers: int = 1
+
+    def __post_init__(self):
+        if self.ffn_hidden_size is None:
+            self.ffn_hidden_size = 4 * self.hidden_size
+        if self.num_query_groups is None:
+            self.num_query_groups = self.num_attention_heads
+        if self.kv_channels is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"--hidden-size {self.hidden_size} is not divisible by "
+                                 f"--num-attention-heads {self.num_attention_heads}; set --kv-channels")
+            self.kv_channels = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError(f"--num-attention-heads {self.num_attention_heads} is not divisible by "
+                             f"--num-query-groups {self.num_query_groups}")
+        if self.position_embedding_type not in ("learned_absolute", "rope"):
+            raise ValueError(f"--position-embedding-type {self.position_embedding_type!r}: "
+                             "choose learned_absolute or rope")
+        if self.normalization not in ("LayerNorm", "RMSNorm"):
+            raise ValueError(f"--normalization {self.normalization!r}: choose LayerNorm or RMSNorm")
+        if self.recompute_granularity not in (None, "full", "selective"):
+            raise ValueError(f"--recompute-granularity {self.recompute_granularity!r}: choose full or selective")
+        if self.recompute_granularity == "full" and self.recompute_method not in ("uniform", "block"):
+            raise ValueError("--recompute-granularity full needs --recompute-method uniform or block "
+                             f"(got {self.recompute_method!r})")
+
+    def check_tensor_parallel(self, tp: int) -> None:
+        """Errors name the flags and the numbers (DESIGN.md section 6)."""
+        for value, flag in ((self.num_attention_heads, "--num-attention-heads"),
+                            (self.num_query_groups, "--num-query-groups"),
+                            (self.ffn_hidden_size, "--ffn-hidden-size"),
+                            (self.vocab_size, "padded --vocab-size")):
+            if value % tp:
+                raise ValueError(f"{flag} {value} is not divisible by --tensor-model-parallel-size {tp}; "
+                                 f"choose a TP size that divides it")

@@ -1,0 +1,61 @@
+"""The GPT: vocab-parallel embedding, decoder block, final norm, vocab-parallel output.
+
+``forward(tokens, position_ids, labels)`` works on this rank's part of the sequence
+(its CP shard, in zigzag order where the attention mode wants it) with the tokens'
+global position ids, and returns the per-token loss ``[b, s_local]`` in fp32; the
+training loop reduces loss sums and token counts over CP and DP.  Without labels it
+returns the logits ``[b, s_local, V]`` gathered over TP (for generation).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, gather_from_tensor_parallel_region,
+                               init_parameters, scatter_to_sequence_parallel_region, set_tp_attributes,
+                               vocab_parallel_cross_entropy)
+from .config import GPTConfig
+from .rope import RotaryEmbedding
+from .transformer import TransformerBlock, build_norm, dropout_add
+
+
+class GPTModel(torch.nn.Module):
+    def __init__(self, cfg: GPTConfig, mesh, rng):
+        super().__init__()
+        cfg.check_tensor_parallel(mesh.tp_size)
+        self.cfg, self.mesh, self.rng = cfg, mesh, rng
+        sp = cfg.sequence_parallel and mesh.tp_size > 1
+        self.sequence_parallel = sp
+        self.embedding = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, mesh.tp_group, sequence_parallel=sp)
+        if cfg.position_embedding_type == "learned_absolute":
+            self.position_embeddings = torch.nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+            set_tp_attributes(self.position_embeddings.weight, None, 1, "normal")
+        else:
+            self.rotary = RotaryEmbedding(cfg.kv_channels, cfg.rotary_base)
+        self.decoder = TransformerBlock(cfg, mesh, rng)
+        self.final_norm = build_norm(cfg)
+        self.output_layer = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, mesh.tp_group, bias=False,
+                                                 sequence_parallel=sp,
+                                                 skip_weight=not cfg.untie_embeddings_and_output_weights)
+
+    def init_weights(self, seed: int) -> None:
+        init_parameters(self, seed, self.mesh.tp_rank, self.mesh.tp_size, self.cfg.init_method_std,
+                        self.cfg.num_layers)
+
+    def forward(self, tokens, position_ids, labels=None):
+        # tokens, position_ids, labels: [b, s_local]
+        cfg = self.cfg
+        x = self.embedding(tokens)  # [s, b, h] (or [s/T, b, h] under Megatron-SP)
+        if cfg.position_embedding_type == "learned_absolute":
+            pos = F.embedding(position_ids.t(), self.position_embeddings.weight)  # [s, b, h]
+            if self.sequence_parallel:
+                pos = scatter_to_sequence_parallel_region(pos, self.mesh.tp_group)
+            x = x + pos
+        x = dropout_add(x, 0.0, cfg.hidden_dropout, self.training, self.rng, self.sequence_parallel)
+        rope = self.rotary(position_ids) if cfg.position_embedding_type == "rope" else None
+        x = self.final_norm(self.decoder(x, rope))
+        weight = None if cfg.untie_embeddings_and_output_weights else self.embedding.weight
+        logits = self.output_layer(x, weight)  # [s, b, V/T]
+        if labels is None:
+            return gather_from_tensor_parallel_region(logits, self.mesh.tp_group).transpose(0, 1)
+        return vocab_parallel_cross_entropy(logits, labels.t(), self.mesh.tp_group).t()  # [b, s]

@@ -1,0 +1,166 @@
+"""Pre-norm decoder layer: attention (TP heads x CP sequence) and MLP, with recompute.
+
+Data flow of one layer on a rank (T = TP size, P = CP size, s = seq/P)::
+
+    x [s(/T), b, h] -> norm -> linear_qkv (column) -> q [s, b, nq/T, d], k, v [s, b, ng/T, d]
+      -> RoPE (global positions) -> CP attention over the CP group -> [s, b, nq/T, d]
+      -> linear_proj (row) -> dropout + residual
+      -> norm -> linear_fc1 (column) -> GELU or SwiGLU -> linear_fc2 (row) -> dropout + residual
+
+The fused QKV weight is laid out per query group ``g``: ``[q heads of g | k_g | v_g]``,
+so a contiguous TP shard holds whole groups and GQA needs no reshuffling.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from ..sequence_parallel import build_cp_attention
+except ImportError:  # TEMPORARY until the CP attention package lands
+    class _Local(torch.nn.Module):
+        def __init__(self, p):
+            super().__init__(); self.p = p
+        def forward(self, q, k, v):
+            q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0,
+                                               is_causal=True, enable_gqa=True)
+            return o.permute(2, 0, 1, 3)
+    def build_cp_attention(mode, mesh, causal=True, attention_dropout=0.0):
+        return _Local(attention_dropout)
+from ..tensor_parallel import ColumnParallelLinear, RowParallelLinear, set_tp_attributes
+from .config import GPTConfig
+from .rope import apply_rotary
+
+
+def build_norm(cfg: GPTConfig) -> torch.nn.Module:
+    if cfg.normalization == "RMSNorm":
+        norm = torch.nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_epsilon)
+    else:
+        norm = torch.nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_epsilon)
+    for name, p in norm.named_parameters():
+        set_tp_attributes(p, None, 1, "ones" if name == "weight" else "zeros",
+                          sequence_parallel=cfg.sequence_parallel)
+    return norm
+
+
+def dropout_add(x, residual, p: float, training: bool, rng, sharded: bool):
+    """``residual + dropout(x)``; on Megatron-SP shards the mask comes from the TP stream."""
+    if not training or p == 0.0:
+        return residual + x
+    if sharded:
+        with rng.fork():
+            return residual + F.dropout(x, p, True)
+    return residual + F.dropout(x, p, True)
+
+
+class SelfAttention(torch.nn.Module):
+    def __init__(self, cfg: GPTConfig, mesh, rng):
+        super().__init__()
+        tp = mesh.tp_size
+        self.rng, self.cfg = rng, cfg
+        self.groups_local = cfg.num_query_groups // tp
+        self.heads_per_group = cfg.num_attention_heads // cfg.num_query_groups
+        d = cfg.kv_channels
+        self.linear_qkv = ColumnParallelLinear(
+            cfg.hidden_size, cfg.num_query_groups * (self.heads_per_group + 2) * d, mesh.tp_group,
+            bias=cfg.add_bias_linear, sequence_parallel=cfg.sequence_parallel)
+        self.core = build_cp_attention(cfg.cp_comm_type, mesh, causal=True,
+                                       attention_dropout=cfg.attention_dropout)
+        self.linear_proj = RowParallelLinear(cfg.num_attention_heads * d, cfg.hidden_size, mesh.tp_group,
+                                             bias=cfg.add_bias_linear,
+                                             sequence_parallel=cfg.sequence_parallel)
+
+    def _core(self, q, k, v):
+        with self.rng.fork():  # heads are split over TP: dropout masks must differ
+            return self.core(q, k, v)
+
+    def forward(self, x, rope=None):
+        # x: [s(/T), b, h]
+        mixed = self.linear_qkv(x)  # [s, b, g_local * (hpg + 2) * d]
+        s, b = mixed.shape[:2]
+        hpg, d = self.heads_per_group, self.cfg.kv_channels
+        mixed = mixed.view(s, b, self.groups_local, hpg + 2, d)
+        q = mixed[:, :, :, :hpg].reshape(s, b, self.groups_local * hpg, d)  # [s, b, nq_local, d]
+        k, v = mixed[:, :, :, hpg], mixed[:, :, :, hpg + 1]  # [s, b, ng_local, d]
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        self.core.train(self.training)
+        if self.cfg.recompute_granularity == "selective":
+            ctx = self.rng.checkpoint(self._core, q, k, v.contiguous())
+        else:
+            ctx = self._core(q, k, v.contiguous())
+        return self.linear_proj(ctx.reshape(s, b, -1))  # [s(/T), b, h]
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, cfg: GPTConfig, mesh):
+        super().__init__()
+        self.swiglu = cfg.swiglu
+        width = cfg.ffn_hidden_size * (2 if cfg.swiglu else 1)
+        self.linear_fc1 = ColumnParallelLinear(cfg.hidden_size, width, mesh.tp_group, bias=cfg.add_bias_linear,
+                                               sequence_parallel=cfg.sequence_parallel,
+                                               chunks=2 if cfg.swiglu else 1)
+        self.linear_fc2 = RowParallelLinear(cfg.ffn_hidden_size, cfg.hidden_size, mesh.tp_group,
+                                            bias=cfg.add_bias_linear, sequence_parallel=cfg.sequence_parallel)
+
+    def forward(self, x):
+        h = self.linear_fc1(x)  # [s, b, ffn/T (x2 for SwiGLU)]
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return self.linear_fc2(h)
+
+
+class TransformerLayer(torch.nn.Module):
+    def __init__(self, cfg: GPTConfig, mesh, rng):
+        super().__init__()
+        self.cfg, self.rng = cfg, rng
+        self.input_norm = build_norm(cfg)
+        self.self_attention = SelfAttention(cfg, mesh, rng)
+        self.pre_mlp_norm = build_norm(cfg)
+        self.mlp = MLP(cfg, mesh)
+        self.sharded = cfg.sequence_parallel and mesh.tp_size > 1
+
+    def forward(self, x, rope=None):
+        p, train = self.cfg.hidden_dropout, self.training
+        x = dropout_add(self.self_attention(self.input_norm(x), rope), x, p, train, self.rng, self.sharded)
+        return dropout_add(self.mlp(self.pre_mlp_norm(x)), x, p, train, self.rng, self.sharded)
+
+
+class TransformerBlock(torch.nn.Module):
+    """The stack of layers, with Megatron's full-recompute methods.
+
+    ``uniform``: layers are split into groups of ``recompute_num_layers`` and each
+    group's input is the only activation kept.  ``block``: the first
+    ``recompute_num_layers`` layers are recomputed one by one, the rest are not.
+    """
+
+    def __init__(self, cfg: GPTConfig, mesh, rng):
+        super().__init__()
+        self.cfg, self.rng = cfg, rng
+        self.layers = torch.nn.ModuleList(TransformerLayer(cfg, mesh, rng) for _ in range(cfg.num_layers))
+
+    def _run(self, start, end):
+        def run(x, *rope):
+            for layer in self.layers[start:end]:
+                x = layer(x, rope or None)
+            return x
+        return run
+
+    def forward(self, x, rope=None):
+        cfg, n = self.cfg, len(self.layers)
+        rope_args = tuple(rope) if rope is not None else ()
+        if cfg.recompute_granularity != "full" or not self.training:
+            return self._run(0, n)(x, *rope_args)
+        step = max(1, cfg.recompute_num_layers)
+        if cfg.recompute_method == "uniform":
+            for start in range(0, n, step):
+                x = self.rng.checkpoint(self._run(start, min(n, start + step)), x, *rope_args)
+            return x
+        for i in range(n):  # block
+            run = self._run(i, i + 1)
+            x = self.rng.checkpoint(run, x, *rope_args) if i < step else run(x, *rope_args)
+        return x

@@ -1,0 +1,98 @@
+"""CP modes, their data layout, and validation that fails before any collective.
+
+``check_cp_config`` only looks at sizes, which are equal on every rank, so
+calling it at start-up makes every rank raise the same ``ValueError`` instead
+of one rank hanging in a collective the others never enter.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+CP_COMM_TYPES = ("rsa", "p2p", "a2a", "a2a+p2p")
+ZIGZAG_MODES = ("p2p", "a2a+p2p")       # causal ring modes: zigzag layout
+DROPOUT_MODES = CP_COMM_TYPES           # every mode: rsa natively, others via the reference kernel
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in CP_COMM_TYPES:
+        raise ValueError(f"--cp-comm-type {mode!r} is unknown; choose one of "
+                         f"{', '.join(CP_COMM_TYPES)}")
+
+
+def uses_zigzag(mode: str, causal: bool) -> bool:
+    """Whether the sequence must be laid out in zigzag order for ``mode``."""
+    _check_mode(mode)
+    return bool(causal) and mode in ZIGZAG_MODES
+
+
+def cp_sizes(mode: str, mesh_or_sizes) -> Tuple[int, int, int]:
+    """``(P, U, R)``: CP size, Ulysses degree and ring degree that ``mode`` uses.
+
+    ``mesh_or_sizes`` is a ParallelMesh, the CP size P, or the pair (U, R) of
+    ``--hierarchical-context-parallel-sizes``.
+    """
+    _check_mode(mode)
+    if hasattr(mesh_or_sizes, "cp_size"):
+        p, u, r = mesh_or_sizes.cp_size, mesh_or_sizes.ulysses_size, mesh_or_sizes.ring_size
+    elif isinstance(mesh_or_sizes, int):
+        p, u, r = mesh_or_sizes, None, None
+    else:
+        u, r = (int(x) for x in mesh_or_sizes)
+        p = u * r
+    if mode == "a2a+p2p":
+        if u is None:
+            if p > 1:
+                raise ValueError(f"--cp-comm-type a2a+p2p with --context-parallel-size {p} needs "
+                                 f"--hierarchical-context-parallel-sizes U R with U x R = {p}")
+            u, r = 1, 1
+        if u * r != p:
+            raise ValueError(f"--hierarchical-context-parallel-sizes {u} {r}: U x R = {u * r} must "
+                             f"equal --context-parallel-size {p}")
+        return p, u, r
+    if mode == "a2a":
+        return p, p, 1
+    return p, 1, p
+
+
+def mesh_layout(mode: str, mesh) -> Tuple[int, int, int, int]:
+    """``(U, u, R, r)``: degrees and this rank's indices; cp_rank = u + U * r."""
+    _, u_size, r_size = cp_sizes(mode, mesh)
+    return u_size, mesh.cp_rank % u_size, r_size, mesh.cp_rank // u_size
+
+
+def check_cp_config(seq_len: int, num_heads_local: int, num_kv_heads_local: int, mode: str,
+                    causal: bool, mesh_or_sizes, attention_dropout: float = 0.0) -> None:
+    """Raise ``ValueError`` naming the flags and numbers if the config cannot run."""
+    p, u, r = cp_sizes(mode, mesh_or_sizes)
+    if p < 1:
+        raise ValueError(f"--context-parallel-size {p} must be >= 1")
+    if uses_zigzag(mode, causal):
+        if seq_len % (2 * p) != 0:
+            raise ValueError(
+                f"--seq-length {seq_len} is not divisible by 2 x --context-parallel-size {p} = "
+                f"{2 * p}: causal --cp-comm-type {mode} splits the sequence into 2P zigzag chunks; "
+                f"use a multiple of {2 * p}")
+    elif seq_len % p != 0:
+        raise ValueError(f"--seq-length {seq_len} is not divisible by --context-parallel-size {p} "
+                         f"(--cp-comm-type {mode}); use a multiple of {p}")
+    if seq_len < 1:
+        raise ValueError(f"--seq-length {seq_len} must be >= 1")
+    if num_kv_heads_local < 1 or num_heads_local % num_kv_heads_local != 0:
+        raise ValueError(f"--num-attention-heads ({num_heads_local} per TP rank) must be a multiple "
+                         f"of --num-query-groups ({num_kv_heads_local} per TP rank)")
+    if num_heads_local % u != 0:
+        raise ValueError(
+            f"--num-attention-heads ({num_heads_local} per TP rank) is not divisible by the Ulysses "
+            f"degree {u} (--cp-comm-type {mode}, --context-parallel-size {p}"
+            + (f", --hierarchical-context-parallel-sizes {u} {r}" if mode == "a2a+p2p" else "")
+            + "); choose a head count that is a multiple of it or a smaller degree")
+    if num_kv_heads_local % u != 0 and u % num_kv_heads_local != 0:
+        raise ValueError(
+            f"--num-query-groups ({num_kv_heads_local} per TP rank) and the Ulysses degree {u} "
+            f"(--cp-comm-type {mode}): one must divide the other so K/V heads can be split or "
+            f"replicated evenly")
+    if not 0.0 <= attention_dropout < 1.0:
+        raise ValueError(f"--attention-dropout {attention_dropout} must be in [0, 1)")
+    if attention_dropout > 0 and mode not in DROPOUT_MODES:
+        raise ValueError(f"--attention-dropout {attention_dropout} is not supported by "
+                         f"--cp-comm-type {mode}; use one of {', '.join(DROPOUT_MODES)}")

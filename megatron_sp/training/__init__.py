@@ -1,0 +1,1 @@
+"""The pretraining loop's pieces: arguments, gradients, optimizer, schedule, checkpoints, logging."""
