@@ -28,14 +28,12 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pa
 
 import numpy as np  # noqa: E402
 
+from megatron_sp.data.document_encoder import encode, init_encoder  # noqa: E402
 from megatron_sp.data.document_reader import (SkipLog, expand_inputs, is_json_file,  # noqa: E402
-                                              iter_lines, parse_line)
+                                              iter_lines)
 from megatron_sp.data.indexed_dataset import (IndexedDatasetBuilder, best_dtype,  # noqa: E402
                                               data_file_path, index_file_path)
 from megatron_sp.data.tokenizers import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
-
-_STATE: dict = {}
-
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -66,31 +64,6 @@ def get_args(argv=None):
     if args.partitions < 1:
         p.error(f"--partitions must be >= 1, got {args.partitions}")
     return args
-
-
-def _init_worker(tok_type, tok_model, vocab_size, keys, append_eod, json_flags, dtype):
-    _STATE.update(tok=build_tokenizer(tok_type, tok_model, vocab_size), keys=keys,
-                  append_eod=append_eod, json_flags=json_flags, dtype=dtype)
-
-
-def encode(record):
-    """``(file_index, line, raw)`` -> ``(file_index, line, nbytes, arrays | reason)``."""
-    fi, n, raw = record
-    docs, reason = parse_line(raw, _STATE["keys"], _STATE["json_flags"][fi])
-    if docs is None:
-        return fi, n, len(raw), reason
-    tok, out = _STATE["tok"], []
-    for text in docs:
-        try:
-            ids = tok.tokenize(text)
-        except Exception as e:  # e.g. NullTokenizer given words
-            return fi, n, len(raw), f"tokenizer error ({type(e).__name__}: {e})"
-        if not ids:
-            return fi, n, len(raw), "empty document"
-        if _STATE["append_eod"]:
-            ids = list(ids) + [tok.eod]
-        out.append(np.asarray(ids, dtype=_STATE["dtype"]))
-    return fi, n, len(raw), out
 
 
 class Progress:
@@ -133,10 +106,10 @@ def run(args) -> dict:
     init = (args.tokenizer_type, args.tokenizer_model, args.vocab_size, args.json_keys,
             args.append_eod, json_flags, dtype)
     skips, progress = SkipLog(files), Progress(args.log_interval)
-    pool = mp.get_context("fork").Pool(args.workers, _init_worker, init) \
+    pool = mp.get_context("fork").Pool(args.workers, init_encoder, init) \
         if args.workers > 1 else None
     if pool is None:
-        _init_worker(*init)
+        init_encoder(*init)
     try:
         n_lines = sum(1 for _ in iter_lines(files)) if args.partitions > 1 else 0
         bounds = [n_lines * i // args.partitions for i in range(args.partitions + 1)]
