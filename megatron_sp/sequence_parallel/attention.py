@@ -1,0 +1,88 @@
+"""The CP attention layer the model calls: ``out = attn(q, k, v)`` on local shards.
+
+    attn = build_cp_attention("p2p", mesh, causal=True)
+    out = attn(q, k, v)   # q: [s_local, b, hq, d]  k, v: [s_local, b, hkv, d] -> [s_local, b, hq, d]
+
+Dispatch::
+
+    cp_size == 1        local attention through the block kernel (any mode)
+    rsa                 rsa.py (ring over the CP group, contiguous layout)
+    p2p / a2a / a2a+p2p usp.py with (U, R) = (1, P) / (P, 1) / hierarchical sizes
+
+The block kernel is chosen per call from the tensors' device and dtype
+(kernels.select_kernel); dropout (training mode only) draws one base seed per
+call from torch's default generator, identical on all CP ranks, and every
+(rank, block) derives its own seed from it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .comm import Ring
+from .config import check_cp_config, cp_sizes, mesh_layout, uses_zigzag
+from .kernels import select_kernel
+from .rsa import RingSelfAttentionFunction
+from .usp import usp_attention
+
+
+class ContextParallelAttention(nn.Module):
+    """Attention over a sequence split across the CP group (no parameters)."""
+
+    def __init__(self, mode: str, mesh, causal: bool = True, attention_dropout: float = 0.0,
+                 softmax_scale: Optional[float] = None, kernel: Optional[str] = None):
+        super().__init__()
+        self.p, self.u_size, self.r_size = cp_sizes(mode, mesh)
+        self.mode, self.mesh, self.causal = mode, mesh, causal
+        self.attention_dropout, self.softmax_scale, self.kernel_name = (
+            attention_dropout, softmax_scale, kernel)
+        # mode, sizes and dropout now; lengths and heads at each call
+        check_cp_config(2 * self.p, self.u_size, self.u_size, mode, causal, mesh, attention_dropout)
+        _, self.u_index, _, self.r_index = mesh_layout(mode, mesh)
+        if self.p == 1:
+            self.ulysses_group, self.ring = None, Ring([mesh.rank], 0)
+        elif mode in ("rsa", "p2p"):
+            self.ulysses_group, self.ring = None, Ring(mesh.cp_ranks, mesh.cp_rank, mesh.cp_group)
+        elif mode == "a2a":
+            self.ulysses_group, self.ring = mesh.cp_group, Ring([mesh.rank], 0)
+        else:
+            self.ulysses_group = mesh.ulysses_group
+            self.ring = Ring(mesh.ring_ranks, mesh.ring_rank, mesh.ring_group)
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode}, cp={self.p} (ulysses {self.u_size} x ring {self.r_size}), "
+                f"causal={self.causal}, dropout={self.attention_dropout}")
+
+    def forward(self, q, k, v):
+        # q: [s_local, b, hq, d]   k, v: [s_local, b, hkv, d]
+        s_local, _, hq, d = q.shape
+        if k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != d:
+            raise ValueError(f"CP attention: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                             f"v {tuple(v.shape)} must be [s_local, b, heads, head_dim] alike")
+        check_cp_config(s_local * self.p, hq, k.shape[2], self.mode, self.causal, self.mesh,
+                        self.attention_dropout)
+        scale = self.softmax_scale if self.softmax_scale is not None else 1.0 / math.sqrt(d)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        seed = int(torch.randint(0, 1 << 62, (1,))) if dropout_p > 0 else 0
+        if self.mode == "rsa" and self.p > 1:
+            out = RingSelfAttentionFunction.apply(*(x.permute(1, 2, 0, 3) for x in (q, k, v)),
+                                                  self.ring, self.causal, scale, dropout_p, seed)
+            return out.permute(2, 0, 1, 3)
+        kernel = select_kernel(q.device, q.dtype, dropout_p, self.kernel_name)
+        u_size = self.u_size if self.p > 1 else 1
+        return usp_attention(q, k, v, self.ulysses_group, u_size, self.u_index, self.ring, kernel,
+                             self.causal, uses_zigzag(self.mode, self.causal) and self.p > 1,
+                             scale, dropout_p, seed)
+
+
+def build_cp_attention(mode: str, mesh, causal: bool = True, attention_dropout: float = 0.0,
+                       softmax_scale: Optional[float] = None,
+                       kernel: Optional[str] = None) -> ContextParallelAttention:
+    """The CP attention layer for ``--cp-comm-type mode`` on ``mesh`` (see module doc).
+
+    ``kernel`` forces a block-kernel backend by name (default: by device and dtype).
+    """
+    return ContextParallelAttention(mode, mesh, causal, attention_dropout, softmax_scale, kernel)
