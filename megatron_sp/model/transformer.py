@@ -15,19 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-try:
-    from ..sequence_parallel import build_cp_attention
-except ImportError:  # TEMPORARY until the CP attention package lands
-    class _Local(torch.nn.Module):
-        def __init__(self, p):
-            super().__init__(); self.p = p
-        def forward(self, q, k, v):
-            q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0,
-                                               is_causal=True, enable_gqa=True)
-            return o.permute(2, 0, 1, 3)
-    def build_cp_attention(mode, mesh, causal=True, attention_dropout=0.0):
-        return _Local(attention_dropout)
+from ..sequence_parallel import build_cp_attention
 from ..tensor_parallel import ColumnParallelLinear, RowParallelLinear, set_tp_attributes
 from .config import GPTConfig
 from .rope import apply_rotary

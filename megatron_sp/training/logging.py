@@ -1,0 +1,72 @@
+"""Megatron's iteration log line, throughput (tokens/s, TFLOP/s per device, MFU) and memory."""
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+
+# Dense bf16/fp16 tensor-core peak per device, TFLOP/s (datasheet, no sparsity), used for MFU.
+_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def peak_tflops(device: torch.device, override: float | None = None) -> tuple[float | None, str]:
+    if override:
+        return override, f"--peak-tflops {override}"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in _PEAK_TFLOPS.items():
+            if key in name:
+                return value, f"{name} dense bf16 datasheet"
+    return None, "unknown (pass --peak-tflops for MFU)"
+
+
+def flops_per_iteration(args, vocab_size: int) -> float:
+    """Model FLOPs of one training iteration (forward + backward = 3 x forward), whole global batch.
+
+    Per token and layer, forward: QKV and output projections ``2 h (nq + 2 ng) d + 2 nq d h``,
+    attention scores and weighted sum ``4 s nq d`` (full, non-causal count, as Megatron),
+    MLP ``2 h f (3 if SwiGLU else 2)``; plus the output layer ``2 h V``.
+    """
+    h, s, L = args.hidden_size, args.seq_length, args.num_layers
+    nq, ng = args.num_attention_heads, args.num_query_groups
+    d = args.kv_channels or h // nq
+    f = args.ffn_hidden_size or 4 * h
+    per_layer = 2 * h * (nq + 2 * ng) * d + 2 * nq * d * h + 4 * s * nq * d + 2 * h * f * (3 if args.swiglu else 2)
+    per_token = L * per_layer + 2 * h * vocab_size
+    return 3.0 * per_token * s * args.global_batch_size
+
+
+def memory_mb(device: torch.device) -> str:
+    if device.type == "cuda":
+        return (f"mem allocated (MB): {torch.cuda.memory_allocated(device) / 2**20:.1f} | "
+                f"max allocated (MB): {torch.cuda.max_memory_allocated(device) / 2**20:.1f}")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return f"max rss (MB): {rss:.1f}"
+
+
+def log_line(*, iteration, train_iters, consumed, elapsed_ms, lr, global_batch, loss, loss_scale, grad_norm,
+             skipped, nans, tokens_per_s, tflops, mfu, memory) -> str:
+    parts = [
+        f" iteration {iteration:8d}/{train_iters:8d}",
+        f"consumed samples: {consumed:12d}",
+        f"elapsed time per iteration (ms): {elapsed_ms:.1f}",
+        f"learning rate: {lr:.6E}",
+        f"global batch size: {global_batch:5d}",
+        f"lm loss: {loss:.6E}",
+        f"loss scale: {loss_scale:.1f}",
+    ]
+    if grad_norm is not None:
+        parts.append(f"grad norm: {grad_norm:.3f}")
+    parts += [f"number of skipped iterations: {skipped:3d}", f"number of nan iterations: {nans:3d}",
+              f"throughput (tokens/s): {tokens_per_s:.1f}", f"TFLOP/s per device: {tflops:.3f}"]
+    if mfu is not None:
+        parts.append(f"MFU: {100 * mfu:.1f}%")
+    parts.append(memory)
+    return " | ".join(parts) + " |"
+
+
+def print_rank_last(msg: str, is_last: bool) -> None:
+    if is_last:
+        print(msg, flush=True)
+        sys.stdout.flush()

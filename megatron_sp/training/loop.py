@@ -1,0 +1,256 @@
+"""The pretraining loop: build everything from the flags, then train (DESIGN.md section 2).
+
+One iteration on a rank::
+
+    global batch (seed, iteration) -> this DP rank's micro-batches -> this CP rank's tokens
+      -> for each micro-batch: forward (autocast), loss = sum(mask * loss) / tokens of the
+         whole global batch, backward (DDP sums gradients over DP x CP on the last one)
+      -> TP all-reduce of Megatron-SP gradients -> overflow check, clip, AdamW step, LR step
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..data.mock_dataset import MockGPTDataset
+from ..model import GPTConfig, GPTModel
+from ..parallel_state import init_distributed, initialize_model_parallel
+from ..sequence_parallel import check_cp_config, cp_local_indices
+from ..tensor_parallel import RNGTracker
+from .arguments import build_parser, padded_vocab_size, validate_args
+from .grads import allreduce_sequence_parallel_grads, wrap_data_parallel
+from .logging import flops_per_iteration, log_line, memory_mb, peak_tflops, print_rank_last
+from .lr_scheduler import LRScheduler
+from .optimizer import MixedPrecisionOptimizer
+
+_BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    consumed_samples: int = 0
+    skipped_iterations: int = 0
+    nan_iterations: int = 0
+
+
+def model_config(args, vocab_size: int) -> GPTConfig:
+    return GPTConfig(
+        num_layers=args.num_layers, hidden_size=args.hidden_size, num_attention_heads=args.num_attention_heads,
+        vocab_size=vocab_size, max_position_embeddings=args.max_position_embeddings,
+        ffn_hidden_size=args.ffn_hidden_size, num_query_groups=args.num_query_groups, kv_channels=args.kv_channels,
+        position_embedding_type=args.position_embedding_type, rotary_base=args.rotary_base,
+        normalization=args.normalization, norm_epsilon=args.norm_epsilon, swiglu=args.swiglu,
+        add_bias_linear=not args.disable_bias_linear,
+        untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
+        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
+        init_method_std=args.init_method_std, sequence_parallel=args.sequence_parallel,
+        cp_comm_type=args.cp_comm_type, recompute_granularity=args.recompute_granularity,
+        recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers)
+
+
+def check_layout(args, cfg: GPTConfig) -> None:
+    """Every layout error, raised on every rank before the first collective."""
+    tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
+    cfg.check_tensor_parallel(tp)
+    sizes = tuple(args.hierarchical_context_parallel_sizes or (1, cp))
+    check_cp_config(args.seq_length, cfg.num_attention_heads // tp, cfg.num_query_groups // tp,
+                    args.cp_comm_type, True, sizes, args.attention_dropout)
+    if args.sequence_parallel and (args.seq_length // cp) % tp:
+        raise ValueError(f"--sequence-parallel splits each CP shard of --seq-length {args.seq_length} / "
+                         f"--context-parallel-size {cp} over --tensor-model-parallel-size {tp}: "
+                         f"{args.seq_length // cp} is not divisible by {tp}")
+
+
+# --- data ------------------------------------------------------------------------------
+def build_tokenizer(args):
+    from ..data.tokenizers import build_tokenizer as build
+    return build(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+
+
+def build_datasets(args, tokenizer):
+    eval_runs = (args.train_iters // args.eval_interval + 1) if args.eval_interval else 0
+    num_samples = (args.train_iters * args.global_batch_size,
+                   eval_runs * args.eval_iters * args.global_batch_size, args.eval_iters * args.global_batch_size)
+    if args.mock_data:
+        return tuple(MockGPTDataset(max(n, 1), args.seq_length, tokenizer.vocab_size, args.seed, split)
+                     for split, n in enumerate(num_samples))
+    from ..data.gpt_dataset import build_gpt_datasets
+    return build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, num_samples,
+                              tokenizer.eod, args.eod_mask_loss, args.data_cache_path)
+
+
+def micro_batches(dataset, start: int, args, mesh, device) -> list:
+    """This rank's micro-batches of the global batch that starts at sample ``start``.
+
+    Micro-batch m of DP rank d holds samples ``start + (m * DP + d) * mbs + [0, mbs)``:
+    the global batch is the same set of samples for every layout.  Each is cut to
+    this CP rank's tokens (zigzag order where the attention mode wants it).
+    """
+    mbs, dp = args.micro_batch_size, mesh.dp_size
+    idx = cp_local_indices(args.seq_length, args.cp_comm_type, True, mesh)
+    out = []
+    for m in range(args.num_micro_batches):
+        first = start + (m * dp + mesh.dp_rank) * mbs
+        samples = [dataset[(first + i) % len(dataset)] for i in range(mbs)]
+        out.append({k: torch.stack([s[k] for s in samples])[:, idx].to(device) for k in _BATCH_KEYS})
+    return out
+
+
+# --- one step --------------------------------------------------------------------------
+def _autocast(args, device):
+    if args.bf16 or args.fp16:
+        return torch.autocast(device.type, dtype=torch.bfloat16 if args.bf16 else torch.float16)
+    return contextlib.nullcontext()
+
+
+def _global_token_count(batches, mesh) -> torch.Tensor:
+    count = sum(b["loss_mask"].sum() for b in batches).float().reshape(())
+    if mesh.dp_cp_group is not None:
+        dist.all_reduce(count, group=mesh.dp_cp_group)
+    return count.clamp_min(1.0)
+
+
+def forward_backward(model, batches, args, mesh, device, optimizer=None) -> torch.Tensor:
+    """Loss of the global batch (the same on every rank); gradients if ``optimizer``."""
+    tokens = _global_token_count(batches, mesh)
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for i, b in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with _autocast(args, device):
+                per_token = model(b["tokens"], b["position_ids"], b["labels"])  # [b, s_local] fp32
+            loss = (per_token.float() * b["loss_mask"]).sum() / tokens
+            if optimizer is not None:
+                optimizer.scale_loss(loss).backward()
+        total += loss.detach()
+    if mesh.dp_cp_group is not None:
+        dist.all_reduce(total, group=mesh.dp_cp_group)
+    return total
+
+
+def train_step(ctx, batches) -> dict:
+    ctx.optimizer.zero_grad()
+    loss = forward_backward(ctx.ddp_model, batches, ctx.args, ctx.mesh, ctx.device, ctx.optimizer)
+    if not torch.isfinite(loss) and ctx.args.check_for_nan_in_loss_and_grad and not ctx.args.fp16:
+        raise FloatingPointError(f"lm loss is {loss.item()} at iteration {ctx.state.iteration + 1} "
+                                 f"(rank {ctx.mesh.rank}); lower --lr or check the data "
+                                 "(--no-check-for-nan-in-loss-and-grad to continue anyway)")
+    allreduce_sequence_parallel_grads(ctx.model, ctx.mesh)
+    stats = ctx.optimizer.step()
+    stats["loss"] = loss.item()
+    return stats
+
+
+# --- setup and the loop ----------------------------------------------------------------
+@dataclass
+class Context:
+    args: object
+    mesh: object
+    device: torch.device
+    tokenizer: object
+    model: GPTModel
+    ddp_model: torch.nn.Module
+    optimizer: MixedPrecisionOptimizer
+    scheduler: LRScheduler
+    rng: RNGTracker
+    datasets: tuple
+    state: TrainState
+
+
+def setup(args) -> Context:
+    """Validate everything first (no collective yet, so every rank fails alike), then build."""
+    validate_args(args, int(os.environ.get("WORLD_SIZE", "1")))
+    tokenizer = build_tokenizer(args)
+    vocab = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
+                              args.tensor_model_parallel_size)
+    cfg = model_config(args, vocab)
+    check_layout(args, cfg)
+    init_distributed(args.distributed_backend, args.distributed_timeout_minutes * 60)
+    mesh = initialize_model_parallel(args.tensor_model_parallel_size, args.context_parallel_size,
+                                     args.hierarchical_context_parallel_sizes)
+    device = torch.device("cuda", torch.cuda.current_device()) if (
+        torch.cuda.is_available() and (args.distributed_backend or "nccl") == "nccl") else torch.device("cpu")
+    rng = RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank, device)
+    model = GPTModel(cfg, mesh, rng)
+    model.init_weights(args.seed)
+    model.to(device)
+    ddp_model = wrap_data_parallel(model, mesh)
+    optimizer = MixedPrecisionOptimizer(model, args, mesh)
+    scheduler = LRScheduler(optimizer, args.lr, args.min_lr, args.lr_warmup_iters, args.lr_decay_iters,
+                            args.lr_decay_style)
+    return Context(args, mesh, device, tokenizer, model, ddp_model, optimizer, scheduler, rng,
+                   build_datasets(args, tokenizer), TrainState())
+
+
+def _is_last_rank(mesh) -> bool:
+    return mesh.rank == mesh.world_size - 1
+
+
+def print_summary(ctx) -> None:
+    n_params = sum(p.numel() for p in ctx.model.parameters())
+    full = torch.tensor(float(sum(p.numel() for p in ctx.model.parameters()
+                                  if getattr(p, "partition_dim", None) is not None)))
+    if ctx.mesh.tp_group is not None:
+        dist.all_reduce(full, group=ctx.mesh.tp_group)
+    total = int(full.item()) + sum(p.numel() for p in ctx.model.parameters()
+                                   if getattr(p, "partition_dim", None) is None)
+    a = ctx.args
+    print_rank_last(
+        f"> layout: {ctx.mesh.describe()}, cp-comm-type {a.cp_comm_type}, sequence-parallel {a.sequence_parallel}, "
+        f"device {ctx.device}\n> model: {a.num_layers} layers, hidden {a.hidden_size}, heads "
+        f"{a.num_attention_heads} (query groups {a.num_query_groups}), seq {a.seq_length}, padded vocab "
+        f"{ctx.model.cfg.vocab_size}; parameters: {total / 1e6:.3f} M total, {n_params / 1e6:.3f} M on this rank\n"
+        f"> batch: global {a.global_batch_size} = micro {a.micro_batch_size} x {a.num_micro_batches} accumulation "
+        f"x DP {ctx.mesh.dp_size}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}",
+        _is_last_rank(ctx.mesh))
+
+
+def train(ctx) -> list:
+    """Run to ``--train-iters``; return the per-iteration losses (for tests)."""
+    args, state, mesh = ctx.args, ctx.state, ctx.mesh
+    ctx.model.train()
+    flops = flops_per_iteration(args, ctx.model.cfg.vocab_size)
+    peak, _ = peak_tflops(ctx.device, args.peak_tflops)
+    losses, interval_start, interval_iters = [], time.perf_counter(), 0
+    acc_loss = 0.0
+    while state.iteration < args.train_iters:
+        batches = micro_batches(ctx.datasets[0], state.consumed_samples, args, mesh, ctx.device)
+        stats = train_step(ctx, batches)
+        lr = ctx.optimizer.param_groups[0]["lr"]
+        ctx.scheduler.step()
+        state.iteration += 1
+        state.consumed_samples += args.global_batch_size
+        state.skipped_iterations += int(stats["skipped"])
+        state.nan_iterations += int(stats["loss"] != stats["loss"])
+        losses.append(stats["loss"])
+        acc_loss += stats["loss"]
+        interval_iters += 1
+        if state.iteration % args.log_interval == 0 or state.iteration == args.train_iters:
+            elapsed = (time.perf_counter() - interval_start) / interval_iters
+            tflops = flops / elapsed / mesh.world_size / 1e12
+            print_rank_last(log_line(
+                iteration=state.iteration, train_iters=args.train_iters, consumed=state.consumed_samples,
+                elapsed_ms=elapsed * 1e3, lr=lr, global_batch=args.global_batch_size,
+                loss=acc_loss / interval_iters, loss_scale=ctx.optimizer.loss_scale, grad_norm=stats["grad_norm"],
+                skipped=state.skipped_iterations, nans=state.nan_iterations,
+                tokens_per_s=args.global_batch_size * args.seq_length / elapsed, tflops=tflops,
+                mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device)), _is_last_rank(mesh))
+            interval_start, interval_iters, acc_loss = time.perf_counter(), 0, 0.0
+    return losses
+
+
+def pretrain(argv=None) -> list:
+    args = build_parser().parse_args(argv)
+    ctx = setup(args)
+    print_summary(ctx)
+    losses = train(ctx)
+    if dist.is_initialized():
+        dist.barrier()
+    return losses
