@@ -18,6 +18,26 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 _TOOLS: dict = {}
+EOD = 999
+
+
+def make_data(path, n_docs=20, seed=0, lo=0):
+    """An int32 indexed dataset at ``path``: ``n_docs`` documents of 1..12 tokens.
+
+    Token ``lo + 1000 * (doc + 1) + position`` (so a token names its document), then EOD.
+    """
+    from megatron_sp.data.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.RandomState(seed)
+    prefix = str(path)
+    b = IndexedDatasetBuilder(prefix + ".bin", np.int32)
+    docs = []
+    for d in range(n_docs):
+        doc = [lo + d * 1000 + 1000 + i for i in range(rng.randint(1, 13))] + [EOD]
+        docs.append(doc)
+        b.add_document(doc)
+    b.finalize(prefix + ".idx")
+    return prefix, docs
 
 
 def tool(name: str):
