@@ -76,8 +76,16 @@ def build_corpus(max_mb: float | None = None, min_chars: int = 200, seed: int = 
     """The list of ``{"text", "source"}`` documents (shuffled, capped at ``max_mb``)."""
     root = sysconfig.get_paths()["stdlib"]
     docs = topic_documents()
-    for path in stdlib_sources(root):
-        docs.extend(docstring_documents(path, root, min_chars))
+    sources = list(stdlib_sources(root))
+    random.Random(seed).shuffle(sources)  # with --max-mb, parse only what is needed
+    budget = 2 * max_mb * 1e6 if max_mb is not None else float("inf")
+    nbytes = sum(len(t) for _, t in docs)
+    for path in sources:
+        if nbytes >= budget:
+            break
+        found = docstring_documents(path, root, min_chars)
+        docs.extend(found)
+        nbytes += sum(len(t) for _, t in found)
     seen, unique = set(), []
     for source, text in docs:  # many docstrings are repeated verbatim (overloads, aliases)
         if text not in seen:
