@@ -60,9 +60,8 @@ def mesh_layout(mode: str, mesh) -> Tuple[int, int, int, int]:
     return u_size, mesh.cp_rank % u_size, r_size, mesh.cp_rank // u_size
 
 
-def check_cp_config(seq_len: int, num_heads_local: int, num_kv_heads_local: int, mode: str,
-                    causal: bool, mesh_or_sizes, attention_dropout: float = 0.0) -> None:
-    """Raise ``ValueError`` naming the flags and numbers if the config cannot run."""
+def check_seq_len(seq_len: int, mode: str, causal: bool, mesh_or_sizes) -> Tuple[int, int, int]:
+    """Raise ``ValueError`` unless ``seq_len`` splits evenly for ``mode``; return (P, U, R)."""
     p, u, r = cp_sizes(mode, mesh_or_sizes)
     if p < 1:
         raise ValueError(f"--context-parallel-size {p} must be >= 1")
@@ -77,6 +76,13 @@ def check_cp_config(seq_len: int, num_heads_local: int, num_kv_heads_local: int,
                          f"(--cp-comm-type {mode}); use a multiple of {p}")
     if seq_len < 1:
         raise ValueError(f"--seq-length {seq_len} must be >= 1")
+    return p, u, r
+
+
+def check_cp_config(seq_len: int, num_heads_local: int, num_kv_heads_local: int, mode: str,
+                    causal: bool, mesh_or_sizes, attention_dropout: float = 0.0) -> None:
+    """Raise ``ValueError`` naming the flags and numbers if the config cannot run."""
+    p, u, r = check_seq_len(seq_len, mode, causal, mesh_or_sizes)
     if num_kv_heads_local < 1 or num_heads_local % num_kv_heads_local != 0:
         raise ValueError(f"--num-attention-heads ({num_heads_local} per TP rank) must be a multiple "
                          f"of --num-query-groups ({num_kv_heads_local} per TP rank)")

@@ -80,7 +80,7 @@ def ring_forward(ring: Ring, kernel, q, k, v, causal, zigzag, scale, dropout_p=0
         blk_out, blk_lse = kernel.forward(q[:, :, rows], kc[:, :, cols], vc[:, :, cols], blk_causal,
                                           scale, dropout_p, block_seed(seed, salt, ring.index, src))
         if out is None:  # step 0 covers every row
-            out, lse = (blk_out, blk_lse) if ring.size == 1 else (blk_out.to(acc), blk_lse.float())
+            out, lse = (blk_out, blk_lse) if ring.size == 1 else (blk_out.to(acc), blk_lse.to(acc))
         else:
             merge_(out[:, :, rows], lse[:, :, rows], blk_out, blk_lse)
     return out, lse

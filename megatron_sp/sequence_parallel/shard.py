@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .comm import all_gather
-from .config import mesh_layout, uses_zigzag
+from .config import check_seq_len, mesh_layout, uses_zigzag
 
 
 def _indices(seq_len: int, zigzag: bool, u_size: int, u: int, r_size: int, r: int):
@@ -34,6 +34,7 @@ def _indices(seq_len: int, zigzag: bool, u_size: int, u: int, r_size: int, r: in
 
 def cp_local_indices(seq_len: int, mode: str, causal: bool, mesh) -> torch.LongTensor:
     """Global token positions held by this CP rank, in local order."""
+    check_seq_len(seq_len, mode, causal, mesh)
     u_size, u, r_size, r = mesh_layout(mode, mesh)
     return _indices(seq_len, uses_zigzag(mode, causal), u_size, u, r_size, r)
 
