@@ -70,3 +70,64 @@ def print_rank_last(msg: str, is_last: bool) -> None:
     if is_last:
         print(msg, flush=True)
         sys.stdout.flush()
+
+
+def eval_line(iteration: int, loss: float, where: str | None = None) -> str:
+    """Megatron's validation line, e.g. ``validation loss at iteration 10 | lm loss value: ... | lm loss PPL: ... |``."""
+    import math
+    ppl = math.exp(min(20.0, loss))
+    head = f"validation loss at {where or f'iteration {iteration}'}"
+    text = f" {head} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E} | "
+    bar = "-" * len(text)
+    return f"{bar}\n{text}\n{bar}"
+
+
+class MetricsWriter:
+    """Optional sinks beside the log line: TensorBoard (``--tensorboard-dir``) and Weights & Biases
+    (``--wandb-project``; offline unless ``WANDB_MODE``/``wandb login`` says otherwise).
+
+    Only the writing rank (the last, which also prints the log line) opens them.  A sink asked
+    for but not installed is an error naming the flag and the package, raised on every rank
+    before training starts.
+    """
+
+    def __init__(self, args, is_writer: bool):
+        self.tb = self.wandb = None
+        if args.tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError(f"--tensorboard-dir {args.tensorboard_dir} needs the tensorboard package: "
+                                 "pip install tensorboard (or drop the flag)") from None
+            if is_writer:
+                self.tb = SummaryWriter(log_dir=args.tensorboard_dir, max_queue=1000)
+        if args.wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise ValueError(f"--wandb-project {args.wandb_project} needs the wandb package: pip install wandb "
+                                 "(or drop the flag)") from None
+            if is_writer:
+                import os
+                os.environ.setdefault("WANDB_MODE", "offline")
+                save_dir = args.wandb_save_dir or (os.path.join(args.save, "wandb") if args.save else None)
+                if save_dir:
+                    os.makedirs(save_dir, exist_ok=True)
+                self.wandb = wandb.init(project=args.wandb_project, name=args.wandb_exp_name, dir=save_dir,
+                                        config={k: v for k, v in vars(args).items()
+                                                if isinstance(v, (int, float, str, bool, list, type(None)))})
+
+    def scalars(self, iteration: int, values: dict) -> None:
+        values = {k: v for k, v in values.items() if v is not None}
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, iteration)
+        if self.wandb is not None:
+            self.wandb.log(values, step=iteration)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -10,7 +10,9 @@ One iteration on a rank::
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -23,8 +25,10 @@ from ..parallel_state import init_distributed, initialize_model_parallel
 from ..sequence_parallel import check_cp_config, cp_local_indices
 from ..tensor_parallel import RNGTracker
 from .arguments import build_parser, padded_vocab_size, validate_args
+from .checkpointing import load_checkpoint, save_checkpoint
 from .grads import allreduce_sequence_parallel_grads, wrap_data_parallel
-from .logging import flops_per_iteration, log_line, memory_mb, peak_tflops, print_rank_last
+from .logging import (MetricsWriter, eval_line, flops_per_iteration, log_line, memory_mb, peak_tflops,
+                      print_rank_last)
 from .lr_scheduler import LRScheduler
 from .optimizer import MixedPrecisionOptimizer
 
@@ -162,14 +166,17 @@ class Context:
     rng: RNGTracker
     datasets: tuple
     state: TrainState
+    exit_reason: str | None = None
 
 
 def setup(args) -> Context:
     """Validate everything first (no collective yet, so every rank fails alike), then build."""
-    validate_args(args, int(os.environ.get("WORLD_SIZE", "1")))
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    validate_args(args, world)
     tokenizer = build_tokenizer(args)
     vocab = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
                               args.tensor_model_parallel_size)
+    args.padded_vocab_size = vocab
     cfg = model_config(args, vocab)
     check_layout(args, cfg)
     init_distributed(args.distributed_backend, args.distributed_timeout_minutes * 60)
@@ -212,19 +219,82 @@ def print_summary(ctx) -> None:
         _is_last_rank(ctx.mesh))
 
 
-def train(ctx) -> list:
-    """Run to ``--train-iters``; return the per-iteration losses (for tests)."""
+@torch.no_grad()
+def evaluate(ctx, iteration: int) -> float:
+    """Mean lm loss over ``--eval-iters`` global batches of the validation split (model.eval(), no grad).
+
+    The validation position is a function of the iteration only, so a resumed run evaluates
+    on the same samples as an uninterrupted one.
+    """
+    args = ctx.args
+    dataset = ctx.datasets[1]
+    run = max(iteration // args.eval_interval - 1, 0) if args.eval_interval else 0
+    start = run * args.eval_iters * args.global_batch_size
+    ctx.model.eval()
+    total = 0.0
+    for i in range(args.eval_iters):
+        batches = micro_batches(dataset, start + i * args.global_batch_size, args, ctx.mesh, ctx.device)
+        total += forward_backward(ctx.model, batches, args, ctx.mesh, ctx.device).item()
+    ctx.model.train()
+    return total / max(args.eval_iters, 1)
+
+
+class _ExitSignal:
+    """``--exit-signal-handler``: SIGTERM only sets a flag; the loop saves and exits at the end of the iteration."""
+
+    def __init__(self, enabled: bool):
+        self.received = False
+        self._previous = None
+        if enabled:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _should_exit(ctx, sig: _ExitSignal, start_time: float) -> str | None:
+    """Why to stop after this iteration (the same answer on every rank), or ``None``."""
+    args, it = ctx.args, ctx.state.iteration
+    flags = torch.zeros(2, dtype=torch.float32)
+    flags[0] = float(sig.received)
+    if args.exit_duration_in_mins is not None:
+        flags[1] = float((time.time() - start_time) / 60.0 > args.exit_duration_in_mins)
+    if (args.exit_signal_handler or args.exit_duration_in_mins is not None) and dist.is_initialized():
+        flags = flags.to(ctx.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # one rank's signal or clock stops every rank
+        flags = flags.cpu()
+    if flags[0] > 0:
+        return "received SIGTERM (--exit-signal-handler)"
+    if flags[1] > 0:
+        return f"--exit-duration-in-mins {args.exit_duration_in_mins} reached"
+    if args.exit_interval and it % args.exit_interval == 0:
+        return f"--exit-interval {args.exit_interval} reached"
+    return None
+
+
+def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -> list:
+    """Run to ``--train-iters`` (or an exit condition); return this process's per-iteration losses."""
     args, state, mesh = ctx.args, ctx.state, ctx.mesh
+    writer = writer or MetricsWriter(args, False)
+    start_time = time.time() if start_time is None else start_time
+    exit_signal = exit_signal or _ExitSignal(False)
+    last_rank = _is_last_rank(mesh)
     ctx.model.train()
     flops = flops_per_iteration(args, ctx.model.cfg.vocab_size)
     peak, _ = peak_tflops(ctx.device, args.peak_tflops)
     losses, interval_start, interval_iters = [], time.perf_counter(), 0
     acc_loss = 0.0
+    saved_at = state.iteration if args.load else None
     while state.iteration < args.train_iters:
         batches = micro_batches(ctx.datasets[0], state.consumed_samples, args, mesh, ctx.device)
         stats = train_step(ctx, batches)
         lr = ctx.optimizer.param_groups[0]["lr"]
-        ctx.scheduler.step()
+        if not stats["skipped"]:  # as Megatron: a skipped (overflow) step does not advance the schedule
+            ctx.scheduler.step()
         state.iteration += 1
         state.consumed_samples += args.global_batch_size
         state.skipped_iterations += int(stats["skipped"])
@@ -235,22 +305,60 @@ def train(ctx) -> list:
         if state.iteration % args.log_interval == 0 or state.iteration == args.train_iters:
             elapsed = (time.perf_counter() - interval_start) / interval_iters
             tflops = flops / elapsed / mesh.world_size / 1e12
+            tokens_per_s = args.global_batch_size * args.seq_length / elapsed
             print_rank_last(log_line(
                 iteration=state.iteration, train_iters=args.train_iters, consumed=state.consumed_samples,
                 elapsed_ms=elapsed * 1e3, lr=lr, global_batch=args.global_batch_size,
                 loss=acc_loss / interval_iters, loss_scale=ctx.optimizer.loss_scale, grad_norm=stats["grad_norm"],
                 skipped=state.skipped_iterations, nans=state.nan_iterations,
-                tokens_per_s=args.global_batch_size * args.seq_length / elapsed, tflops=tflops,
-                mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device)), _is_last_rank(mesh))
+                tokens_per_s=tokens_per_s, tflops=tflops,
+                mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device)), last_rank)
+            writer.scalars(state.iteration, {
+                "lm loss": acc_loss / interval_iters, "learning-rate": lr, "loss-scale": ctx.optimizer.loss_scale,
+                "grad-norm": stats["grad_norm"], "skipped-iterations": state.skipped_iterations,
+                "nan-iterations": state.nan_iterations, "tokens-per-sec": tokens_per_s, "tflops-per-device": tflops,
+                "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3})
             interval_start, interval_iters, acc_loss = time.perf_counter(), 0, 0.0
+        if args.eval_interval and args.eval_iters and state.iteration % args.eval_interval == 0:
+            val = evaluate(ctx, state.iteration)
+            print_rank_last(eval_line(state.iteration, val), last_rank)
+            writer.scalars(state.iteration, {"validation lm loss": val,
+                                             "validation lm loss PPL": math.exp(min(20.0, val))})
+        if args.save and args.save_interval and state.iteration % args.save_interval == 0:
+            save_checkpoint(ctx)
+            saved_at = state.iteration
+        reason = _should_exit(ctx, exit_signal, start_time)
+        if reason:
+            if args.save and saved_at != state.iteration:
+                save_checkpoint(ctx)
+                saved_at = state.iteration
+            print_rank_last(f"exiting program at iteration {state.iteration}: {reason}", last_rank)
+            ctx.exit_reason = reason
+            return losses
+    if args.save and saved_at != state.iteration and state.iteration > 0:
+        save_checkpoint(ctx)
     return losses
 
 
-def pretrain(argv=None) -> list:
+def pretrain(argv=None, return_context: bool = False):
+    """Parse flags, build, load (``--load``), train, save; returns the per-iteration losses.
+
+    With ``return_context`` returns ``(losses, ctx)`` (tests inspect parameters and state).
+    """
+    start_time = time.time()
     args = build_parser().parse_args(argv)
+    writer = MetricsWriter(args, False)  # import check on every rank, before any collective
     ctx = setup(args)
-    print_summary(ctx)
-    losses = train(ctx)
-    if dist.is_initialized():
-        dist.barrier()
-    return losses
+    writer = MetricsWriter(args, _is_last_rank(ctx.mesh))
+    exit_signal = _ExitSignal(args.exit_signal_handler)
+    try:
+        print_summary(ctx)
+        if args.load:
+            load_checkpoint(ctx)
+        losses = train(ctx, writer, start_time, exit_signal)
+        if dist.is_initialized():
+            dist.barrier()
+    finally:
+        exit_signal.restore()
+        writer.close()
+    return (losses, ctx) if return_context else losses
