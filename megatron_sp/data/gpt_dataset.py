@@ -9,15 +9,16 @@ How one split of one dataset becomes samples:
 1. ``--split 969,30,1`` cuts the *documents* into three contiguous ranges
    (proportional, rounded), so no document is shared between train/valid/test.
 2. **Document order.** Each epoch is a fresh permutation of the split's documents
-   (seeded); epochs are appended until they hold ``num_samples`` samples, so the data
-   repeats when it runs out.
+   (seeded by ``(seed, epoch)``); epochs are appended until they hold ``num_samples``
+   samples, so the data repeats when it runs out.
 3. **Packing.** The epochs are read as one token stream; sample ``j`` is the
    ``seq_length + 1`` tokens starting at ``j * seq_length`` (consecutive samples share
    one token: the last label of one is the first input of the next).  Samples cross
    document boundaries; with ``--append-eod`` the EOD token marks them, and
    ``eod_mask_loss`` drops the loss on predictions made *from* an EOD.
-4. **Shuffle.** Samples are permuted within each epoch (seeded), so the first epochs
-   are seen in full before the next begins.
+4. **Shuffle.** Samples are permuted within each epoch (seeded by ``(seed, epoch)``),
+   so each epoch is seen in full before the next begins, and asking for more samples
+   (a longer run) keeps the first ones unchanged.
 
 The arrays (document order, sample starts, shuffle) are cached next to the data
 (``<data dir>/cache/GPTDataset_indices`` or ``cache_dir``) by rank 0; see
@@ -61,23 +62,28 @@ def split_bounds(num_docs: int, fractions: list[float]) -> list[int]:
 
 def build_sample_indices(sizes: np.ndarray, doc_ids: np.ndarray, seq_length: int,
                          num_samples: int, seed: int) -> dict:
-    """The document order, sample starts and shuffle of one GPT dataset (see module doc)."""
-    tokens_per_epoch = int(sizes[doc_ids].sum(dtype=np.int64))
-    need = num_samples * seq_length + 1
-    num_epochs = max(1, -(-need // tokens_per_epoch))
-    rng = np.random.RandomState(seed % 2**32)
-    doc_idx = np.concatenate([rng.permutation(doc_ids) for _ in range(num_epochs)])
+    """The document order, sample starts and shuffle of one GPT dataset (see module doc).
+
+    Epoch ``e`` of documents and the sample shuffle inside epoch ``e`` each draw from
+    their own random stream ``(seed, e)``, so a run asking for more samples sees the
+    same samples first: a shorter run's order is a prefix of a longer run's.
+    """
+    T, L = int(sizes[doc_ids].sum(dtype=np.int64)), seq_length
+    epoch_start = lambda e: -(-e * T // L)  # noqa: E731  first sample starting in epoch e
+    num_epochs = max(1, (max(num_samples, 1) - 1) * L // T + 1)  # epochs to shuffle
+    total = epoch_start(num_epochs)                               # samples they hold
+    doc_epochs = -(-(total * L + 1) // T)                         # epochs of documents read
+    seed = seed % 2**32
+    doc_idx = np.concatenate([np.random.RandomState([seed, e, 0]).permutation(doc_ids)
+                              for e in range(doc_epochs)])
     lengths = sizes[doc_idx].astype(np.int64)
     ends = np.cumsum(lengths)
-    total = int((ends[-1] - 1) // seq_length)
-    starts = np.arange(total + 1, dtype=np.int64) * seq_length
+    starts = np.arange(total + 1, dtype=np.int64) * L
     pos = np.searchsorted(ends, starts, side="right")
     sample_idx = np.stack([pos, starts - (ends[pos] - lengths[pos])], axis=1)
-    # shuffle within each epoch: epoch e holds samples [ceil(e*T/L), ceil((e+1)*T/L))
-    bounds = [min(total, -(-e * tokens_per_epoch // seq_length)) for e in range(num_epochs)]
-    bounds.append(total)
-    shuffle = np.concatenate([lo + rng.permutation(hi - lo)
-                              for lo, hi in zip(bounds[:-1], bounds[1:])])
+    shuffle = np.concatenate([
+        epoch_start(e) + np.random.RandomState([seed, e, 1]).permutation(
+            epoch_start(e + 1) - epoch_start(e)) for e in range(num_epochs)])
     small = np.int32 if len(sizes) < 2**31 and total < 2**31 else np.int64
     return {"doc_idx": doc_idx.astype(small), "sample_idx": sample_idx.astype(np.int64),
             "shuffle_idx": shuffle.astype(small)}
@@ -98,7 +104,7 @@ class GPTDataset(torch.utils.data.Dataset):
             raise ValueError(f"{indexed.prefix}: the {name or 'requested'} split has no tokens; "
                              "give it more documents with --split or request 0 samples")
         description = {
-            "class": "GPTDataset", "version": 1, "prefix": os.path.abspath(indexed.prefix),
+            "class": "GPTDataset", "version": 2, "prefix": os.path.abspath(indexed.prefix),
             "split": name, "first_doc": int(doc_ids[0]), "num_docs": len(doc_ids),
             "sizes_crc32": zlib.crc32(np.ascontiguousarray(sizes[doc_ids]).tobytes()),
             "seq_length": seq_length, "num_samples": num_samples, "seed": seed}
