@@ -13,11 +13,15 @@
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..parallel_state import group_size
+
+_DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
 def _sum_hook(group, bucket):
@@ -29,8 +33,11 @@ def wrap_data_parallel(model: torch.nn.Module, mesh) -> torch.nn.Module:
     """DDP over the DP x CP group (identity when that group has one rank)."""
     if group_size(mesh.dp_cp_group) == 1:
         return model
-    ddp = DistributedDataParallel(model, process_group=mesh.dp_cp_group, broadcast_buffers=False,
-                                  bucket_cap_mb=25, gradient_as_bucket_view=True)
+    # Buffers (RoPE frequencies) are identical everywhere: never re-broadcast them per step.
+    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS
+                      else {"broadcast_buffers": False})
+    ddp = DistributedDataParallel(model, process_group=mesh.dp_cp_group, bucket_cap_mb=25,
+                                  gradient_as_bucket_view=True, **no_buffer_sync)
     ddp.register_comm_hook(mesh.dp_cp_group, _sum_hook)
     return ddp
 

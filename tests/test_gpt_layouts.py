@@ -1,0 +1,134 @@
+"""The GPT trains identically under every TP x CP x DP layout (issue: composition).
+
+Against the one-rank model from the same weights, fp32, dropout 0:
+* one step: the global-batch loss and every full gradient within 1e-5 relative;
+* ten steps of ``pretrain_gpt`` (mock data): the per-iteration loss within 1e-4.
+"""
+import pytest
+import torch
+
+from dist_utils import rel_err, run_distributed
+from megatron_sp.model import GPTModel
+from megatron_sp.parallel_state import initialize_model_parallel, single_rank_mesh
+from megatron_sp.tensor_parallel import RNGTracker
+from megatron_sp.tensor_parallel.sharding import full_of
+from megatron_sp.training.arguments import build_parser, padded_vocab_size, validate_args
+from megatron_sp.training.grads import allreduce_sequence_parallel_grads, wrap_data_parallel
+from megatron_sp.training.loop import build_datasets, build_tokenizer, forward_backward, micro_batches, model_config
+from megatron_sp.training.loop import pretrain
+
+BASE = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 100 --num-layers 2 --hidden-size 32 "
+        "--num-attention-heads 4 --seq-length 32 --micro-batch-size 1 --global-batch-size 4 --lr 5e-3 "
+        "--hidden-dropout 0 --attention-dropout 0 --log-interval 100 --eval-interval 0 --seed 7").split()
+GQA_ROPE = "--group-query-attention --num-query-groups 2 --position-embedding-type rope --swiglu --normalization RMSNorm".split()
+
+# (world, layout flags, model flags)
+LAYOUTS = {
+    "T2xP2-p2p": (4, "--tensor-model-parallel-size 2 --context-parallel-size 2 --cp-comm-type p2p", GQA_ROPE),
+    "T2sp-xP2-rsa": (4, "--tensor-model-parallel-size 2 --sequence-parallel --context-parallel-size 2 "
+                        "--cp-comm-type rsa", []),
+    "P4-a2a": (4, "--context-parallel-size 4 --cp-comm-type a2a", []),
+    "P4-a2a+p2p": (4, "--context-parallel-size 4 --cp-comm-type a2a+p2p "
+                      "--hierarchical-context-parallel-sizes 2 2", GQA_ROPE),
+    "T2xP2xDP2-p2p": (8, "--tensor-model-parallel-size 2 --context-parallel-size 2 --cp-comm-type p2p "
+                         "--recompute-granularity full --recompute-method uniform", []),
+    "P8-p2p": (8, "--context-parallel-size 8 --cp-comm-type p2p --recompute-granularity selective",
+               "--position-embedding-type rope".split()),
+    "DP2xP2-rsa": (4, "--context-parallel-size 2 --cp-comm-type rsa", GQA_ROPE),
+}
+
+
+def _args(argv, world):
+    return validate_args(build_parser().parse_args(argv), world)
+
+
+def _one_step(args, mesh):
+    """Loss and full gradients of one global batch (no optimizer step)."""
+    tokenizer = build_tokenizer(args)
+    cfg = model_config(args, padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
+                                               args.tensor_model_parallel_size))
+    model = GPTModel(cfg, mesh, RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank))
+    model.init_weights(args.seed)
+    ddp = wrap_data_parallel(model, mesh)
+    batches = micro_batches(build_datasets(args, tokenizer)[0], 0, args, mesh, torch.device("cpu"))
+
+    class _Backward:  # forward_backward's optimizer interface, without a step
+        def scale_loss(self, loss):
+            return loss
+
+    loss = forward_backward(ddp, batches, args, mesh, torch.device("cpu"), _Backward())
+    allreduce_sequence_parallel_grads(model, mesh)
+    return loss, {n: full_of(p.grad, p, mesh.tp_group, mesh.tp_size) for n, p in model.named_parameters()}
+
+
+def _check_one_step(rank, world, argv):
+    args = _args(argv, world)
+    mesh = initialize_model_parallel(args.tensor_model_parallel_size, args.context_parallel_size,
+                                     args.hierarchical_context_parallel_sizes)
+    loss, grads = _one_step(args, mesh)
+    ref_argv = [a for a in argv]  # same model flags, one rank, contiguous layout
+    ref_loss, ref_grads = _one_step(_args(_strip_layout(ref_argv), 1), single_rank_mesh())
+    assert rel_err(loss, ref_loss) <= 1e-5, (loss, ref_loss)
+    for name, g in ref_grads.items():
+        assert rel_err(grads[name], g) <= 1e-5, name
+
+
+def _strip_layout(argv):
+    out, skip = [], 0
+    takes = {"--tensor-model-parallel-size": 1, "--context-parallel-size": 1, "--cp-comm-type": 1,
+             "--hierarchical-context-parallel-sizes": 2, "--recompute-granularity": 1, "--recompute-method": 1}
+    for a in argv:
+        if skip:
+            skip -= 1
+        elif a in takes:
+            skip = takes[a]
+        elif a != "--sequence-parallel":
+            out.append(a)
+    return out
+
+
+def _argv(name, iters=1):
+    world, layout, model = LAYOUTS[name]
+    return world, BASE + model + layout.split() + ["--train-iters", str(iters)]
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_one_step_loss_and_gradients_match_single_rank(name):
+    world, argv = _argv(name)
+    run_distributed(_check_one_step, world, argv)
+
+
+def _train(rank, world, argv):
+    return pretrain(argv)
+
+
+@pytest.mark.parametrize("name", ["T2xP2-p2p", "T2sp-xP2-rsa", "P4-a2a", "P4-a2a+p2p", "T2xP2xDP2-p2p", "P8-p2p"])
+def test_ten_iteration_loss_trajectory_matches_single_rank(name):
+    world, argv = _argv(name, iters=10)
+    losses = run_distributed(_train, world, argv, timeout=300)[-1]
+    ref = run_distributed(_train, 1, _strip_layout(argv))[0]
+    assert len(losses) == len(ref) == 10
+    assert abs(losses[0] - ref[0]) <= 1e-5 * abs(ref[0])
+    for mine, theirs in zip(losses, ref):
+        assert abs(mine - theirs) <= 1e-4 * abs(theirs), (losses, ref)
+    assert ref[-1] < ref[0]  # it trains
+
+
+def _fails(rank, world, argv):
+    try:
+        pretrain(argv)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("layout,needle", [
+    ("--context-parallel-size 8 --cp-comm-type a2a", "--num-attention-heads"),
+    ("--context-parallel-size 2 --cp-comm-type p2p --seq-length 30", "--seq-length 30"),
+    ("--context-parallel-size 4 --cp-comm-type a2a+p2p", "--hierarchical-context-parallel-sizes"),
+])
+def test_impossible_layouts_fail_at_start_up_on_every_rank(layout, needle):
+    world = 8 if "size 8" in layout else 4 if "size 4" in layout else 2
+    argv = BASE + ["--train-iters", "1"] + layout.split()
+    messages = run_distributed(_fails, world, argv, timeout=60)
+    assert all(m is not None and needle in m for m in messages), messages
