@@ -132,3 +132,35 @@ def test_impossible_layouts_fail_at_start_up_on_every_rank(layout, needle):
     argv = BASE + ["--train-iters", "1"] + layout.split()
     messages = run_distributed(_fails, world, argv, timeout=60)
     assert all(m is not None and needle in m for m in messages), messages
+
+
+def test_dropout_streams_follow_the_layout():
+    """Default stream: same across TP (replicated activations), different across CP and DP
+    (different tokens). TP stream: different on every rank (sharded heads / SP shards)."""
+    def draws(tp, cp, dp):
+        rng = RNGTracker(1234, tp_rank=tp, cp_rank=cp, dp_rank=dp)
+        default = torch.rand(16)
+        with rng.fork():
+            forked = torch.rand(16)
+        return default, forked
+
+    coords = [(t, c, d) for t in range(2) for c in range(2) for d in range(2)]
+    got = {xyz: draws(*xyz) for xyz in coords}
+    for a in coords:
+        for b in coords:
+            if a == b:
+                continue
+            same_default = torch.equal(got[a][0], got[b][0])
+            assert same_default == (a[1:] == b[1:]), (a, b)  # equal iff same CP and DP rank
+            assert not torch.equal(got[a][1], got[b][1]), (a, b)
+
+
+def test_dropout_run_is_reproducible_for_a_fixed_layout():
+    world, argv = _argv("T2xP2-p2p", iters=3)
+    argv = [("0.1" if prev in ("--hidden-dropout", "--attention-dropout") else a)
+            for prev, a in zip([""] + argv[:-1], argv)]
+    first = run_distributed(_train, world, argv)[-1]
+    second = run_distributed(_train, world, argv)[-1]
+    no_dropout = run_distributed(_train, world, _argv("T2xP2-p2p", iters=3)[1])[-1]
+    assert first == second
+    assert first != no_dropout  # dropout really is on
