@@ -21,9 +21,10 @@ def _pretrain(rank, world, argv):
 
 
 def test_exact_resume_bit_for_bit(tmp_path):
-    """2N iterations == N, exit, resume N more in new processes (dropout on: RNG streams restored too)."""
+    """2N iterations == N, exit, resume N more in new processes (dropout on: RNG streams restored too;
+    evaluation in between must not disturb them)."""
     layout = ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--hidden-dropout", "0.1",
-              "--attention-dropout", "0.1", "--train-iters", "6"]
+              "--attention-dropout", "0.1", "--train-iters", "6", "--eval-interval", "2", "--eval-iters", "1"]
     full, _, _ = run_distributed(_pretrain, 2, TINY + layout)[0]
     save = str(tmp_path / "ck")
     first, it, consumed = run_distributed(_pretrain, 2, TINY + layout + ["--save", save, "--exit-interval", "3"])[0]
