@@ -156,6 +156,7 @@ def _shard_into(model, optimizer, mesh, model_sd, optim_sd, load_optim: bool, pa
                               f"{unexpected[:5]}; check --num-layers, --untie-embeddings-and-output-weights, "
                               "--disable-bias-linear, --position-embedding-type, --normalization")
     inner = optimizer.optimizer
+    states = {}
     with torch.no_grad():
         for name, p in params.items():
             full = model_sd[name]
@@ -166,20 +167,18 @@ def _shard_into(model, optimizer, mesh, model_sd, optim_sd, load_optim: bool, pa
                 raise CheckpointError(f"checkpoint {path}: parameter {name} has shape {tuple(full.shape)}, this "
                                       f"model expects {tuple(expected)}; the model flags differ")
             p.copy_(shard_of(full, p, mesh.tp_rank, mesh.tp_size).to(p.device, p.dtype))
-            if not load_optim:
-                continue
-            entry = optim_sd.get(name)
-            if entry is None:
-                inner.state.pop(p, None)
-                continue
-            state = {}
-            for key, value in entry.items():
-                if torch.is_tensor(value) and list(value.shape) == expected:
-                    value = shard_of(value, p, mesh.tp_rank, mesh.tp_size).to(p.device).clone()
-                elif torch.is_tensor(value):
-                    value = value.clone()
-                state[key] = value
-            inner.state[p] = state
+            entry = optim_sd.get(name) if load_optim else None
+            if entry:
+                states[p] = {k: (shard_of(v, p, mesh.tp_rank, mesh.tp_size).clone()
+                                 if torch.is_tensor(v) and list(v.shape) == expected
+                                 else v.clone() if torch.is_tensor(v) else v) for k, v in entry.items()}
+    if load_optim:
+        # Through the optimizer's own load_state_dict (by index), so it moves and casts each
+        # state tensor the way its implementation (foreach, fused, apex) wants.
+        sd = inner.state_dict()
+        order = [p for g in inner.param_groups for p in g["params"]]
+        sd["state"] = {i: states[p] for i, p in enumerate(order) if p in states}
+        inner.load_state_dict(sd)
 
 
 # --- save ------------------------------------------------------------------------------
