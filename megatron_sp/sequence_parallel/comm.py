@@ -62,16 +62,23 @@ class Ring:
         return (self.index - step) % self.size
 
     def send_recv(self, tensors: Sequence[torch.Tensor]) -> "Pending":
-        """Post async sends of ``tensors`` to next and receives of same-shaped ones from prev."""
+        """Post async sends of ``tensors`` to next and receives of same-shaped ones from prev.
+
+        A permuted view of contiguous memory (``[s, b, h, d]`` seen as
+        ``[b, h, s, d]``) is sent as that memory, without a copy.
+        """
         if self.size == 1:
             return Pending(list(tensors), [], list(tensors))
-        sent = [t.contiguous() for t in tensors]
-        recv = [torch.empty_like(t) for t in sent]
-        ops = []
-        for t, r in zip(sent, recv):
-            _record("send", t)
-            ops.append(dist.P2POp(dist.isend, t, self.next, self.group))
-            ops.append(dist.P2POp(dist.irecv, r, self.prev, self.group))
+        sent, recv, ops = [], [], []
+        for t in tensors:
+            order = sorted(range(t.dim()), key=lambda i: -t.stride(i))
+            base = t.permute(order).contiguous()  # no copy for a permuted contiguous tensor
+            buf = torch.empty_like(base)
+            _record("send", base)
+            ops.append(dist.P2POp(dist.isend, base, self.next, self.group))
+            ops.append(dist.P2POp(dist.irecv, buf, self.prev, self.group))
+            sent.append(base)
+            recv.append(buf.permute([order.index(i) for i in range(t.dim())]))
         return Pending(sent, dist.batch_isend_irecv(ops), recv)
 
 
@@ -105,38 +112,55 @@ def circulate(ring: Ring, tensors: Sequence[torch.Tensor]):
 class TravellingSum:
     """A gradient accumulator that travels with a circulating block (see module doc).
 
-    Call :meth:`add` once per ring step with a function that adds this rank's
-    contribution in place; :meth:`result` returns the owner's complete sum.
+    Per ring step: add this rank's contribution into :meth:`take`, then
+    :meth:`pass_on` the sum; :meth:`settle` completes that hop.  Callers settle at
+    the end of each step, before :func:`circulate` posts the next K/V
+    prefetch, so one accumulator (not two in flight) is alive while the block
+    kernel runs; the K/V prefetch still overlaps the computation.
+    :meth:`result` returns the owner's complete sum.
     """
 
-    def __init__(self, ring: Ring, shapes, dtype, device):
-        self.ring, self.shapes, self.dtype, self.device = ring, shapes, dtype, device
+    def __init__(self, ring: Ring):
+        self.ring = ring
         self.pending: Optional[Pending] = None
+        self.acc: Optional[List[torch.Tensor]] = None
 
-    def add(self, add_into) -> None:
-        if self.pending is None:
-            acc = [torch.zeros(s, dtype=self.dtype, device=self.device) for s in self.shapes]
-        else:
-            acc = self.pending.wait()
-        add_into(acc)
+    def settle(self) -> None:
+        """Complete the hop in flight (the accumulator arrives from the previous rank)."""
+        if self.pending is not None:
+            self.acc, self.pending = self.pending.wait(), None
+
+    def take(self) -> Optional[List[torch.Tensor]]:
+        """The accumulator of the block held at this step, to add into in place
+        (None at the first step: the caller's own contribution starts the sum)."""
+        self.settle()
+        acc, self.acc = self.acc, None
+        return acc
+
+    def pass_on(self, acc: List[torch.Tensor]) -> None:
         self.pending = self.ring.send_recv(acc)
 
     def result(self) -> List[torch.Tensor]:
-        return self.pending.wait()
+        self.settle()
+        return self.acc
 
 
 def all_to_all(x: torch.Tensor, scatter_dim: int, gather_dim: int, group) -> torch.Tensor:
     """Split ``x`` in ``G`` parts along ``scatter_dim``, send part j to group rank j, and
-    concatenate the received parts along ``gather_dim`` (in group-rank order)."""
+    concatenate the received parts along ``gather_dim`` (in group-rank order).
+
+    One copy to lay the parts out (none when ``scatter_dim == 0``), one receive
+    buffer, and one copy to interleave them (none when ``gather_dim == 0``).
+    """
     world = dist.get_world_size(group) if group is not None else 1
     if world == 1:
         return x
     # send: [G, ...] with part j first so all_to_all_single splits along dim 0
-    send = torch.stack(x.chunk(world, dim=scatter_dim), dim=0).contiguous()
+    send = x.unflatten(scatter_dim, (world, -1)).movedim(scatter_dim, 0).contiguous()
     recv = torch.empty_like(send)
     _record("all_to_all", send)
     dist.all_to_all_single(recv, send, group=group)
-    return torch.cat(recv.unbind(0), dim=gather_dim)
+    return recv.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)
 
 
 def all_gather(x: torch.Tensor, dim: int, group) -> torch.Tensor:

@@ -90,28 +90,34 @@ def ring_backward(ring: Ring, kernel, dout, q, k, v, out, lse, causal, zigzag, s
                   dropout_p=0.0, seed=0, salt=0):
     """Return ``(dq, dk, dv)`` of the local shard, accumulated in fp32."""
     # dout, out: [b, hq, s, d]   lse: [b, hq, s]
+    if ring.size == 1:  # local attention: the kernel's gradients as they are
+        return kernel.backward(dout, q, k, v, out, lse, causal, scale, dropout_p,
+                               block_seed(seed, salt, 0, 0))
     acc = torch.promote_types(q.dtype, torch.float32)
     s = q.shape[2]
-    dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-    dkv = TravellingSum(ring, (k.shape, v.shape), acc, q.device)
+    dq, dkv = None, TravellingSum(ring)
     for step, src, (kc, vc) in circulate(ring, (k, v)):
         plan = block_plan(step, src, ring.index, s, causal, zigzag)
-        if plan is None:
-            dkv.add(lambda bufs: None)
+        if plan is None:  # (contiguous causal only; step 0 always has a block)
+            dkv.pass_on(dkv.take())
+            dkv.settle()
             continue
         rows, cols, blk_causal = plan
         bdq, bdk, bdv = kernel.backward(dout[:, :, rows], q[:, :, rows], kc[:, :, cols],
                                         vc[:, :, cols], out[:, :, rows], lse[:, :, rows],
                                         blk_causal, scale, dropout_p,
                                         block_seed(seed, salt, ring.index, src))
-        dq[:, :, rows] += bdq
-        del bdq
-
-        def add(bufs, cols=cols, bdk=bdk, bdv=bdv):
-            bufs[0][:, :, cols] += bdk
-            bufs[1][:, :, cols] += bdv
-        dkv.add(add)
-        del bdk, bdv, add
+        travelling = dkv.take()
+        if step == 0:  # the whole block: the kernel's gradients start the sums
+            dq, travelling = bdq.to(acc), [bdk.to(acc), bdv.to(acc)]
+        else:
+            dq[:, :, rows] += bdq
+            travelling[0][:, :, cols] += bdk
+            travelling[1][:, :, cols] += bdv
+        del bdq, bdk, bdv
+        dkv.pass_on(travelling)
+        del travelling
+        dkv.settle()  # finish the hop before the next K/V prefetch: fewer buffers alive
     dk, dv = dkv.result()
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 

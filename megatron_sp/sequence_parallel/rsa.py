@@ -43,6 +43,16 @@ def _dropped(probs, cols, p, seed, ring, src):
     return blk * dropout_mask(blk.shape, p, block_seed(seed, ring.index, src), blk.device, blk.dtype)
 
 
+def _pass_on(travelling: TravellingSum, contribution) -> None:
+    acc = travelling.take()
+    if acc is None:  # first step: this rank's contribution starts the sum
+        acc = [contribution]
+    else:
+        acc[0].add_(contribution)
+    travelling.pass_on(acc)
+    travelling.settle()
+
+
 def rsa_forward(ring: Ring, q, k, v, causal, scale, dropout_p=0.0, seed=0):
     """Return ``(out, probs)``; ``probs`` ([b, hq, s, N] fp32) is saved for backward."""
     # q: [b, hq, s, d]   k, v: [b, hkv, s, d]
@@ -71,7 +81,7 @@ def rsa_backward(ring: Ring, dout, q, k, v, probs, scale, dropout_p=0.0, seed=0)
     s, group, acc = q.shape[2], q.shape[1] // k.shape[1], probs.dtype
     do = dout.to(acc)
     d_probs = torch.empty_like(probs)
-    dv = TravellingSum(ring, (v.shape,), acc, q.device)
+    dv = TravellingSum(ring)
     for _, src, (vc,) in circulate(ring, (v,)):
         cols = slice(src * s, (src + 1) * s)
         torch.matmul(do, repeat_kv(vc, group).to(acc).transpose(-1, -2), out=d_probs[..., cols])
@@ -80,16 +90,16 @@ def rsa_backward(ring: Ring, dout, q, k, v, probs, scale, dropout_p=0.0, seed=0)
                                                block_seed(seed, ring.index, src), q.device, acc)
         blk_dv = sum_kv_groups(torch.matmul(
             _dropped(probs, cols, dropout_p, seed, ring, src).transpose(-1, -2), do), group)
-        dv.add(lambda bufs, blk_dv=blk_dv: bufs[0].add_(blk_dv))
+        _pass_on(dv, blk_dv)
     # softmax backward over complete rows, in place: d_probs becomes dS * scale
     d_probs.sub_((d_probs * probs).sum(-1, keepdim=True)).mul_(probs).mul_(scale)
     dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-    dk = TravellingSum(ring, (k.shape,), acc, q.device)
+    dk = TravellingSum(ring)
     for _, src, (kc,) in circulate(ring, (k,)):
         ds = d_probs[..., src * s:(src + 1) * s]
         dq += torch.matmul(ds, repeat_kv(kc, group).to(acc))
         blk_dk = sum_kv_groups(torch.matmul(ds.transpose(-1, -2), q.to(acc)), group)
-        dk.add(lambda bufs, blk_dk=blk_dk: bufs[0].add_(blk_dk))
+        _pass_on(dk, blk_dk)
     return dq.to(q.dtype), dk.result()[0].to(k.dtype), dv.result()[0].to(v.dtype)
 
 
