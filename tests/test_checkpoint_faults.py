@@ -53,11 +53,9 @@ def test_kill_9_during_save_leaves_previous_checkpoint_loadable(tmp_path):
     assert ckpt.read_tracker(save) == 4
     second = _losses(r.stdout)
     assert min(second) == 3 and second[3] == first[3]  # resumed at the data position of iteration 2
-    # and once more without faults: the run finishes, replacing the unreferenced iter_0000006
-    r = _run(*common, "--load", save)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert ckpt.read_tracker(save) == 6 and min(_losses(r.stdout)) == 5
-    assert sorted(os.listdir(save)) == ["iter_0000002", "iter_0000004", "iter_0000006", ckpt.TRACKER]
+    assert max(second) == 6  # it trained to the end; only the tracker update of 6 was lost
+    assert os.path.isdir(os.path.join(save, "iter_0000006"))  # complete but unreferenced: a rerun replaces it
+    # (tests/test_checkpoint.py::test_stale_tmp_and_unreferenced_dirs_are_replaced covers that rerun)
 
 
 def test_sigterm_saves_and_load_continues(tmp_path):
