@@ -366,6 +366,7 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
     args, mesh = ctx.args, ctx.mesh
     load_dir = load_dir or args.load
     last = mesh.rank == mesh.world_size - 1
+    start = time.perf_counter()
     iteration = read_tracker(load_dir) if os.path.isdir(load_dir) else None
     if iteration is None:
         if last:
@@ -413,5 +414,6 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
         what = "model only (--finetune)" if finetune else (
             "model (--no-load-optim)" if not load_optim else "model, optimizer, scheduler, loss scaler")
         print(f"  loaded checkpoint {path} at iteration {iteration}: {what}; continuing from iteration "
-              f"{ctx.state.iteration}, consumed samples {ctx.state.consumed_samples}", flush=True)
+              f"{ctx.state.iteration}, consumed samples {ctx.state.consumed_samples} "
+              f"[ {time.perf_counter() - start:.2f}s ]", flush=True)
     return resumed
