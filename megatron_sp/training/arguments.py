@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..sequence_parallel import CP_COMM_TYPES
+
 
 def _model(p):
     g = p.add_argument_group("model")
@@ -43,7 +45,7 @@ def _parallel(p):
                    help="Megatron-SP: norm/dropout on sequence shards inside the TP group")
     g.add_argument("--context-parallel-size", "--sequence-parallel-size", dest="context_parallel_size",
                    type=int, default=1, help="CP/SP degree: ranks one sequence is split across")
-    g.add_argument("--cp-comm-type", default="p2p", choices=["rsa", "p2p", "a2a", "a2a+p2p", "allgather"])
+    g.add_argument("--cp-comm-type", default="p2p", choices=list(CP_COMM_TYPES))
     g.add_argument("--hierarchical-context-parallel-sizes", type=int, nargs=2, default=None, metavar=("U", "R"))
     g.add_argument("--distributed-backend", choices=["gloo", "nccl"], default=None)
     g.add_argument("--distributed-timeout-minutes", type=float, default=10.0)
