@@ -215,8 +215,15 @@ def print_summary(ctx) -> None:
         f"{a.num_attention_heads} (query groups {a.num_query_groups}), seq {a.seq_length}, padded vocab "
         f"{ctx.model.cfg.vocab_size}; parameters: {total / 1e6:.3f} M total, {n_params / 1e6:.3f} M on this rank\n"
         f"> batch: global {a.global_batch_size} = micro {a.micro_batch_size} x {a.num_micro_batches} accumulation "
-        f"x DP {ctx.mesh.dp_size}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}",
+        f"x DP {ctx.mesh.dp_size}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}"
+        f"{' (autocast, fp32 parameters/gradients/optimizer)' if a.bf16 or a.fp16 else ''}\n"
+        f"> MFU peak per device: {_peak_text(ctx)}",
         _is_last_rank(ctx.mesh))
+
+
+def _peak_text(ctx) -> str:
+    peak, source = peak_tflops(ctx.device, ctx.args.peak_tflops)
+    return f"{peak} TFLOP/s ({source})" if peak else source
 
 
 @torch.no_grad()
