@@ -1,0 +1,302 @@
+"""Per-rank memory and per-step communication of a GPT training step, by layout.
+
+    spec = ModelSpec.from_flags("--num-layers 4 --hidden-size 128 ...".split())
+    est = estimate(spec, LayoutSpec(tp=1, cp=4, mode="p2p"), seq_length=8192, micro_batch=1)
+    est.step_peak        # bytes the step adds above the post-setup baseline (what the scaling tool measures)
+    est.breakdown()      # params / grads / adam / activations / transients / comm
+
+The model counts the tensors this code base keeps, not a generic transformer:
+the per-layer terms below are the tensors autograd saves in ``model/transformer.py``
+(Korthikanti et al. 2022 give the same accounting for Megatron: ``sbh(34 + 5as/h)`` bytes
+per layer in fp16; ours differs because of RoPE, fused QKV, flash attention and fp32).
+Notation: ``s`` tokens of this CP rank (N/P), ``b`` micro-batch, ``h`` hidden, ``f`` FFN
+width, ``a``/``g`` query heads / query groups, ``d`` head dim, ``T`` TP size, ``V`` padded
+vocabulary, ``e`` bytes per activation element (4 fp32, 2 under bf16/fp16 autocast).
+Tensors in the Megatron-SP region (norms, residual) are divided by ``T`` under
+``--sequence-parallel``; everything after the column-parallel linears is divided by ``T``.
+
+Saved per layer (elements per token and sample)::
+
+    norm inputs (2) + linear inputs (qkv, fc1)       4h        (/T with SP; the gathered input of a
+                                                               column linear is saved whole: h)
+    fused qkv output (kept alive by the RoPE views)  (a+2g)d/T
+    RoPE: rotated copies of q, k + their outputs     2(a+g)d/T
+    v made contiguous                                g d/T
+    attention output + proj input copy               2 a d/T   (+ lse a/T, fp32)
+    fc1 output (GELU input), fc2 input               2f/T      (SwiGLU: 2f + 2f ... see code)
+    dropout masks (bool), if --hidden-dropout > 0   2h bytes  (/T with SP)
+
+Attention scores exist only for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]`` in fp32
+saved per layer, plus two more copies at the backward peak of a layer (``d_probs`` and the
+softmax-backward product).  P = 1 runs the flash kernel for every mode.  Ring modes keep
+double-buffered K/V blocks and travelling dK/dV accumulators (a transient of the layer in
+backward).  Outside the layers: the logits (kept as the softmax by the cross entropy),
+the final norm and output-layer inputs, and the output layer's gradient in backward.
+
+Static memory is ``4 + 4 + 8`` bytes per local parameter (fp32 weight, gradient, Adam m and
+v); parameters of the TP-sharded linears and the vocabulary are divided by ``T``.  The
+weights and Adam state exist before the measured step (the scaling tool takes its baseline
+after a warm-up step), so the step's peak counts gradients, activations and transients.
+
+Communication per step and rank (bytes sent, forward + backward):
+
+* ring (p2p, the ring of a2a+p2p): forward ``(R-1)`` K/V blocks per layer; backward ``(R-1)``
+  K/V blocks again plus ``R`` hops of the dK/dV accumulators;
+* rsa: forward ``(P-1)`` K and ``(P-1)`` V blocks; backward the same plus ``P`` hops of dK and dV;
+* a2a: 4 all-to-alls (q, k, v, out) forward and 4 backward, each sending ``(U-1)/U`` of its tensor;
+* TP: 2 all-reduces of ``[s, b, h]`` per layer forward and 2 backward (ring all-reduce sends
+  ``2(T-1)/T`` of it); with SP all-gather + reduce-scatter pairs (``(T-1)/T`` each);
+* gradients: a ring all-reduce over DP x CP of the local gradients, ``2(n-1)/n`` of them.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class ModelSpec:
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    vocab_size: int  # padded
+    ffn_hidden_size: Optional[int] = None
+    num_query_groups: Optional[int] = None
+    kv_channels: Optional[int] = None
+    swiglu: bool = False
+    bias: bool = True
+    rope: bool = True
+    max_position_embeddings: int = 0  # learned absolute positions only
+    tied: bool = True
+    hidden_dropout: float = 0.0
+    bf16: bool = False
+    recompute: Optional[str] = None  # None, "selective", "full"
+
+    def __post_init__(self):
+        self.ffn_hidden_size = self.ffn_hidden_size or 4 * self.hidden_size
+        self.num_query_groups = self.num_query_groups or self.num_attention_heads
+        self.kv_channels = self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_flags(cls, argv, bf16: bool = False, recompute: Optional[str] = None,
+                   make_vocab_size_divisible_by: int = 128) -> "ModelSpec":
+        """From ``pretrain_gpt.py`` model flags (the subset that changes memory)."""
+        p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        for flag, typ in (("--num-layers", int), ("--hidden-size", int), ("--num-attention-heads", int),
+                          ("--ffn-hidden-size", int), ("--num-query-groups", int), ("--kv-channels", int),
+                          ("--vocab-size", int), ("--max-position-embeddings", int), ("--hidden-dropout", float),
+                          ("--make-vocab-size-divisible-by", int)):
+            p.add_argument(flag, type=typ, default=None)
+        for flag in ("--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
+                     "--group-query-attention"):
+            p.add_argument(flag, action="store_true")
+        p.add_argument("--position-embedding-type", default="learned_absolute")
+        a, _ = p.parse_known_args(argv)
+        div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
+        vocab = int(math.ceil((a.vocab_size + 1) / div) * div)  # NullTokenizer adds EOD
+        return cls(a.num_layers, a.hidden_size, a.num_attention_heads, vocab, a.ffn_hidden_size,
+                   a.num_query_groups if a.group_query_attention else None, a.kv_channels, a.swiglu,
+                   not a.disable_bias_linear, a.position_embedding_type == "rope",
+                   0 if a.position_embedding_type == "rope" else (a.max_position_embeddings or 0),
+                   not a.untie_embeddings_and_output_weights,
+                   a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16, recompute)
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    tp: int = 1
+    cp: int = 1
+    dp: int = 1
+    mode: str = "p2p"  # rsa | p2p | a2a | a2a+p2p
+    sp: bool = False
+    ulysses: int = 1  # Ulysses degree (a2a: = cp)
+
+    @property
+    def ulysses_degree(self) -> int:
+        if self.cp == 1:
+            return 1
+        return {"a2a": self.cp, "a2a+p2p": self.ulysses}.get(self.mode, 1)
+
+    @property
+    def ring_degree(self) -> int:
+        return self.cp // self.ulysses_degree
+
+
+@dataclass
+class Estimate:
+    params: float          # bytes of local fp32 weights (in the baseline)
+    grads: float           # bytes of gradients
+    adam: float            # bytes of Adam m and v
+    activations: float     # saved activations of all layers + outside (forward end)
+    transient: float       # extra at the backward peak
+    comm_bytes: float      # sent per step by this rank
+    comm_detail: dict
+
+    @property
+    def step_peak(self) -> float:
+        """Bytes the step needs above the baseline taken after a warm-up step (weights and Adam state
+        are in the baseline): gradients + saved activations + the transient at the peak.  Under DDP
+        the gradients live in buckets allocated at setup; the scaling tool adds their bytes to the
+        measured peak so every layout pays for its gradients."""
+        return self.grads + self.activations + self.transient
+
+    @property
+    def total_peak(self) -> float:
+        return self.params + self.adam + self.step_peak
+
+    def breakdown(self) -> dict:
+        mib = 2 ** 20
+        return {"params_mib": self.params / mib, "grads_mib": self.grads / mib, "adam_mib": self.adam / mib,
+                "activations_mib": self.activations / mib, "transient_mib": self.transient / mib,
+                "step_peak_mib": self.step_peak / mib, "comm_mib_per_step": self.comm_bytes / mib,
+                **{f"comm_{k}_mib": v / mib for k, v in self.comm_detail.items()}}
+
+
+def local_parameters(spec: ModelSpec, tp: int) -> int:
+    """Parameters on one TP rank (the same on every CP/DP rank)."""
+    h, f, a, g, d, L, V = (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads,
+                           spec.num_query_groups, spec.kv_channels, spec.num_layers, spec.vocab_size)
+    qkv_out = (a + 2 * g) * d
+    fc1_out = f * (2 if spec.swiglu else 1)
+    sharded = h * qkv_out + a * d * h + h * fc1_out + f * h
+    bias_sharded = (qkv_out + fc1_out) if spec.bias else 0
+    replicated = 2 * h * 2 + (2 * h if spec.bias else 0)  # two norms (weight, bias) + row-parallel biases
+    per_layer = (sharded + bias_sharded) / tp + replicated
+    embed = V * h / tp * (1 if spec.tied else 2) + spec.max_position_embeddings * h
+    return int(L * per_layer + embed + 2 * h)  # final norm
+
+
+def _layer_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """Bytes one layer saves for backward on this rank (s = tokens of this CP rank)."""
+    h, f, a, g, d = (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads, spec.num_query_groups,
+                     spec.kv_channels)
+    T, e = lay.tp, (2 if spec.bf16 else 4)
+    sp_div = T if (lay.sp and T > 1) else 1
+    tok = s * b
+    # norm inputs (residual stream), sharded under SP; linear inputs (gathered under SP: whole)
+    elems = 2 * h / sp_div + 2 * h
+    elems += (a + 2 * g) * d / T                      # q, k (RoPE outputs), v made contiguous
+    elems += a * d / T                                # attention output (also the projection input ...)
+    if b > 1:
+        elems += a * d / T                            # ... which is a copy when b > 1 (permute + reshape)
+    elems += (3 if spec.swiglu else 2) * f / T        # fc1 output (x2 SwiGLU) + activation output
+    byts = tok * elems * e + tok * (a / T) * 4        # + lse (fp32)
+    if spec.hidden_dropout > 0:
+        byts += tok * 2 * h / sp_div                  # bool masks
+    if lay.mode == "rsa" and lay.cp > 1:
+        byts += b * (a / T) * s * (s * lay.cp) * 4    # full score rows, fp32
+    return byts
+
+
+def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    h, V, T, e = spec.hidden_size, spec.vocab_size, lay.tp, (2 if spec.bf16 else 4)
+    sp_div = T if (lay.sp and T > 1) else 1
+    tok = s * b
+    # final norm input, output-layer input (gathered under SP), softmax of the logits (fp32, kept by
+    # the cross entropy in place of the shifted logits); the embedding output is layer 1's norm input
+    return tok * (h / sp_div * e + h * e + V / T * 4)
+
+
+def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """Extra bytes on top of all saved activations at the step's peak: the largest of
+
+    * the end of forward: the output layer's logits still alive while the cross entropy
+      builds its shifted copy (``[s, b, V/T]`` fp32);
+    * a layer's attention: all-to-all send/receive buffers of q, k, v (Ulysses), two K/V
+      blocks in flight (ring);
+    * rsa backward: ``d_probs`` and the softmax-backward product, two more score-sized tensors.
+    """
+    h, a, g, d, V, T = (spec.hidden_size, spec.num_attention_heads, spec.num_query_groups, spec.kv_channels,
+                        spec.vocab_size, lay.tp)
+    e = 2 if spec.bf16 else 4
+    tok = s * b
+    head = tok * V / T * 4
+    attn = 0.0
+    U, R = lay.ulysses_degree, lay.ring_degree
+    if U > 1:
+        attn += tok * e * 2 * (a + 2 * max(g, U * T)) * d / T  # send + receive buffers of q, k, v
+    if R > 1 and lay.mode != "rsa":
+        attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
+    if lay.mode == "rsa" and lay.cp > 1:
+        attn += 2 * b * (a / T) * s * (s * lay.cp) * 4
+    return max(head, attn)
+
+
+def _comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> dict:
+    h, a, g, d, L = (spec.hidden_size, spec.num_attention_heads, spec.num_query_groups, spec.kv_channels,
+                     spec.num_layers)
+    T, P, e = lay.tp, lay.cp, (2 if spec.bf16 else 4)
+    U, R = lay.ulysses_degree, lay.ring_degree
+    s = N / P
+    out = {"cp": 0.0, "tp": 0.0, "grads": 0.0}
+    if P > 1:
+        if lay.mode == "rsa":
+            blk = s * b * g * d / T * e  # one K (or V) block
+            out["cp"] = L * blk * (2 * (P - 1) + 2 * (P - 1) + 2 * P)
+        else:
+            kv_heads = max(g // T, U) / U  # K/V heads per rank after the all-to-all (replicated when U > g)
+            if R > 1:
+                blk = (s * U) * b * kv_heads * d * e  # K (or V) of one ring portion, heads / U
+                out["cp"] += L * blk * (2 * (R - 1) + 2 * (R - 1) + 2 * R)
+            if U > 1:
+                q = s * b * a / T * d * e
+                kv = s * b * max(g // T, U) * d * e
+                out["cp"] += L * 2 * (2 * q + 2 * kv) * (U - 1) / U  # q, k, v, out forward; their grads back
+    if T > 1:
+        x = N / P * b * h * e
+        per = (T - 1) / T * x
+        out["tp"] = (L * 4 + 2) * (2 * per if not lay.sp else 2 * per)  # AR = RS + AG in volume
+    n = lay.dp * P
+    if n > 1:
+        out["grads"] = 2 * (n - 1) / n * n_params * 4
+    return out
+
+
+def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int) -> Estimate:
+    """Memory (bytes, per rank) and communication of one training step (see module doc)."""
+    s = seq_length / lay.cp
+    b = micro_batch
+    n = local_parameters(spec, lay.tp)
+    saved = _layer_saved(spec, lay, s, b)
+    if spec.recompute == "full":
+        e = 2 if spec.bf16 else 4
+        layers = spec.num_layers * s * b * spec.hidden_size / (lay.tp if lay.sp else 1) * e + saved
+    elif spec.recompute == "selective" and lay.mode == "rsa" and lay.cp > 1:
+        layers = spec.num_layers * (saved - b * spec.num_attention_heads / lay.tp * s * seq_length * 4)
+        layers += b * spec.num_attention_heads / lay.tp * s * seq_length * 4
+    else:
+        layers = spec.num_layers * saved
+    acts = layers + _outside_saved(spec, lay, s, b)
+    comm = _comm(spec, lay, seq_length, b, n)
+    return Estimate(params=n * 4.0, grads=n * 4.0, adam=n * 8.0,
+                    activations=acts, transient=_transient(spec, lay, s, b), comm_bytes=sum(comm.values()),
+                    comm_detail=comm)
+
+
+def _largest(fits, granularity: int, limit: int) -> int:
+    """Largest multiple of ``granularity`` <= limit with ``fits`` true (fits is monotone)."""
+    lo, hi = 0, limit // granularity
+    if hi == 0 or not fits(granularity):
+        return 0
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid * granularity):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * granularity
+
+
+def max_seq_length(spec: ModelSpec, lay: LayoutSpec, micro_batch: int, budget_bytes: float,
+                   granularity: int = 1, limit: int = 1 << 24) -> int:
+    """The longest sequence (a multiple of ``granularity``) whose step peak fits the budget."""
+    return _largest(lambda n: estimate(spec, lay, n, micro_batch).step_peak <= budget_bytes, granularity, limit)
+
+
+def max_micro_batch(spec: ModelSpec, lay: LayoutSpec, seq_length: int, budget_bytes: float,
+                    limit: int = 1 << 16) -> int:
+    """The largest micro-batch whose step peak fits the budget."""
+    return _largest(lambda b: estimate(spec, lay, seq_length, b).step_peak <= budget_bytes, 1, limit)
