@@ -272,8 +272,10 @@ def _complete_iterations(save_dir: str) -> list:
 def _prune(save_dir: str, keep: int, current: int) -> None:
     done = [i for i in _complete_iterations(save_dir) if i <= current]
     for it in done[:-keep] if keep < len(done) else []:
-        if it != current:
-            shutil.rmtree(os.path.join(save_dir, iter_dir_name(it)), ignore_errors=True)
+        if it != current:  # rename first (atomic), so a kill mid-delete leaves only a *.tmp to clean up
+            doomed = os.path.join(save_dir, iter_dir_name(it))
+            os.rename(doomed, doomed + ".old.tmp")
+            shutil.rmtree(doomed + ".old.tmp", ignore_errors=True)
 
 
 # --- load ------------------------------------------------------------------------------
