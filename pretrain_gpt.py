@@ -13,9 +13,12 @@ from megatron_sp.training.loop import pretrain
 def main(argv=None) -> int:
     try:
         pretrain(argv)
-    except ValueError as exc:  # bad flags, layout or data: one clear line, non-zero exit, on every rank
+    except ValueError as exc:  # bad flags, layout, data or checkpoint: one clear line, on every rank
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except FloatingPointError as exc:  # NaN/inf loss (--check-for-nan-in-loss-and-grad)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 

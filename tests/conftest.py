@@ -1,6 +1,6 @@
 """Shared test set-up.
 
-Ranks are forked from the pytest process (tests/dist_utils.py), so whatever is
+Ranks are forked from the pytest process (megatron_sp/launch.py), so whatever is
 imported here is imported once instead of once per rank: DDP pulls in
 torch._dynamo, which costs seconds per process on a 2-core machine.
 """

@@ -14,7 +14,7 @@ from megatron_sp.parallel_state import initialize_model_parallel
 from megatron_sp.sequence_parallel import (build_cp_attention, cp_sizes, shard_for_cp,
                                            unshard_from_cp)
 from megatron_sp.sequence_parallel.comm import count_collectives
-from tests.dist_utils import run_distributed
+from dist_utils import run_distributed
 
 SEQ, BATCH, DIM = 48, 2, 8
 
@@ -176,7 +176,7 @@ def test_dropout_gradients_and_per_rank_masks(mode):
 
 
 def _bad_length(rank, world, mode):
-    mesh = initialize_model_parallel(1, world, (2, 1) if mode == "a2a+p2p" else None)
+    mesh = initialize_model_parallel(1, world, (1, 2) if mode == "a2a+p2p" else None)
     attn = build_cp_attention(mode, mesh, causal=True)
     q = torch.randn(3, 1, 4, 8)  # 3 local tokens: 6 in all, not a multiple of 2P = 4
     attn(q, q, q)

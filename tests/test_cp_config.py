@@ -38,6 +38,8 @@ def test_bad_dropout_names_the_flag():
 @pytest.mark.parametrize("args", [
     (16, 4, 4, "p2p", True, 4), (12, 6, 3, "p2p", True, 3), (8, 8, 2, "a2a", True, 8),
     (8, 8, 1, "a2a", False, 4), (16, 4, 2, "a2a+p2p", True, (2, 4)), (6, 3, 3, "rsa", True, 3),
+    # a ring of one needs no zigzag split: any length at P = 1, multiples of U at R = 1
+    (7, 4, 4, "p2p", True, 1), (6, 4, 4, "a2a+p2p", True, (2, 1)),
 ])
 def test_good_configs_pass(args):
     check_cp_config(*args)
@@ -74,3 +76,8 @@ def test_shards_partition_the_sequence(mode, causal, u, r):
 def test_shard_rejects_a_length_that_does_not_divide():
     with pytest.raises(ValueError, match="--seq-length 6"):
         cp_local_indices(6, "p2p", True, _mesh(0, 1, 2))
+
+
+def test_a_ring_of_one_keeps_the_natural_order():
+    assert cp_local_indices(7, "p2p", True, _mesh(0, 1, 1)).tolist() == list(range(7))
+    assert cp_local_indices(6, "a2a+p2p", True, _mesh(1, 2, 1)).tolist() == [3, 4, 5]

@@ -4,7 +4,7 @@
         --modes p2p a2a a2a+p2p rsa --world-sizes 1 2 4
 
 Each world size P forks P gloo ranks on this machine (one intra-op thread each,
-tests/dist_utils.py) and times ``out = attn(q, k, v); out.backward(dout)``.
+megatron_sp/launch.py) and times ``out = attn(q, k, v); out.backward(dout)``.
 Under torchrun (``WORLD_SIZE`` set) it instead measures that one world size on
 the present device (CUDA + NCCL when available, e.g. one GPU per rank, bf16).
 
@@ -183,7 +183,7 @@ def main(argv=None):
             if rank == 0:
                 print(_row(mode, world, gathered, None)[0], res["device"], flush=True)
         return
-    from tests.dist_utils import run_distributed
+    from megatron_sp.launch import run_distributed
     print(f"# seq {args.seq}, batch {args.batch}, heads {args.heads} (kv {args.kv_heads}), "
           f"head dim {args.head_dim}, {args.dtype}, causal={args.causal}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}\n{HEADER}", flush=True)

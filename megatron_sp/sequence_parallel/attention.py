@@ -74,7 +74,7 @@ class ContextParallelAttention(nn.Module):
         kernel = select_kernel(q.device, q.dtype, dropout_p, self.kernel_name)
         u_size = self.u_size if self.p > 1 else 1
         return usp_attention(q, k, v, self.ulysses_group, u_size, self.u_index, self.ring, kernel,
-                             self.causal, uses_zigzag(self.mode, self.causal) and self.p > 1,
+                             self.causal, uses_zigzag(self.mode, self.causal) and self.r_size > 1,
                              scale, dropout_p, seed)
 
 

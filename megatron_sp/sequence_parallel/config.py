@@ -65,7 +65,7 @@ def check_seq_len(seq_len: int, mode: str, causal: bool, mesh_or_sizes) -> Tuple
     p, u, r = cp_sizes(mode, mesh_or_sizes)
     if p < 1:
         raise ValueError(f"--context-parallel-size {p} must be >= 1")
-    if uses_zigzag(mode, causal):
+    if uses_zigzag(mode, causal) and r > 1:  # a ring of one needs no zigzag split
         if seq_len % (2 * p) != 0:
             raise ValueError(
                 f"--seq-length {seq_len} is not divisible by 2 x --context-parallel-size {p} = "

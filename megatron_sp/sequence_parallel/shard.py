@@ -36,7 +36,7 @@ def cp_local_indices(seq_len: int, mode: str, causal: bool, mesh) -> torch.LongT
     """Global token positions held by this CP rank, in local order."""
     check_seq_len(seq_len, mode, causal, mesh)
     u_size, u, r_size, r = mesh_layout(mode, mesh)
-    return _indices(seq_len, uses_zigzag(mode, causal), u_size, u, r_size, r)
+    return _indices(seq_len, uses_zigzag(mode, causal) and r_size > 1, u_size, u, r_size, r)
 
 
 def shard_for_cp(x: torch.Tensor, seq_dim: int, mode: str, causal: bool, mesh) -> torch.Tensor:
@@ -53,7 +53,7 @@ def unshard_from_cp(x_local: torch.Tensor, seq_dim: int, mode: str, causal: bool
     u_size, _, r_size, _ = mesh_layout(mode, mesh)
     p = mesh.cp_size
     seq_len = x_local.shape[seq_dim] * p
-    zigzag = uses_zigzag(mode, causal)
+    zigzag = uses_zigzag(mode, causal) and r_size > 1
     order = torch.cat([_indices(seq_len, zigzag, u_size, c % u_size, r_size, c // u_size)
                        for c in range(p)])
     full = all_gather(x_local.detach(), seq_dim, mesh.cp_group if p > 1 else None)

@@ -73,7 +73,9 @@ def _training(p):
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--fp16", action="store_true")
     g.add_argument("--loss-scale", type=float, default=None, help="static loss scale (fp16); default dynamic")
-    g.add_argument("--initial-loss-scale", type=float, default=2.0 ** 32)
+    g.add_argument("--initial-loss-scale", type=float, default=2.0 ** 16,
+                   help="fp16 dynamic scale to start from (Megatron: 2^32, which skips ~15 steps "
+                        "backing off; 2^16 as torch's GradScaler and DeepSpeed)")
     g.add_argument("--min-loss-scale", type=float, default=1.0)
     g.add_argument("--loss-scale-window", type=int, default=1000)
     g.add_argument("--hysteresis", type=int, default=2)

@@ -28,7 +28,7 @@ class ConstantLossScaler:
 class DynamicLossScaler:
     dynamic = True
 
-    def __init__(self, initial_scale: float = 2.0 ** 32, min_scale: float = 1.0, window: int = 1000,
+    def __init__(self, initial_scale: float = 2.0 ** 16, min_scale: float = 1.0, window: int = 1000,
                  hysteresis: int = 2, growth: float = 2.0, backoff: float = 0.5):
         if initial_scale < min_scale or min_scale <= 0:
             raise ValueError(f"--initial-loss-scale {initial_scale} must be >= --min-loss-scale {min_scale} > 0")
