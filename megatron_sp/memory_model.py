@@ -130,21 +130,24 @@ class Estimate:
     grads: float           # bytes of gradients
     adam: float            # bytes of Adam m and v
     activations: float     # saved activations of all layers + outside (forward end)
-    transient: float       # extra at the backward peak
+    transient: float       # extra at the peak (end of forward, or a layer's backward)
+    grads_in_baseline: bool  # DDP (DP x CP > 1) allocates gradient buckets at setup
+    early_grads: float     # gradients already allocated when a layer's backward peaks (no DDP)
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
 
     @property
     def step_peak(self) -> float:
-        """Bytes the step needs above the baseline taken after a warm-up step (weights and Adam state
-        are in the baseline): gradients + saved activations + the transient at the peak.  Under DDP
-        the gradients live in buckets allocated at setup; the scaling tool adds their bytes to the
-        measured peak so every layout pays for its gradients."""
-        return self.grads + self.activations + self.transient
+        """Bytes the step needs above the baseline taken after a warm-up step: saved activations +
+        the transient at the peak.  Weights, Adam state and (under DDP, DP x CP > 1) the gradient
+        buckets are persistent and in the baseline; without DDP the gradients are created in
+        backward, after the end-of-forward peak, and only those of the output layer and the last
+        layer can coincide with a layer's backward peak (``transient`` includes them)."""
+        return self.activations + self.transient
 
     @property
     def total_peak(self) -> float:
-        return self.params + self.adam + self.step_peak
+        return self.params + self.adam + (self.grads if self.grads_in_baseline else 0) + self.step_peak
 
     def breakdown(self) -> dict:
         mib = 2 ** 20
@@ -154,16 +157,18 @@ class Estimate:
                 **{f"comm_{k}_mib": v / mib for k, v in self.comm_detail.items()}}
 
 
+def _layer_parameters(spec: ModelSpec, tp: int) -> float:
+    h, f, a, g, d = (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads, spec.num_query_groups,
+                     spec.kv_channels)
+    qkv_out, fc1_out = (a + 2 * g) * d, f * (2 if spec.swiglu else 1)
+    sharded = h * qkv_out + a * d * h + h * fc1_out + f * h + ((qkv_out + fc1_out) if spec.bias else 0)
+    return sharded / tp + 2 * h * 2 + (2 * h if spec.bias else 0)
+
+
 def local_parameters(spec: ModelSpec, tp: int) -> int:
     """Parameters on one TP rank (the same on every CP/DP rank)."""
-    h, f, a, g, d, L, V = (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads,
-                           spec.num_query_groups, spec.kv_channels, spec.num_layers, spec.vocab_size)
-    qkv_out = (a + 2 * g) * d
-    fc1_out = f * (2 if spec.swiglu else 1)
-    sharded = h * qkv_out + a * d * h + h * fc1_out + f * h
-    bias_sharded = (qkv_out + fc1_out) if spec.bias else 0
-    replicated = 2 * h * 2 + (2 * h if spec.bias else 0)  # two norms (weight, bias) + row-parallel biases
-    per_layer = (sharded + bias_sharded) / tp + replicated
+    h, L, V = spec.hidden_size, spec.num_layers, spec.vocab_size
+    per_layer = _layer_parameters(spec, tp)  # linears (sharded) + two norms and row biases (replicated)
     embed = V * h / tp * (1 if spec.tied else 2) + spec.max_position_embeddings * h
     return int(L * per_layer + embed + 2 * h)  # final norm
 
@@ -199,14 +204,15 @@ def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
     return tok * (h / sp_div * e + h * e + V / T * 4)
 
 
-def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: float = 0.0) -> float:
     """Extra bytes on top of all saved activations at the step's peak: the largest of
 
     * the end of forward: the output layer's logits still alive while the cross entropy
       builds its shifted copy (``[s, b, V/T]`` fp32);
     * a layer's attention: all-to-all send/receive buffers of q, k, v (Ulysses), two K/V
       blocks in flight (ring);
-    * rsa backward: ``d_probs`` and the softmax-backward product, two more score-sized tensors.
+    * rsa backward: ``d_probs`` and the softmax-backward product, two more score-sized tensors;
+      gradients created before that point (output layer, last layer) come on top when not in DDP buckets.
     """
     h, a, g, d, V, T = (spec.hidden_size, spec.num_attention_heads, spec.num_query_groups, spec.kv_channels,
                         spec.vocab_size, lay.tp)
@@ -221,7 +227,7 @@ def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
         attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
     if lay.mode == "rsa" and lay.cp > 1:
         attn += 2 * b * (a / T) * s * (s * lay.cp) * 4
-    return max(head, attn)
+    return max(head, attn + early_grads if attn else 0.0)
 
 
 def _comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> dict:
@@ -270,8 +276,12 @@ def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int
         layers = spec.num_layers * saved
     acts = layers + _outside_saved(spec, lay, s, b)
     comm = _comm(spec, lay, seq_length, b, n)
+    ddp = lay.dp * lay.cp > 1
+    early = 0.0 if ddp else 4.0 * (n - spec.num_layers * _layer_parameters(spec, lay.tp)
+                                   + _layer_parameters(spec, lay.tp))
     return Estimate(params=n * 4.0, grads=n * 4.0, adam=n * 8.0,
-                    activations=acts, transient=_transient(spec, lay, s, b), comm_bytes=sum(comm.values()),
+                    activations=acts, transient=_transient(spec, lay, s, b, early), comm_bytes=sum(comm.values()),
+                    grads_in_baseline=ddp, early_grads=early,
                     comm_detail=comm)
 
 

@@ -25,10 +25,13 @@ Layouts (at world size W; DP = W / (TP x CP))::
 **What is measured.**  Each trial is one fresh set of ``W`` processes (forked from this
 one before any computation, a gloo group on a private FileStore; NCCL and spawn on GPU),
 so a crash or an out-of-memory cannot poison the next trial.  A rank builds the model,
-optimizer and batches (``loop.setup``), then takes its *baseline* and runs ``--steps``
-training steps (default 2: the first allocates gradients and Adam state, the last is
-timed).  The number compared with the budget is the **peak above the baseline** over
-those steps, the maximum over ranks:
+optimizer and batches (``loop.setup``) and runs ``--steps`` training steps (default 2).
+The first is a warm-up: it allocates the Adam state and loads every kernel's code.  The
+*baseline* is taken just before the last step and holds what persists between steps
+(weights, Adam state, DDP's gradient buckets when DP x CP > 1, the batches, the
+interpreter and libraries).  The number compared with the budget is the **peak of the
+last step (forward, backward, optimizer) above that baseline**, the maximum over ranks;
+that step is also the one timed:
 
 * CPU: the kernel's resident-set high-water mark.  Before the step the rank writes ``5``
   to ``/proc/self/clear_refs``, which resets ``VmHWM`` to the current RSS; after the
@@ -36,9 +39,10 @@ those steps, the maximum over ranks:
   by the kernel at page granularity (no sampling that could miss a short peak).  glibc
   is told (``mallopt``) to serve every block >= 64 KiB with its own ``mmap`` and give it
   back on ``free``, with at most 2 arenas, so RSS follows the live tensor bytes instead
-  of malloc's cached free lists; :func:`tests.test_scaling_experiment` checks that a
-  known allocation is measured to within a few percent.  As a safety net for the
-  shared machine, ``RLIMIT_DATA`` caps each rank at ``baseline + 2 x budget + 256 MiB``:
+  of malloc's cached free lists; ``tests/test_scaling_experiment.py`` checks that known
+  allocations (one 64 MiB tensor, 128 x 256 KiB, 8 x 16 MiB allocated and freed in turn)
+  are measured to within 5%.  As a safety net for the shared machine, ``RLIMIT_DATA`` caps
+  each rank at ``setup + 2 x budget + 512 MiB``:
   a step far over budget fails with an allocation error (recorded as ``oom``) instead
   of swapping the host.
 * GPU: ``torch.cuda.max_memory_allocated() - memory_allocated()`` at the baseline; with
@@ -48,9 +52,11 @@ those steps, the maximum over ranks:
 
 **Search.**  Values are multiples of the granularity the layout needs (sequence: 2P for
 zigzag modes, P otherwise, times TP under --sequence-parallel; batch: 1).  From a
-start (the memory model's prediction rounded down, or ``--start``) the value doubles
-(or halves) until a trial fails (fits), then bisects until the bracket is within
-``--rel-tol`` (default 2%) or one granule.
+start (95% of the memory model's prediction, or ``--start``) the value grows by
+``--growth`` (1.15 from the model's start, 2 otherwise) until a trial fails, or shrinks
+until one fits, then bisects until the bracket is within ``--rel-tol`` (default 3%) or
+one granule.  Layouts that run the same program (every layout at world 1) are searched
+once.  Throughput comes from the timed step of the largest trial that fit.
 
 Outputs under ``--out-dir``: ``<name>.csv`` (one row per layout x world size),
 ``<name>.md`` (the paper's form: rows world size, columns layout; cells the max value and
@@ -271,8 +277,6 @@ def _trial_rank(rank, world, store_path, argv, budget_bytes, steps, threads, bac
                 torch.cuda.synchronize(ctx.device)
             step_time = time.perf_counter() - t0
         peak = meter.peak()
-        if ctx.ddp_model is not ctx.model:  # DDP allocated the gradient buckets at setup: count them
-            peak += sum(p.numel() * p.element_size() for p in ctx.model.parameters() if p.requires_grad)
         step_time = torch.tensor([step_time], dtype=torch.float64)
         peak_t = torch.tensor([float(peak)], dtype=torch.float64)
         if ctx.device.type == "cuda":
