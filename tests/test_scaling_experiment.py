@@ -86,7 +86,7 @@ def _measure(kind, out):
 
 @pytest.mark.parametrize("kind,expected", [("one", 64 * MiB), ("many", 32 * MiB), ("freed", 16 * MiB)])
 def test_peak_meter_measures_known_allocations(kind, expected):
-    ctx = mp.get_context("fork")
+    ctx = se._mp_context("cpu")  # a clean forkserver child: the parent's heap and threads do not leak in
     q = ctx.Queue()
     p = ctx.Process(target=_measure, args=(kind, q))
     p.start()

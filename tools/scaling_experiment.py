@@ -22,8 +22,10 @@ Layouts (at world size W; DP = W / (TP x CP))::
     tp2+p2p   TP = 2 x CP = W/2 (p2p), likewise tp2+sp+p2p, tp2+a2a ...
     dp        DP = W (max batch only: every rank holds the whole model)
 
-**What is measured.**  Each trial is one fresh set of ``W`` processes (forked from this
-one before any computation, a gloo group on a private FileStore; NCCL and spawn on GPU),
+**What is measured.**  Each trial is one fresh set of ``W`` processes (forked from a
+forkserver that has imported torch but never computed, so a parent that already used
+OpenMP threads cannot deadlock them; a gloo group on a private FileStore; NCCL and
+spawn on GPU),
 so a crash or an out-of-memory cannot poison the next trial.  A rank builds the model,
 optimizer and batches (``loop.setup``) and runs ``--steps`` training steps (default 2).
 The first is a warm-up: it allocates the Adam state and loads every kernel's code.  The
@@ -322,11 +324,22 @@ class TrialResult:
         return self.status == "ok"
 
 
+def _mp_context(device: str):
+    """spawn on GPU (no CUDA context may be forked); on CPU a forkserver that imported
+    torch and the loop once but never ran an op: forking a process whose OpenMP pool is
+    alive deadlocks children that use more than one thread."""
+    if device == "cuda":
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "megatron_sp.training.loop"])
+    return ctx
+
+
 def run_trial(argv: list, world: int, budget_bytes: Optional[int], steps: int = 2, timeout: float = 600.0,
               device: str = "cpu", threads: Optional[int] = None) -> TrialResult:
     """Run one training trial in ``world`` fresh processes; never raises for a failed trial."""
     backend = "nccl" if device == "cuda" else "gloo"
-    ctxmp = mp.get_context("spawn" if device == "cuda" else "fork")
+    ctxmp = _mp_context(device)
     threads = threads or max(1, (os.cpu_count() or 1) // world)
     tmp = tempfile.mkdtemp(prefix="msp_scaling_")
     out = ctxmp.Queue()
@@ -725,9 +738,6 @@ def _cuda_available() -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.device == "cpu":
-        import torch  # noqa: F401  (imported once here so forked ranks start fast)
-        import megatron_sp.training.loop  # noqa: F401
     rows = run_experiment(args)
     write_outputs(args, rows, _read_trials(args), final=True)
     print(open(os.path.join(args.out_dir, f"{args.name}.md")).read())
