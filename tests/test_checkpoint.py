@@ -44,7 +44,7 @@ def test_resume_into_other_layouts(tmp_path):
                                                       "--context-parallel-size", "2", "--save", save,
                                                       "--save-interval", "2"])[0]
     os.remove(os.path.join(save, ckpt.TRACKER))  # point the tracker back at iteration 2
-    ckpt._write_text_atomic(os.path.join(save, ckpt.TRACKER), "2\n")
+    ckpt.write_text_atomic(os.path.join(save, ckpt.TRACKER), "2\n")
     cp4, it, _ = run_distributed(_pretrain, 4, base + ["--context-parallel-size", "4", "--load", save])[0]
     assert it == 3 and len(cp4) == 1
     one, _, _ = _pretrain(0, 1, base + ["--load", save])
@@ -85,13 +85,13 @@ def test_corrupt_or_incomplete_checkpoints_give_clear_errors(tmp_path, capsys):
     assert ctx.state.iteration == 1 and "starting from iteration 0" in capsys.readouterr().out
 
     tracker = os.path.join(save, ckpt.TRACKER)
-    ckpt._write_text_atomic(tracker, "7\n")
+    ckpt.write_text_atomic(tracker, "7\n")
     with pytest.raises(ckpt.CheckpointError, match="iter_0000007 does not exist"):
         _single(tmp_path, "--load", save)
-    ckpt._write_text_atomic(tracker, "seven\n")
+    ckpt.write_text_atomic(tracker, "seven\n")
     with pytest.raises(ckpt.CheckpointError, match="not an iteration number"):
         _single(tmp_path, "--load", save)
-    ckpt._write_text_atomic(tracker, "1\n")
+    ckpt.write_text_atomic(tracker, "1\n")
 
     with pytest.raises(ckpt.CheckpointError, match="--hidden-size 32, this run has 64"):
         pretrain(TINY[:TINY.index("--hidden-size")] + ["--hidden-size", "64"] + TINY[TINY.index("--hidden-size") + 2:]
@@ -123,7 +123,7 @@ def test_stale_tmp_and_unreferenced_dirs_are_replaced(tmp_path):
     save = str(tmp_path / "ck")
     _single(tmp_path, "--save", save, "--save-interval", "1", iters=2)
     os.rename(os.path.join(save, "iter_0000002"), os.path.join(save, "iter_0000003.tmp"))  # half-written
-    ckpt._write_text_atomic(os.path.join(save, ckpt.TRACKER), "1\n")
+    ckpt.write_text_atomic(os.path.join(save, ckpt.TRACKER), "1\n")
     os.makedirs(os.path.join(save, "iter_0000002"))  # renamed but tracker never updated (here: junk)
     losses, ctx = _single(tmp_path, "--load", save, "--save", save, "--save-interval", "1", iters=3)
     assert len(losses) == 2 and ckpt.read_tracker(save) == 3

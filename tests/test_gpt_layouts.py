@@ -14,8 +14,9 @@ from megatron_sp.tensor_parallel import RNGTracker
 from megatron_sp.tensor_parallel.sharding import full_of
 from megatron_sp.training.arguments import build_parser, padded_vocab_size, validate_args
 from megatron_sp.training.grads import allreduce_sequence_parallel_grads, wrap_data_parallel
-from megatron_sp.training.loop import build_datasets, build_tokenizer, forward_backward, micro_batches, model_config
-from megatron_sp.training.loop import pretrain
+from megatron_sp.training.batches import build_datasets, build_tokenizer, micro_batches
+from megatron_sp.training.loop import model_config, pretrain
+from megatron_sp.training.step import forward_backward
 
 BASE = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 100 --num-layers 2 --hidden-size 32 "
         "--num-attention-heads 4 --seq-length 32 --micro-batch-size 1 --global-batch-size 4 --lr 5e-3 "

@@ -89,7 +89,8 @@ def test_communication_volume_by_mode(spec):
 def test_parameter_count_matches_the_model():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from megatron_sp.training.arguments import build_parser
-    from megatron_sp.training.loop import model_config, padded_vocab_size
+    from megatron_sp.training.arguments import padded_vocab_size
+    from megatron_sp.training.loop import model_config
     from megatron_sp.model import GPTModel
     from megatron_sp.parallel_state import single_rank_mesh
     from megatron_sp.tensor_parallel import RNGTracker

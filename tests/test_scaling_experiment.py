@@ -1,6 +1,5 @@
 """tools/scaling_experiment.py: layouts, the search, the CPU peak-memory meter, trials, outputs."""
 import csv
-import multiprocessing as mp
 import os
 import sys
 
@@ -66,7 +65,6 @@ def test_search_tolerance_limit_and_nothing_fits():
 def _measure(kind, out):
     se.configure_malloc()
     import torch
-    import torch.nn.functional as F  # noqa: F401
     meter = se.PeakMeter(torch.device("cpu"))
     big = None
     torch.ones(1024).sum()  # first-op initialisation belongs to the baseline, as the trial's warm-up step
@@ -77,8 +75,7 @@ def _measure(kind, out):
         big = [torch.ones(256 * 1024 // 4) for _ in range(128)]  # 128 x 256 KiB = 32 MiB
     elif kind == "freed":
         for _ in range(8):
-            x = torch.ones(16 * MiB // 4)  # 16 MiB alive at a time, 128 MiB allocated in total
-            del x
+            torch.ones(16 * MiB // 4)  # 16 MiB alive at a time, 128 MiB allocated in total
     peak = meter.peak()
     del big
     out.put(peak)

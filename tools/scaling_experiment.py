@@ -71,7 +71,6 @@ import argparse
 import csv
 import ctypes
 import datetime
-import math
 import multiprocessing as mp
 import os
 import queue
@@ -81,7 +80,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -253,7 +252,9 @@ def _trial_rank(rank, world, store_path, argv, budget_bytes, steps, threads, bac
                                 timeout=datetime.timedelta(seconds=600))
         from megatron_sp.training.arguments import build_parser
         from megatron_sp.training.logging import flops_per_iteration
-        from megatron_sp.training.loop import micro_batches, setup, train_step
+        from megatron_sp.training.batches import micro_batches
+        from megatron_sp.training.loop import setup
+        from megatron_sp.training.step import train_step
         args = build_parser().parse_args(argv)
         ctx = setup(args)
         batches = [micro_batches(ctx.datasets[0], i * args.global_batch_size, args, ctx.mesh, ctx.device)

@@ -35,18 +35,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import time
 
 import torch
 import torch.distributed as dist
 
 from ..tensor_parallel.sharding import full_of, shard_of
+from .checkpoint_files import (FORMAT_VERSION, METADATA, MODEL_FILE, TRACKER, CheckpointError,  # noqa: F401
+                               checkpoint_dir, fsync_dir, iter_dir_name, list_files,
+                               load_full_state, maybe_fault, prune, read_metadata, read_tracker,
+                               torch_save, write_text_atomic)
 
-FORMAT_VERSION = 1
-TRACKER = "latest_checkpointed_iteration.txt"
-METADATA = "metadata.json"
-MODEL_FILE = "model_optim.pt"
 
 # Flags that fix the shapes (and meaning) of the weights: they must match on load.
 MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
@@ -54,62 +53,9 @@ MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_qu
                      "swiglu", "disable_bias_linear", "untie_embeddings_and_output_weights", "padded_vocab_size")
 
 
-class CheckpointError(ValueError):
-    """A missing, incomplete, corrupt or incompatible checkpoint; the message names the path and the fix."""
-
-
-def iter_dir_name(iteration: int) -> str:
-    return f"iter_{iteration:07d}"
-
-
 def _barrier():
     if dist.is_initialized():
         dist.barrier()
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        _fsync_file(path)
-    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
-        pass
-
-
-def _torch_save(obj, path: str) -> None:
-    with open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
-def _maybe_fault(iteration: int, point: str) -> None:
-    spec = os.environ.get("MEGATRON_SP_CHECKPOINT_FAULT")
-    if not spec:
-        return
-    it, rank, where = spec.split(":")
-    if int(it) == iteration and int(rank) == _rank() and where == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _jsonable(value):
@@ -187,15 +133,6 @@ def _layout(mesh) -> dict:
             "ulysses": mesh.ulysses_size, "ring": mesh.ring_size}
 
 
-def _list_files(root: str) -> dict:
-    files = {}
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            full = os.path.join(dirpath, n)
-            files[os.path.relpath(full, root)] = os.path.getsize(full)
-    return files
-
-
 def save_checkpoint(ctx, save_dir: str | None = None) -> str:
     """Save model, optimizer, scheduler, loss scaler, RNG of every rank and the data position.
 
@@ -218,13 +155,13 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
 
     model_sd, optim_sd = _gather_full(ctx.model, ctx.optimizer, mesh, writer=rank == 0)
     if rank == 0:
-        _torch_save({"model": model_sd, "optimizer": optim_sd,
+        torch_save({"model": model_sd, "optimizer": optim_sd,
                      "scheduler": ctx.scheduler.state_dict(),
                      "loss_scaler": ctx.optimizer.scaler.state_dict(),
                      "train_state": dict(vars(state))}, os.path.join(tmp, MODEL_FILE))
-    _torch_save({"layout": _layout(mesh), "coords": {"tp": mesh.tp_rank, "cp": mesh.cp_rank, "dp": mesh.dp_rank},
+    torch_save({"layout": _layout(mesh), "coords": {"tp": mesh.tp_rank, "cp": mesh.cp_rank, "dp": mesh.dp_rank},
                  "states": ctx.rng.get_states()}, os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
-    _maybe_fault(iteration, "files")
+    maybe_fault(iteration, "files")
     _barrier()  # every rank's files are on disk
 
     if rank == 0:
@@ -232,27 +169,27 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
                 "consumed_samples": state.consumed_samples, "layout": _layout(mesh),
                 "model_shape": {k: _jsonable(getattr(ctx.args, k, None)) for k in MODEL_SHAPE_FLAGS},
                 "args": {k: _jsonable(v) for k, v in sorted(vars(ctx.args).items())},
-                "files": _list_files(tmp), "saved_at": time.time()}
+                "files": list_files(tmp), "saved_at": time.time()}
         meta_path = os.path.join(tmp, METADATA)
         with open(meta_path, "w") as f:
             json.dump(meta, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(os.path.join(tmp, "rng"))
-        _fsync_dir(tmp)
+        fsync_dir(os.path.join(tmp, "rng"))
+        fsync_dir(tmp)
         if os.path.exists(final):  # a checkpoint of this iteration the tracker no longer points at
             stale = final + ".old.tmp"
             shutil.rmtree(stale, ignore_errors=True)
             os.rename(final, stale)
             shutil.rmtree(stale, ignore_errors=True)
         os.rename(tmp, final)
-        _fsync_dir(save_dir)
-    _maybe_fault(iteration, "rename")
+        fsync_dir(save_dir)
+    maybe_fault(iteration, "rename")
     if rank == 0:
-        _write_text_atomic(os.path.join(save_dir, TRACKER), f"{iteration}\n")
+        write_text_atomic(os.path.join(save_dir, TRACKER), f"{iteration}\n")
         keep = getattr(ctx.args, "keep_last_n_checkpoints", None)
         if keep:
-            _prune(save_dir, keep, iteration)
+            prune(save_dir, keep, iteration)
     _barrier()
     if rank == mesh.world_size - 1:
         print(f"  successfully saved checkpoint at iteration {iteration:7d} to {save_dir} "
@@ -260,82 +197,7 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
     return final
 
 
-def _complete_iterations(save_dir: str) -> list:
-    out = []
-    for name in os.listdir(save_dir):
-        if name.startswith("iter_") and name[5:].isdigit() and os.path.isfile(
-                os.path.join(save_dir, name, METADATA)):
-            out.append(int(name[5:]))
-    return sorted(out)
-
-
-def _prune(save_dir: str, keep: int, current: int) -> None:
-    done = [i for i in _complete_iterations(save_dir) if i <= current]
-    for it in done[:-keep] if keep < len(done) else []:
-        if it != current:  # rename first (atomic), so a kill mid-delete leaves only a *.tmp to clean up
-            doomed = os.path.join(save_dir, iter_dir_name(it))
-            os.rename(doomed, doomed + ".old.tmp")
-            shutil.rmtree(doomed + ".old.tmp", ignore_errors=True)
-
-
 # --- load ------------------------------------------------------------------------------
-def read_tracker(load_dir: str) -> int | None:
-    """The iteration in the tracker file, ``None`` when there is no tracker (nothing saved yet)."""
-    path = os.path.join(load_dir, TRACKER)
-    if not os.path.isfile(path):
-        return None
-    text = open(path).read().strip()
-    if text == "release":
-        return 0
-    try:
-        return int(text)
-    except ValueError:
-        raise CheckpointError(f"tracker file {path} holds {text!r}, not an iteration number; fix or delete it "
-                              f"(the checkpoints are the {iter_dir_name(0)[:5]}* directories next to it)") from None
-
-
-def checkpoint_dir(load_dir: str, iteration: int) -> str:
-    """Path of a *complete* checkpoint, else a :class:`CheckpointError` saying what is wrong."""
-    path = os.path.join(load_dir, iter_dir_name(iteration))
-    if not os.path.isdir(path):
-        tmp = " (only a half-written " + os.path.basename(path) + ".tmp exists)" if os.path.isdir(path + ".tmp") else ""
-        raise CheckpointError(f"{os.path.join(load_dir, TRACKER)} points at iteration {iteration} but "
-                              f"{path} does not exist{tmp}; point the tracker at a complete iter_* directory")
-    meta_path = os.path.join(path, METADATA)
-    if not os.path.isfile(meta_path):
-        raise CheckpointError(f"checkpoint {path} is incomplete: {METADATA} (written last) is missing; "
-                              f"it was not finished, use an earlier iter_* directory")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt: {METADATA} cannot be read ({exc})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')}, this code "
-                              f"reads version {FORMAT_VERSION}")
-    for rel, size in meta.get("files", {}).items():
-        full = os.path.join(path, rel)
-        if not os.path.isfile(full):
-            raise CheckpointError(f"checkpoint {path} is incomplete: {rel} is missing")
-        if os.path.getsize(full) != size:
-            raise CheckpointError(f"checkpoint {path} is corrupt: {rel} has {os.path.getsize(full)} bytes, "
-                                  f"{size} were written")
-    return path
-
-
-def read_metadata(path: str) -> dict:
-    with open(os.path.join(path, METADATA)) as f:
-        return json.load(f)
-
-
-def load_full_state(path: str) -> dict:
-    """The rank-independent part of a checkpoint (full tensors by name), read with mmap."""
-    file = os.path.join(path, MODEL_FILE)
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise CheckpointError(f"checkpoint file {file} cannot be read ({type(exc).__name__}: {exc}); "
-                              f"the checkpoint is corrupt, use an earlier iter_* directory") from None
 
 
 def check_model_args(meta: dict, args, path: str) -> None:

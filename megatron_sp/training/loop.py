@@ -9,31 +9,28 @@ One iteration on a rank::
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from ..data.mock_dataset import MockGPTDataset
 from ..model import GPTConfig, GPTModel
 from ..parallel_state import init_distributed, initialize_model_parallel
-from ..sequence_parallel import check_cp_config, cp_local_indices
+from ..sequence_parallel import check_cp_config
 from ..tensor_parallel import RNGTracker
 from .arguments import build_parser, padded_vocab_size, validate_args
+from .batches import build_datasets, build_tokenizer, micro_batches
 from .checkpointing import load_checkpoint, save_checkpoint
-from .grads import allreduce_sequence_parallel_grads, wrap_data_parallel
+from .exit_conditions import ExitSignal, should_exit
+from .grads import wrap_data_parallel
 from .logging import (MetricsWriter, eval_line, flops_per_iteration, log_line, memory_mb, peak_tflops,
                       print_rank_last)
 from .lr_scheduler import LRScheduler
 from .optimizer import MixedPrecisionOptimizer
-
-_BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
-
+from .step import forward_backward, train_step
 
 @dataclass
 class TrainState:
@@ -69,87 +66,6 @@ def check_layout(args, cfg: GPTConfig) -> None:
         raise ValueError(f"--sequence-parallel splits each CP shard of --seq-length {args.seq_length} / "
                          f"--context-parallel-size {cp} over --tensor-model-parallel-size {tp}: "
                          f"{args.seq_length // cp} is not divisible by {tp}")
-
-
-# --- data ------------------------------------------------------------------------------
-def build_tokenizer(args):
-    from ..data.tokenizers import build_tokenizer as build
-    return build(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
-
-
-def build_datasets(args, tokenizer):
-    eval_runs = (args.train_iters // args.eval_interval + 1) if args.eval_interval else 0
-    num_samples = (args.train_iters * args.global_batch_size,
-                   eval_runs * args.eval_iters * args.global_batch_size, args.eval_iters * args.global_batch_size)
-    if args.mock_data:
-        return tuple(MockGPTDataset(max(n, 1), args.seq_length, tokenizer.vocab_size, args.seed, split)
-                     for split, n in enumerate(num_samples))
-    from ..data.gpt_dataset import build_gpt_datasets
-    return build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, num_samples,
-                              tokenizer.eod, args.eod_mask_loss, args.data_cache_path)
-
-
-def micro_batches(dataset, start: int, args, mesh, device) -> list:
-    """This rank's micro-batches of the global batch that starts at sample ``start``.
-
-    Micro-batch m of DP rank d holds samples ``start + (m * DP + d) * mbs + [0, mbs)``:
-    the global batch is the same set of samples for every layout.  Each is cut to
-    this CP rank's tokens (zigzag order where the attention mode wants it).
-    """
-    mbs, dp = args.micro_batch_size, mesh.dp_size
-    idx = cp_local_indices(args.seq_length, args.cp_comm_type, True, mesh)
-    out = []
-    for m in range(args.num_micro_batches):
-        first = start + (m * dp + mesh.dp_rank) * mbs
-        samples = [dataset[(first + i) % len(dataset)] for i in range(mbs)]
-        out.append({k: torch.stack([s[k] for s in samples])[:, idx].to(device) for k in _BATCH_KEYS})
-    return out
-
-
-# --- one step --------------------------------------------------------------------------
-def _autocast(args, device):
-    if args.bf16 or args.fp16:
-        return torch.autocast(device.type, dtype=torch.bfloat16 if args.bf16 else torch.float16)
-    return contextlib.nullcontext()
-
-
-def _global_token_count(batches, mesh) -> torch.Tensor:
-    count = sum(b["loss_mask"].sum() for b in batches).float().reshape(())
-    if mesh.dp_cp_group is not None:
-        dist.all_reduce(count, group=mesh.dp_cp_group)
-    return count.clamp_min(1.0)
-
-
-def forward_backward(model, batches, args, mesh, device, optimizer=None) -> torch.Tensor:
-    """Loss of the global batch (the same on every rank); gradients if ``optimizer``."""
-    tokens = _global_token_count(batches, mesh)
-    total = torch.zeros((), dtype=torch.float32, device=device)
-    for i, b in enumerate(batches):
-        last = i == len(batches) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with _autocast(args, device):
-                per_token = model(b["tokens"], b["position_ids"], b["labels"])  # [b, s_local] fp32
-            loss = (per_token.float() * b["loss_mask"]).sum() / tokens
-            if optimizer is not None:
-                optimizer.scale_loss(loss).backward()
-        total += loss.detach()
-    if mesh.dp_cp_group is not None:
-        dist.all_reduce(total, group=mesh.dp_cp_group)
-    return total
-
-
-def train_step(ctx, batches) -> dict:
-    ctx.optimizer.zero_grad()
-    loss = forward_backward(ctx.ddp_model, batches, ctx.args, ctx.mesh, ctx.device, ctx.optimizer)
-    if not torch.isfinite(loss) and ctx.args.check_for_nan_in_loss_and_grad and not ctx.args.fp16:
-        raise FloatingPointError(f"lm loss is {loss.item()} at iteration {ctx.state.iteration + 1} "
-                                 f"(rank {ctx.mesh.rank}); lower --lr or check the data "
-                                 "(--no-check-for-nan-in-loss-and-grad to continue anyway)")
-    allreduce_sequence_parallel_grads(ctx.model, ctx.mesh)
-    stats = ctx.optimizer.step()
-    stats["loss"] = loss.item()
-    return stats
 
 
 # --- setup and the loop ----------------------------------------------------------------
@@ -246,49 +162,12 @@ def evaluate(ctx, iteration: int) -> float:
     return total / max(args.eval_iters, 1)
 
 
-class _ExitSignal:
-    """``--exit-signal-handler``: SIGTERM only sets a flag; the loop saves and exits at the end of the iteration."""
-
-    def __init__(self, enabled: bool):
-        self.received = False
-        self._previous = None
-        if enabled:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = True
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _should_exit(ctx, sig: _ExitSignal, start_time: float) -> str | None:
-    """Why to stop after this iteration (the same answer on every rank), or ``None``."""
-    args, it = ctx.args, ctx.state.iteration
-    flags = torch.zeros(2, dtype=torch.float32)
-    flags[0] = float(sig.received)
-    if args.exit_duration_in_mins is not None:
-        flags[1] = float((time.time() - start_time) / 60.0 > args.exit_duration_in_mins)
-    if (args.exit_signal_handler or args.exit_duration_in_mins is not None) and dist.is_initialized():
-        flags = flags.to(ctx.device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # one rank's signal or clock stops every rank
-        flags = flags.cpu()
-    if flags[0] > 0:
-        return "received SIGTERM (--exit-signal-handler)"
-    if flags[1] > 0:
-        return f"--exit-duration-in-mins {args.exit_duration_in_mins} reached"
-    if args.exit_interval and it % args.exit_interval == 0:
-        return f"--exit-interval {args.exit_interval} reached"
-    return None
-
-
 def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -> list:
     """Run to ``--train-iters`` (or an exit condition); return this process's per-iteration losses."""
     args, state, mesh = ctx.args, ctx.state, ctx.mesh
     writer = writer or MetricsWriter(args, False)
     start_time = time.time() if start_time is None else start_time
-    exit_signal = exit_signal or _ExitSignal(False)
+    exit_signal = exit_signal or ExitSignal(False)
     last_rank = _is_last_rank(mesh)
     ctx.model.train()
     flops = flops_per_iteration(args, ctx.model.cfg.vocab_size)
@@ -334,7 +213,7 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
         if args.save and args.save_interval and state.iteration % args.save_interval == 0:
             save_checkpoint(ctx)
             saved_at = state.iteration
-        reason = _should_exit(ctx, exit_signal, start_time)
+        reason = should_exit(ctx, exit_signal, start_time)
         if reason:
             if args.save and saved_at != state.iteration:
                 save_checkpoint(ctx)
@@ -357,7 +236,7 @@ def pretrain(argv=None, return_context: bool = False):
     writer = MetricsWriter(args, False)  # import check on every rank, before any collective
     ctx = setup(args)
     writer = MetricsWriter(args, _is_last_rank(ctx.mesh))
-    exit_signal = _ExitSignal(args.exit_signal_handler)
+    exit_signal = ExitSignal(args.exit_signal_handler)
     try:
         print_summary(ctx)
         if args.load:

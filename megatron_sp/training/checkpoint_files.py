@@ -1,0 +1,158 @@
+"""The on-disk side of checkpoints: names, atomic writes, the tracker, and checking a directory.
+
+See checkpointing.py for the format.  Everything here works on paths only (no model),
+so tools (generate_text.py) can validate and read a checkpoint without a process group.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import torch
+import torch.distributed as dist
+
+FORMAT_VERSION = 1
+TRACKER = "latest_checkpointed_iteration.txt"
+METADATA = "metadata.json"
+MODEL_FILE = "model_optim.pt"
+
+
+class CheckpointError(ValueError):
+    """A missing, incomplete, corrupt or incompatible checkpoint; the message names the path and the fix."""
+
+
+def iter_dir_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def rank() -> int:
+    return dist.getrank() if dist.is_initialized() else 0
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fsync_file(path)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+
+
+def torch_save(obj, path: str) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def maybe_fault(iteration: int, point: str) -> None:
+    spec = os.environ.get("MEGATRON_SP_CHECKPOINT_FAULT")
+    if not spec:
+        return
+    it, rank, where = spec.split(":")
+    if int(it) == iteration and int(rank) == rank() and where == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def list_files(root: str) -> dict:
+    files = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            full = os.path.join(dirpath, n)
+            files[os.path.relpath(full, root)] = os.path.getsize(full)
+    return files
+
+
+def complete_iterations(save_dir: str) -> list:
+    out = []
+    for name in os.listdir(save_dir):
+        if name.startswith("iter_") and name[5:].isdigit() and os.path.isfile(
+                os.path.join(save_dir, name, METADATA)):
+            out.append(int(name[5:]))
+    return sorted(out)
+
+
+def prune(save_dir: str, keep: int, current: int) -> None:
+    done = [i for i in complete_iterations(save_dir) if i <= current]
+    for it in done[:-keep] if keep < len(done) else []:
+        if it != current:  # rename first (atomic), so a kill mid-delete leaves only a *.tmp to clean up
+            doomed = os.path.join(save_dir, iter_dir_name(it))
+            os.rename(doomed, doomed + ".old.tmp")
+            shutil.rmtree(doomed + ".old.tmp", ignore_errors=True)
+
+
+def read_tracker(load_dir: str) -> int | None:
+    """The iteration in the tracker file, ``None`` when there is no tracker (nothing saved yet)."""
+    path = os.path.join(load_dir, TRACKER)
+    if not os.path.isfile(path):
+        return None
+    text = open(path).read().strip()
+    if text == "release":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise CheckpointError(f"tracker file {path} holds {text!r}, not an iteration number; fix or delete it "
+                              f"(the checkpoints are the {iter_dir_name(0)[:5]}* directories next to it)") from None
+
+
+def checkpoint_dir(load_dir: str, iteration: int) -> str:
+    """Path of a *complete* checkpoint, else a :class:`CheckpointError` saying what is wrong."""
+    path = os.path.join(load_dir, iter_dir_name(iteration))
+    if not os.path.isdir(path):
+        tmp = " (only a half-written " + os.path.basename(path) + ".tmp exists)" if os.path.isdir(path + ".tmp") else ""
+        raise CheckpointError(f"{os.path.join(load_dir, TRACKER)} points at iteration {iteration} but "
+                              f"{path} does not exist{tmp}; point the tracker at a complete iter_* directory")
+    meta_path = os.path.join(path, METADATA)
+    if not os.path.isfile(meta_path):
+        raise CheckpointError(f"checkpoint {path} is incomplete: {METADATA} (written last) is missing; "
+                              f"it was not finished, use an earlier iter_* directory")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {METADATA} cannot be read ({exc})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')}, this code "
+                              f"reads version {FORMAT_VERSION}")
+    for rel, size in meta.get("files", {}).items():
+        full = os.path.join(path, rel)
+        if not os.path.isfile(full):
+            raise CheckpointError(f"checkpoint {path} is incomplete: {rel} is missing")
+        if os.path.getsize(full) != size:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {rel} has {os.path.getsize(full)} bytes, "
+                                  f"{size} were written")
+    return path
+
+
+def read_metadata(path: str) -> dict:
+    with open(os.path.join(path, METADATA)) as f:
+        return json.load(f)
+
+
+def load_full_state(path: str) -> dict:
+    """The rank-independent part of a checkpoint (full tensors by name), read with mmap."""
+    file = os.path.join(path, MODEL_FILE)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise CheckpointError(f"checkpoint file {file} cannot be read ({type(exc).__name__}: {exc}); "
+                              f"the checkpoint is corrupt, use an earlier iter_* directory") from None

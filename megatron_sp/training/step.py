@@ -1,0 +1,60 @@
+"""One training step: micro-batches -> loss of the global batch -> gradients -> optimizer.
+
+The loss is the mean over every unmasked token of the global batch: each rank divides
+its masked loss sum by the token count of the whole global batch (one all-reduce over
+DP x CP), and DDP *sums* gradients over DP x CP, so loss and gradients are the same in
+every layout.  A CP shard with no unmasked token contributes zero, never NaN.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+
+from .grads import allreduce_sequence_parallel_grads
+
+
+def _autocast(args, device):
+    if args.bf16 or args.fp16:
+        return torch.autocast(device.type, dtype=torch.bfloat16 if args.bf16 else torch.float16)
+    return contextlib.nullcontext()
+
+
+def _global_token_count(batches, mesh) -> torch.Tensor:
+    count = sum(b["loss_mask"].sum() for b in batches).float().reshape(())
+    if mesh.dp_cp_group is not None:
+        dist.all_reduce(count, group=mesh.dp_cp_group)
+    return count.clamp_min(1.0)
+
+
+def forward_backward(model, batches, args, mesh, device, optimizer=None) -> torch.Tensor:
+    """Loss of the global batch (the same on every rank); gradients if ``optimizer``."""
+    tokens = _global_token_count(batches, mesh)
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for i, b in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with _autocast(args, device):
+                per_token = model(b["tokens"], b["position_ids"], b["labels"])  # [b, s_local] fp32
+            loss = (per_token.float() * b["loss_mask"]).sum() / tokens
+            if optimizer is not None:
+                optimizer.scale_loss(loss).backward()
+        total += loss.detach()
+    if mesh.dp_cp_group is not None:
+        dist.all_reduce(total, group=mesh.dp_cp_group)
+    return total
+
+
+def train_step(ctx, batches) -> dict:
+    ctx.optimizer.zero_grad()
+    loss = forward_backward(ctx.ddp_model, batches, ctx.args, ctx.mesh, ctx.device, ctx.optimizer)
+    if not torch.isfinite(loss) and ctx.args.check_for_nan_in_loss_and_grad and not ctx.args.fp16:
+        raise FloatingPointError(f"lm loss is {loss.item()} at iteration {ctx.state.iteration + 1} "
+                                 f"(rank {ctx.mesh.rank}); lower --lr or check the data "
+                                 "(--no-check-for-nan-in-loss-and-grad to continue anyway)")
+    allreduce_sequence_parallel_grads(ctx.model, ctx.mesh)
+    stats = ctx.optimizer.step()
+    stats["loss"] = loss.item()
+    return stats
