@@ -8,7 +8,7 @@
 #      across the ranks (ring attention, zigzag), checkpointing at the end
 #   3. sample text from the checkpoint
 #
-#   examples/demo.sh [OUTDIR]        (default runs/demo; NPROC=2, ITERS=200)
+#   examples/demo.sh [OUTDIR]        (default runs/demo; NPROC=2, ITERS=300)
 # Takes about 3 minutes on 2 cores. Compare the final lm loss with the corpus's
 # unigram entropy that step 1 prints (about 6.25 nats/token).
 set -euo pipefail
@@ -16,7 +16,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-runs/demo}
 PYTHON=${PYTHON:-python3}
 NPROC=${NPROC:-2}
-ITERS=${ITERS:-200}
+ITERS=${ITERS:-300}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 PYTHON=$PYTHON bash "$ROOT/examples/prepare_sample_data.sh" "$OUT/data"

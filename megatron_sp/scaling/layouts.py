@@ -1,0 +1,81 @@
+"""Parallel layouts of the scaling experiments: what a name like ``tp2+sp+p2p`` means at a world size.
+
+    tp        TP = W                      tp+sp     TP = W with --sequence-parallel
+    rsa, p2p, a2a                         CP = W with that --cp-comm-type
+    a2a+p2p   CP = W, Ulysses 2 x ring W/2 (ring only below W = 4)
+    tp2+p2p   TP = 2 x CP = W/2 (p2p), likewise tp2+sp+p2p, tp2+a2a ...
+    dp        DP = W (max batch only: every rank holds the whole model)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+# --- layouts ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    tp: int
+    cp: int
+    dp: int
+    mode: str = "p2p"
+    sp: bool = False
+    ulysses: int = 1  # Ulysses degree U (a2a: U = CP; a2a+p2p: hierarchical U)
+
+    @property
+    def ring(self) -> int:
+        return self.cp // self.ulysses
+
+    def flags(self) -> list:
+        f = ["--tensor-model-parallel-size", str(self.tp), "--context-parallel-size", str(self.cp),
+             "--cp-comm-type", self.mode]
+        if self.sp:
+            f.append("--sequence-parallel")
+        if self.mode == "a2a+p2p" and self.cp > 1:
+            f += ["--hierarchical-context-parallel-sizes", str(self.ulysses), str(self.ring)]
+        return f
+
+    def seq_granularity(self) -> int:
+        """Sequence lengths must be multiples of this (zigzag 2P, else P; x TP under SP)."""
+        # causal zigzag: 2P (the loop checks it even at P = 1, so every P = 1 layout uses 2)
+        g = 2 * self.cp if (self.mode in ("p2p", "a2a+p2p") or self.cp == 1) else self.cp
+        return g * self.tp if self.sp else g
+
+    def key(self) -> tuple:
+        """Layouts with the same key run the same program (e.g. every layout at world 1)."""
+        mode = self.mode if self.cp > 1 else "-"
+        if mode == "a2a+p2p" and self.ulysses in (1, self.cp):  # a pure ring or pure Ulysses in disguise
+            mode = "p2p" if self.ulysses == 1 else "a2a"
+        return (self.tp, self.cp, self.dp, mode, self.sp and self.tp > 1, self.ulysses if self.cp > 1 else 1)
+
+    def describe(self) -> str:
+        parts = [f"TP{self.tp}" + ("+SP" if self.sp else "")]
+        if self.cp > 1:
+            parts.append(f"CP{self.cp} {self.mode}" + (f" (U{self.ulysses}xR{self.ring})" if self.mode == "a2a+p2p"
+                                                        else ""))
+        if self.dp > 1:
+            parts.append(f"DP{self.dp}")
+        return " x ".join(parts)
+
+
+def make_layout(name: str, world: int) -> Optional[Layout]:
+    """The layout called ``name`` at ``world`` ranks, or None where it does not exist."""
+    rest, tp, sp = name, 1, False
+    if rest == "dp":
+        return Layout(name, 1, 1, world)
+    if rest in ("tp", "tp+sp"):
+        return Layout(name, world, 1, 1, "p2p", rest == "tp+sp")
+    if rest.startswith("tp") and rest[2:3].isdigit():  # mixes: tp2+p2p, tp2+sp+a2a ...
+        head, _, rest = rest.partition("+")
+        tp = int(head[2:])
+        if rest.startswith("sp+"):
+            sp, rest = True, rest[3:]
+    if rest not in ("rsa", "p2p", "a2a", "a2a+p2p"):
+        raise ValueError(f"unknown layout {name!r}: use tp, tp+sp, rsa, p2p, a2a, a2a+p2p, tpN+<cp mode>, "
+                         f"tpN+sp+<cp mode>, dp")
+    if world % tp or (tp > 1 and world // tp < 2):
+        return None
+    cp = world // tp
+    u = {"a2a": cp, "a2a+p2p": 2 if cp >= 4 else 1}.get(rest, 1)
+    return Layout(name, tp, cp, 1, rest, sp and tp > 1, u)
