@@ -39,7 +39,7 @@ def load_model(load_dir: str, iteration: int | None = None, device: str = "cpu")
     stored = types.SimpleNamespace(**ckpt.read_metadata(path)["args"])
     stored.hidden_dropout = stored.attention_dropout = 0.0
     stored.sequence_parallel, stored.recompute_granularity = False, None
-    stored.cp_comm_type = "a2a"  # degree 1: plain local attention, any length (p2p wants even lengths)
+    stored.cp_comm_type = "p2p"  # one rank: every mode is local attention through the block kernel
     mesh = single_rank_mesh()
     rng = RNGTracker(stored.seed, device=device)
     model = GPTModel(model_config(stored, stored.padded_vocab_size), mesh, rng)
