@@ -27,8 +27,8 @@ def iter_dir_name(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
-def rank() -> int:
-    return dist.getrank() if dist.is_initialized() else 0
+def _global_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def fsync_file(path: str) -> None:
@@ -67,8 +67,8 @@ def maybe_fault(iteration: int, point: str) -> None:
     spec = os.environ.get("MEGATRON_SP_CHECKPOINT_FAULT")
     if not spec:
         return
-    it, rank, where = spec.split(":")
-    if int(it) == iteration and int(rank) == rank() and where == point:
+    it, victim, where = spec.split(":")
+    if int(it) == iteration and int(victim) == _global_rank() and where == point:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
