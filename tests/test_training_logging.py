@@ -4,7 +4,9 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
+from megatron_sp.sequence_parallel import attention_summary
 from megatron_sp.training import checkpointing as ckpt
 from megatron_sp.training.logging import MetricsWriter, eval_line
 from megatron_sp.training.loop import pretrain
@@ -26,6 +28,30 @@ def test_eval_interval_prints_validation_loss(capsys):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
+def test_startup_summary_names_the_attention_kernel(capsys):
+    pretrain(TINY + ["--train-iters", "1", "--eval-interval", "0"])
+    out = capsys.readouterr().out
+    assert "> attention: --cp-comm-type p2p over CP 1: block kernel cpu_flash" in out
+    assert "WARNING: --attention-dropout" not in out
+
+
+def test_attention_dropout_falling_back_to_the_quadratic_kernel_is_said(capsys):
+    argv = [a for a in TINY]
+    argv[argv.index("--attention-dropout") + 1] = "0.1"
+    pretrain(argv + ["--train-iters", "1", "--eval-interval", "0"])
+    out = capsys.readouterr().out
+    assert "block kernel reference" in out
+    assert "WARNING: --attention-dropout 0.1 > 0 runs attention through the reference kernel" in out
+    assert "--attention-dropout 0 for the flash kernels" in out
+
+
+def test_attention_summary_of_rsa_and_of_a_forced_kernel():
+    line, warning = attention_summary("rsa", 4, torch.device("cpu"), torch.float32, 0.1)
+    assert "full score rows [s/4 x s]" in line and warning is None
+    line, warning = attention_summary("a2a", 2, torch.device("cpu"), torch.float32, 0.1, kernel="reference")
+    assert line.endswith("block kernel reference") and warning is None  # asked for: no warning
+
+
 def test_missing_tensorboard_is_a_clear_error(tmp_path, capsys):
     import pretrain_gpt
     rc = pretrain_gpt.main(TINY + ["--train-iters", "1", "--tensorboard-dir", str(tmp_path)])

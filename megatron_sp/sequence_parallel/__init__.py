@@ -4,6 +4,7 @@ Public API::
 
     attn = build_cp_attention(mode, mesh, causal=True, attention_dropout=0.0, softmax_scale=None)
     out = attn(q, k, v)        # [s_local, b, heads, d] shards in, local output out
+    line, warning = attention_summary(mode, cp_size, device, dtype, attention_dropout)
     check_cp_config(seq_len, num_heads_local, num_kv_heads_local, mode, causal, mesh_or_sizes,
                     attention_dropout)
     uses_zigzag(mode, causal); cp_local_indices(seq_len, mode, causal, mesh)
@@ -12,9 +13,9 @@ Public API::
 Modules: kernels (block kernels), comm (ring P2P, all-to-all, counters),
 ring (online softmax + zigzag), rsa, ulysses, usp, shard, config, attention.
 """
-from .attention import ContextParallelAttention, build_cp_attention
+from .attention import ContextParallelAttention, attention_summary, build_cp_attention
 from .config import CP_COMM_TYPES, check_cp_config, cp_sizes, uses_zigzag
 from .shard import cp_local_indices, shard_for_cp, unshard_from_cp
 
-__all__ = ["CP_COMM_TYPES", "ContextParallelAttention", "build_cp_attention", "check_cp_config",
-           "cp_local_indices", "cp_sizes", "shard_for_cp", "unshard_from_cp", "uses_zigzag"]
+__all__ = ["CP_COMM_TYPES", "ContextParallelAttention", "attention_summary", "build_cp_attention",
+           "check_cp_config", "cp_local_indices", "cp_sizes", "shard_for_cp", "unshard_from_cp", "uses_zigzag"]

@@ -78,6 +78,28 @@ class ContextParallelAttention(nn.Module):
                              scale, dropout_p, seed)
 
 
+def attention_summary(mode: str, cp_size: int, device, dtype, attention_dropout: float,
+                      kernel: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """``(line, warning)`` describing what the attention of a run will execute.
+
+    ``warning`` is set when the choice costs memory quadratic in the block length
+    without the user having asked for it: attention dropout on a backend that
+    cannot apply it falls back to the reference kernel, which materialises the
+    fp32 ``[s_block, s_block]`` scores of every head.
+    """
+    what = f"--cp-comm-type {mode} over CP {cp_size}"
+    if mode == "rsa" and cp_size > 1:
+        return f"{what}: full score rows [s/{cp_size} x s] per head (the paper's RSA)", None
+    chosen = select_kernel(device, dtype, attention_dropout, kernel)
+    line = f"{what}: block kernel {chosen.name}"
+    if attention_dropout > 0 and chosen.name == "reference" and not kernel:
+        return line, (f"--attention-dropout {attention_dropout} > 0 runs attention through the reference "
+                      "kernel (the flash kernels here cannot apply it), which materialises fp32 scores "
+                      "[s_block x s_block] per head: memory quadratic in the sequence. Pass "
+                      "--attention-dropout 0 for the flash kernels (usual for long-context training).")
+    return line, None
+
+
 def build_cp_attention(mode: str, mesh, causal: bool = True, attention_dropout: float = 0.0,
                        softmax_scale: Optional[float] = None,
                        kernel: Optional[str] = None) -> ContextParallelAttention:

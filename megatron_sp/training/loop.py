@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from ..model import GPTConfig, GPTModel
 from ..parallel_state import init_distributed, initialize_model_parallel
-from ..sequence_parallel import check_cp_config
+from ..sequence_parallel import attention_summary, check_cp_config
 from ..tensor_parallel import RNGTracker
 from .arguments import build_parser, padded_vocab_size, validate_args
 from .batches import build_datasets, build_tokenizer, micro_batches
@@ -125,6 +125,9 @@ def print_summary(ctx) -> None:
     total = int(full.item()) + sum(p.numel() for p in ctx.model.parameters()
                                    if getattr(p, "partition_dim", None) is None)
     a = ctx.args
+    compute_dtype = torch.bfloat16 if a.bf16 else torch.float16 if a.fp16 else torch.float32
+    attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype,
+                                           a.attention_dropout)
     print_rank_last(
         f"> layout: {ctx.mesh.describe()}, cp-comm-type {a.cp_comm_type}, sequence-parallel {a.sequence_parallel}, "
         f"device {ctx.device}\n> model: {a.num_layers} layers, hidden {a.hidden_size}, heads "
@@ -133,7 +136,9 @@ def print_summary(ctx) -> None:
         f"> batch: global {a.global_batch_size} = micro {a.micro_batch_size} x {a.num_micro_batches} accumulation "
         f"x DP {ctx.mesh.dp_size}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}"
         f"{' (autocast, fp32 parameters/gradients/optimizer)' if a.bf16 or a.fp16 else ''}\n"
-        f"> MFU peak per device: {_peak_text(ctx)}",
+        f"> attention: {attn}\n"
+        f"> MFU peak per device: {_peak_text(ctx)}"
+        + (f"\nWARNING: {attn_warning}" if attn_warning else ""),
         _is_last_rank(ctx.mesh))
 
 
