@@ -59,10 +59,13 @@ def block_plan(step: int, src: int, rank: int, s: int, causal: bool, zigzag: boo
 
 
 def merge_(out, lse, block_out, block_lse) -> None:
-    """Merge a block's partial result into ``out``/``lse`` (fp32 views, in place)."""
+    """Merge a block's partial result into ``out``/``lse`` (fp32 views, in place).
+
+    ``out - w * (out - out_b)`` is ``lerp(out, out_b, w)``: one fused pass, no temporaries.
+    """
     # out: [b, h, sq, d] fp32   lse: [b, h, sq] fp32
     weight = torch.sigmoid(block_lse - lse).unsqueeze(-1)
-    out.sub_(weight * (out - block_out.to(out.dtype)))
+    out.lerp_(block_out.to(out.dtype), weight)
     lse.sub_(F.logsigmoid(lse - block_lse))
 
 
