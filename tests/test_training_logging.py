@@ -21,10 +21,32 @@ def test_validation_line_format():
     assert " validation loss at iteration 10 | lm loss value: 2.000000E+00 | lm loss PPL: 7.389056E+00 | " in text
 
 
-def test_eval_interval_prints_validation_loss(capsys):
+def test_eval_interval_prints_validation_loss_and_the_test_set_at_the_end(capsys):
     pretrain(TINY + ["--train-iters", "2", "--eval-interval", "1", "--eval-iters", "2"])
-    out = capsys.readouterr().out
-    assert out.count("validation loss at iteration") == 2 and "lm loss PPL" in out
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "validation loss at iteration" in ln]
+    assert [ln.split("|")[0].strip() for ln in lines] == [
+        "validation loss at iteration 1", "validation loss at iteration 2",
+        "validation loss at iteration 2 on test set"]  # Megatron's end-of-training test evaluation
+    assert all("lm loss PPL" in ln for ln in lines)
+
+
+def _real_data_run(tmp_path, capsys, split):
+    from test_data_common import make_data
+    prefix, _ = make_data(tmp_path / "d", n_docs=30)  # token ids below 31000
+    argv = [a for a in TINY if a != "--mock-data"]
+    argv[argv.index("--vocab-size") + 1] = "31000"
+    pretrain(argv + ["--data-path", prefix, "--split", split, "--data-cache-path", str(tmp_path / "c"),
+                     "--train-iters", "2", "--eval-interval", "1", "--eval-iters", "1"])
+    return capsys.readouterr().out
+
+
+def test_a_split_of_weight_zero_has_no_dataset_and_no_evaluation(tmp_path, capsys):
+    out = _real_data_run(tmp_path, capsys, "1,2")  # no test split: trains, validates, no test line
+    assert "no test split (--split 1,2 gives it weight 0)" in out
+    assert out.count("validation loss at iteration") == 2 and "on test set" not in out
+    out = _real_data_run(tmp_path, capsys, "100,0,0")
+    assert "no validation split (--split 100,0,0 gives it weight 0)" in out
+    assert "validation loss" not in out and "iteration        2/" in out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")

@@ -101,8 +101,10 @@ class GPTDataset(torch.utils.data.Dataset):
         self.eod, self.eod_mask_loss, self.name = eod, eod_mask_loss, name
         sizes = indexed.sizes
         if len(doc_ids) == 0 or int(sizes[doc_ids].sum(dtype=np.int64)) == 0:
-            raise ValueError(f"{indexed.prefix}: the {name or 'requested'} split has no tokens; "
-                             "give it more documents with --split or request 0 samples")
+            raise ValueError(f"{indexed.prefix}: the {name or 'requested'} split has no tokens "
+                             f"({len(doc_ids)} of {len(sizes)} documents); give it documents with "
+                             "--split (train,valid,test weights)" + (
+                                 "" if name == "train" else " or turn evaluation off with --eval-iters 0"))
         description = {
             "class": "GPTDataset", "version": 2, "prefix": os.path.abspath(indexed.prefix),
             "split": name, "first_doc": int(doc_ids[0]), "num_docs": len(doc_ids),

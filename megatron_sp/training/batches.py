@@ -21,14 +21,25 @@ def build_tokenizer(args):
     return build(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
 
 
+def evaluation_on(args) -> bool:
+    """``--eval-interval 0`` or ``--eval-iters 0`` turns every evaluation off."""
+    return bool(args.eval_interval and args.eval_iters)
+
+
 def build_datasets(args, tokenizer):
-    eval_runs = (args.train_iters // args.eval_interval + 1) if args.eval_interval else 0
-    num_samples = (args.train_iters * args.global_batch_size,
-                   eval_runs * args.eval_iters * args.global_batch_size, args.eval_iters * args.global_batch_size)
+    """``(train, valid, test)``.  valid: ``--eval-iters`` global batches for each evaluation
+    every ``--eval-interval``; test: ``--eval-iters`` global batches for the one evaluation at
+    the end.  As in Megatron, a split whose ``--split`` weight is 0 has no dataset (None)."""
+    gbs = args.global_batch_size
+    eval_runs = args.train_iters // args.eval_interval + 1 if evaluation_on(args) else 0
+    num_samples = [args.train_iters * gbs, eval_runs * args.eval_iters * gbs,
+                   args.eval_iters * gbs if evaluation_on(args) else 0]
     if args.mock_data:
         return tuple(MockGPTDataset(max(n, 1), args.seq_length, tokenizer.vocab_size, args.seed, split)
                      for split, n in enumerate(num_samples))
-    from ..data.gpt_dataset import build_gpt_datasets
+    from ..data.gpt_dataset import build_gpt_datasets, parse_split
+    weights = parse_split(args.split)
+    num_samples = tuple(n if w > 0 else 0 for n, w in zip(num_samples, weights))
     return build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, num_samples,
                               tokenizer.eod, args.eod_mask_loss, args.data_cache_path)
 

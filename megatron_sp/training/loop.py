@@ -22,7 +22,7 @@ from ..parallel_state import init_distributed, initialize_model_parallel
 from ..sequence_parallel import attention_summary, check_cp_config
 from ..tensor_parallel import RNGTracker
 from .arguments import build_parser, padded_vocab_size, validate_args
-from .batches import build_datasets, build_tokenizer, micro_batches
+from .batches import build_datasets, build_tokenizer, evaluation_on, micro_batches
 from .checkpointing import load_checkpoint, save_checkpoint
 from .exit_conditions import ExitSignal, should_exit
 from .grads import wrap_data_parallel
@@ -137,9 +137,21 @@ def print_summary(ctx) -> None:
         f"x DP {ctx.mesh.dp_size}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}"
         f"{' (autocast, fp32 parameters/gradients/optimizer)' if a.bf16 or a.fp16 else ''}\n"
         f"> attention: {attn}\n"
+        f"> evaluation: {_evaluation_text(ctx)}\n"
         f"> MFU peak per device: {_peak_text(ctx)}"
         + (f"\nWARNING: {attn_warning}" if attn_warning else ""),
         _is_last_rank(ctx.mesh))
+
+
+def _evaluation_text(ctx) -> str:
+    a = ctx.args
+    if not evaluation_on(a):
+        return "off (--eval-interval 0 or --eval-iters 0)"
+    parts = [f"{a.eval_iters} global batches of the {name} split {when}" if d is not None else
+             f"no {name} split (--split {a.split} gives it weight 0)"
+             for name, d, when in (("validation", ctx.datasets[1], f"every {a.eval_interval} iterations"),
+                                   ("test", ctx.datasets[2], "at the end"))]
+    return "; ".join(parts)
 
 
 def _peak_text(ctx) -> str:
@@ -148,15 +160,15 @@ def _peak_text(ctx) -> str:
 
 
 @torch.no_grad()
-def evaluate(ctx, iteration: int) -> float:
-    """Mean lm loss over ``--eval-iters`` global batches of the validation split (model.eval(), no grad).
+def evaluate(ctx, iteration: int, split: int = 1) -> float:
+    """Mean lm loss over ``--eval-iters`` global batches of a split (model.eval(), no grad).
 
-    The validation position is a function of the iteration only, so a resumed run evaluates
-    on the same samples as an uninterrupted one.
+    Validation (``split`` 1): the position is a function of the iteration only, so a resumed
+    run evaluates on the same samples as an uninterrupted one.  Test (2): the first batches.
     """
     args = ctx.args
-    dataset = ctx.datasets[1]
-    run = max(iteration // args.eval_interval - 1, 0) if args.eval_interval else 0
+    dataset = ctx.datasets[split]
+    run = max(iteration // args.eval_interval - 1, 0) if split == 1 else 0
     start = run * args.eval_iters * args.global_batch_size
     ctx.model.eval()
     total = 0.0
@@ -210,7 +222,7 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
                 "nan-iterations": state.nan_iterations, "tokens-per-sec": tokens_per_s, "tflops-per-device": tflops,
                 "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3})
             interval_start, interval_iters, acc_loss = time.perf_counter(), 0, 0.0
-        if args.eval_interval and args.eval_iters and state.iteration % args.eval_interval == 0:
+        if evaluation_on(args) and ctx.datasets[1] is not None and state.iteration % args.eval_interval == 0:
             val = evaluate(ctx, state.iteration)
             print_rank_last(eval_line(state.iteration, val), last_rank)
             writer.scalars(state.iteration, {"validation lm loss": val,
@@ -228,6 +240,11 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
             return losses
     if args.save and saved_at != state.iteration and state.iteration > 0:
         save_checkpoint(ctx)
+    if evaluation_on(args) and ctx.datasets[2] is not None and state.iteration > 0:  # as Megatron, at the end
+        test = evaluate(ctx, state.iteration, split=2)
+        print_rank_last(eval_line(state.iteration, test, where=f"iteration {state.iteration} on test set"),
+                        last_rank)
+        writer.scalars(state.iteration, {"test lm loss": test, "test lm loss PPL": math.exp(min(20.0, test))})
     return losses
 
 
