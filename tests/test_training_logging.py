@@ -30,6 +30,31 @@ def test_eval_interval_prints_validation_loss_and_the_test_set_at_the_end(capsys
     assert all("lm loss PPL" in ln for ln in lines)
 
 
+def _fp16_backoff_log(capsys, log_interval):
+    argv = TINY + ["--train-iters", "12", "--log-interval", str(log_interval), "--eval-interval", "0", "--fp16",
+                   "--initial-loss-scale", str(2 ** 22)]
+    losses, ctx = pretrain(argv, return_context=True)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(" iteration ")]
+    skipped = [int(ln.split("number of skipped iterations:")[1].split("|")[0]) for ln in lines]
+    logged = [float(ln.split("lm loss:")[1].split("|")[0]) if "lm loss:" in ln else None for ln in lines]
+    return losses, ctx.state.skipped_iterations, skipped, logged
+
+
+def test_log_line_counts_per_interval_and_averages_advanced_iterations(capsys):
+    """As Megatron: skipped / NaN counts are per log interval; lm loss is the mean over the
+    interval's advanced iterations and is left out when every one was skipped."""
+    losses, _, each, _ = _fp16_backoff_log(capsys, 1)  # which iterations advance (deterministic)
+    advanced = [n == 0 for n in each]
+    same, total, skipped, logged = _fp16_backoff_log(capsys, 4)
+    assert same == losses and len(skipped) == 3
+    assert skipped == [4 - sum(advanced[k:k + 4]) for k in (0, 4, 8)] and sum(skipped) == total
+    assert skipped[0] == 4 and logged[0] is None  # the scale backs off: nothing advanced, no lm loss
+    assert 0 < skipped[1] < 4, skipped  # a mixed interval: its mean must leave the skipped steps out
+    for k in (1, 2):
+        mine = [x for x, adv in zip(losses[4 * k:4 * k + 4], advanced[4 * k:4 * k + 4]) if adv]
+        assert abs(logged[k] - sum(mine) / len(mine)) <= 1e-6 * logged[k], (k, logged, mine)
+
+
 def _real_data_run(tmp_path, capsys, split):
     from test_data_common import make_data
     prefix, _ = make_data(tmp_path / "d", n_docs=30)  # token ids below 31000

@@ -53,9 +53,10 @@ def log_line(*, iteration, train_iters, consumed, elapsed_ms, lr, global_batch, 
         f"elapsed time per iteration (ms): {elapsed_ms:.1f}",
         f"learning rate: {lr:.6E}",
         f"global batch size: {global_batch:5d}",
-        f"lm loss: {loss:.6E}",
-        f"loss scale: {loss_scale:.1f}",
     ]
+    if loss is not None:  # the mean over the interval's advanced iterations; none when all were skipped
+        parts.append(f"lm loss: {loss:.6E}")
+    parts.append(f"loss scale: {loss_scale:.1f}")
     if grad_norm is not None:
         parts.append(f"grad norm: {grad_norm:.3f}")
     parts += [f"number of skipped iterations: {skipped:3d}", f"number of nan iterations: {nans:3d}",

@@ -189,8 +189,10 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
     ctx.model.train()
     flops = flops_per_iteration(args, ctx.model.cfg.vocab_size)
     peak, _ = peak_tflops(ctx.device, args.peak_tflops)
-    losses, interval_start, interval_iters = [], time.perf_counter(), 0
-    acc_loss = 0.0
+    losses, interval_start = [], time.perf_counter()
+    # per log interval, as Megatron: iterations, advanced (not skipped) ones and their loss sum,
+    # skipped and NaN iterations; reset after every log line
+    interval = dict(iters=0, advanced=0, loss=0.0, skipped=0, nans=0)
     saved_at = state.iteration if args.load else None
     while state.iteration < args.train_iters:
         batches = micro_batches(ctx.datasets[0], state.consumed_samples, args, mesh, ctx.device)
@@ -200,28 +202,34 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
             ctx.scheduler.step()
         state.iteration += 1
         state.consumed_samples += args.global_batch_size
+        nan = not math.isfinite(stats["loss"])
         state.skipped_iterations += int(stats["skipped"])
-        state.nan_iterations += int(stats["loss"] != stats["loss"])
+        state.nan_iterations += int(nan)
         losses.append(stats["loss"])
-        acc_loss += stats["loss"]
-        interval_iters += 1
+        interval["iters"] += 1
+        interval["skipped"] += int(stats["skipped"])
+        interval["nans"] += int(nan)
+        if not stats["skipped"]:
+            interval["advanced"] += 1
+            interval["loss"] += stats["loss"]
         if state.iteration % args.log_interval == 0 or state.iteration == args.train_iters:
-            elapsed = (time.perf_counter() - interval_start) / interval_iters
+            elapsed = (time.perf_counter() - interval_start) / interval["iters"]
             tflops = flops / elapsed / mesh.world_size / 1e12
             tokens_per_s = args.global_batch_size * args.seq_length / elapsed
+            loss = interval["loss"] / interval["advanced"] if interval["advanced"] else None
             print_rank_last(log_line(
                 iteration=state.iteration, train_iters=args.train_iters, consumed=state.consumed_samples,
                 elapsed_ms=elapsed * 1e3, lr=lr, global_batch=args.global_batch_size,
-                loss=acc_loss / interval_iters, loss_scale=ctx.optimizer.loss_scale, grad_norm=stats["grad_norm"],
-                skipped=state.skipped_iterations, nans=state.nan_iterations,
-                tokens_per_s=tokens_per_s, tflops=tflops,
+                loss=loss, loss_scale=ctx.optimizer.loss_scale, grad_norm=stats["grad_norm"],
+                skipped=interval["skipped"], nans=interval["nans"], tokens_per_s=tokens_per_s, tflops=tflops,
                 mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device)), last_rank)
-            writer.scalars(state.iteration, {
-                "lm loss": acc_loss / interval_iters, "learning-rate": lr, "loss-scale": ctx.optimizer.loss_scale,
-                "grad-norm": stats["grad_norm"], "skipped-iterations": state.skipped_iterations,
-                "nan-iterations": state.nan_iterations, "tokens-per-sec": tokens_per_s, "tflops-per-device": tflops,
+            writer.scalars(state.iteration, {  # None values (no advanced iteration) are left out
+                "lm loss": loss, "learning-rate": lr, "loss-scale": ctx.optimizer.loss_scale,
+                "grad-norm": stats["grad_norm"], "skipped-iterations": interval["skipped"],
+                "nan-iterations": interval["nans"], "tokens-per-sec": tokens_per_s, "tflops-per-device": tflops,
                 "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3})
-            interval_start, interval_iters, acc_loss = time.perf_counter(), 0, 0.0
+            interval_start = time.perf_counter()
+            interval = dict(iters=0, advanced=0, loss=0.0, skipped=0, nans=0)
         if evaluation_on(args) and ctx.datasets[1] is not None and state.iteration % args.eval_interval == 0:
             val = evaluate(ctx, state.iteration)
             print_rank_last(eval_line(state.iteration, val), last_rank)
