@@ -10,14 +10,20 @@ import sys
 from megatron_sp.training.loop import pretrain
 
 
+def _error_line(exc: Exception) -> None:
+    # one write() of the whole line, so the ranks' lines never interleave in a shared pipe
+    sys.stderr.write(f"error: {exc}\n")
+    sys.stderr.flush()
+
+
 def main(argv=None) -> int:
     try:
         pretrain(argv)
     except ValueError as exc:  # bad flags, layout, data or checkpoint: one clear line, on every rank
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        _error_line(exc)
         return 2
     except FloatingPointError as exc:  # NaN/inf loss (--check-for-nan-in-loss-and-grad)
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        _error_line(exc)
         return 3
     return 0
 

@@ -7,6 +7,7 @@
 # Memory: ~0.5 GB RSS per process.  Time: about a minute on 2 cores.
 # Variables: NPROC (2), CP (2), CP_COMM_TYPE (p2p), TP (1), SEQ_LENGTH (1024), CHECKPOINT_DIR (runs/quickstart),
 #   DATA_PATH, TOKENIZER_TYPE, TOKENIZER_MODEL, SKIP_SCALING=1 to skip the scaling step.
+# Checkpoints go to CHECKPOINT_DIR and a rerun resumes from them (--load); delete it to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -29,7 +30,8 @@ torchrun --standalone --nproc-per-node "$NPROC" pretrain_gpt.py \
   --lr 1e-3 --min-lr 1e-4 --lr-decay-style cosine --lr-warmup-iters 2 \
   --hidden-dropout 0.0 --attention-dropout 0.0 --distributed-backend gloo \
   --tensor-model-parallel-size "$TP" --context-parallel-size "$CP" --cp-comm-type "$CP_COMM_TYPE" \
-  --log-interval 5 --eval-interval 10 --eval-iters 2 --save "$CHECKPOINT_DIR" --save-interval 10 \
+  --log-interval 5 --eval-interval 10 --eval-iters 2 --save "$CHECKPOINT_DIR" --load "$CHECKPOINT_DIR" \
+  --save-interval 10 \
   "${DATA_ARGS[@]}"
 if [[ "${SKIP_SCALING:-0}" != 1 ]]; then
   python tools/scaling_experiment.py --experiment max-seq --worlds 1 2 --layouts p2p rsa \

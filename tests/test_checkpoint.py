@@ -131,3 +131,19 @@ def test_stale_tmp_and_unreferenced_dirs_are_replaced(tmp_path):
     for it in (2, 3):
         ckpt.checkpoint_dir(save, it)  # complete
     assert json.load(open(os.path.join(save, "iter_0000002", ckpt.METADATA)))["iteration"] == 2
+
+
+def test_a_run_that_would_overwrite_checkpoints_it_did_not_resume_from_stops(tmp_path):
+    """The same command rerun without --load, or --finetune into the directory it loads from,
+    stops at start-up with the fix; nothing on disk changes."""
+    save = str(tmp_path / "ck")
+    run = TINY + NO_DROPOUT + ["--train-iters", "2", "--save", save, "--save-interval", "1"]
+    pretrain(run)
+    before = {name: os.path.getmtime(os.path.join(save, name)) for name in os.listdir(save)}
+    for extra in ([], ["--load", save, "--finetune"]):
+        with pytest.raises(ckpt.CheckpointError, match=r"--save .*ck already holds checkpoints up to iteration 2 .*"
+                                                       r"starts at iteration 0.*Resume with --load"):
+            pretrain(run + extra)
+        assert {n: os.path.getmtime(os.path.join(save, n)) for n in os.listdir(save)} == before
+    losses = pretrain(TINY + NO_DROPOUT + ["--train-iters", "3", "--save", save, "--load", save])  # resuming is fine
+    assert len(losses) == 1 and ckpt.read_tracker(save) == 3

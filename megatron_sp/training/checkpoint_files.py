@@ -114,6 +114,21 @@ def read_tracker(load_dir: str) -> int | None:
                               f"(the checkpoints are the {iter_dir_name(0)[:5]}* directories next to it)") from None
 
 
+def check_save_dir(save_dir: str, start_iteration: int) -> None:
+    """Refuse a run whose saves would replace complete checkpoints it did not resume from.
+
+    E.g. the same command rerun without ``--load``, or ``--finetune`` saving into the
+    directory of the checkpoint it starts from: the tracker is ahead of the run.
+    """
+    tracked = read_tracker(save_dir) if os.path.isdir(save_dir) else None
+    if tracked is not None and tracked > start_iteration:
+        raise CheckpointError(
+            f"--save {save_dir} already holds checkpoints up to iteration {tracked} ({TRACKER}) and this run "
+            f"starts at iteration {start_iteration}, so its saves would replace them. Resume with --load "
+            f"{save_dir}, give another --save directory, or delete {os.path.join(save_dir, TRACKER)} to "
+            "start over on purpose")
+
+
 def checkpoint_dir(load_dir: str, iteration: int) -> str:
     """Path of a *complete* checkpoint, else a :class:`CheckpointError` saying what is wrong."""
     path = os.path.join(load_dir, iter_dir_name(iteration))

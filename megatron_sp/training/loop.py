@@ -23,7 +23,7 @@ from ..sequence_parallel import attention_summary, check_cp_config
 from ..tensor_parallel import RNGTracker
 from .arguments import build_parser, padded_vocab_size, validate_args
 from .batches import build_datasets, build_tokenizer, evaluation_on, micro_batches
-from .checkpointing import load_checkpoint, save_checkpoint
+from .checkpointing import check_save_dir, load_checkpoint, save_checkpoint
 from .exit_conditions import ExitSignal, should_exit
 from .grads import wrap_data_parallel
 from .logging import (MetricsWriter, eval_line, flops_per_iteration, log_line, memory_mb, peak_tflops,
@@ -271,6 +271,8 @@ def pretrain(argv=None, return_context: bool = False):
         print_summary(ctx)
         if args.load:
             load_checkpoint(ctx)
+        if args.save:  # every rank reads the same tracker: all stop together, before any save
+            check_save_dir(args.save, ctx.state.iteration)
         losses = train(ctx, writer, start_time, exit_signal)
         if dist.is_initialized():
             dist.barrier()
