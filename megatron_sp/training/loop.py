@@ -179,6 +179,12 @@ def evaluate(ctx, iteration: int, split: int = 1) -> float:
     return total / max(args.eval_iters, 1)
 
 
+def _new_interval() -> dict:
+    """Counters of one log interval, as Megatron's: iterations, the advanced (not skipped) ones
+    and their loss sum, skipped and NaN iterations; the log line reports them, then they reset."""
+    return dict(iters=0, advanced=0, loss=0.0, skipped=0, nans=0)
+
+
 def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -> list:
     """Run to ``--train-iters`` (or an exit condition); return this process's per-iteration losses."""
     args, state, mesh = ctx.args, ctx.state, ctx.mesh
@@ -189,10 +195,7 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
     ctx.model.train()
     flops = flops_per_iteration(args, ctx.model.cfg.vocab_size)
     peak, _ = peak_tflops(ctx.device, args.peak_tflops)
-    losses, interval_start = [], time.perf_counter()
-    # per log interval, as Megatron: iterations, advanced (not skipped) ones and their loss sum,
-    # skipped and NaN iterations; reset after every log line
-    interval = dict(iters=0, advanced=0, loss=0.0, skipped=0, nans=0)
+    losses, interval_start, interval = [], time.perf_counter(), _new_interval()
     saved_at = state.iteration if args.load else None
     while state.iteration < args.train_iters:
         batches = micro_batches(ctx.datasets[0], state.consumed_samples, args, mesh, ctx.device)
@@ -228,8 +231,7 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
                 "grad-norm": stats["grad_norm"], "skipped-iterations": interval["skipped"],
                 "nan-iterations": interval["nans"], "tokens-per-sec": tokens_per_s, "tflops-per-device": tflops,
                 "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3})
-            interval_start = time.perf_counter()
-            interval = dict(iters=0, advanced=0, loss=0.0, skipped=0, nans=0)
+            interval_start, interval = time.perf_counter(), _new_interval()
         if evaluation_on(args) and ctx.datasets[1] is not None and state.iteration % args.eval_interval == 0:
             val = evaluate(ctx, state.iteration)
             print_rank_last(eval_line(state.iteration, val), last_rank)
