@@ -126,3 +126,16 @@ def test_mixed_precision_converges_at_t2p2(precision):
     else:
         assert skipped == 0
     assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_recompute_activations_is_selective_recompute():
+    """Megatron's --recompute-activations = --recompute-granularity selective: same flags, same losses."""
+    from megatron_sp.training.arguments import ArgumentError, build_parser, validate_args
+    from megatron_sp.training.loop import pretrain
+    argv = TINY + ["--lr", "1e-3", "--train-iters", "3"]
+    args = validate_args(build_parser().parse_args(argv + ["--recompute-activations"]), 1)
+    assert args.recompute_granularity == "selective"
+    with pytest.raises(ArgumentError, match="--recompute-activations .* --recompute-granularity full"):
+        validate_args(build_parser().parse_args(argv + ["--recompute-activations", "--recompute-granularity",
+                                                        "full", "--recompute-method", "uniform"]), 1)
+    assert pretrain(argv + ["--recompute-activations"]) == pretrain(argv)

@@ -36,6 +36,8 @@ def _model(p):
     g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
     g.add_argument("--recompute-method", choices=["uniform", "block"], default=None)
     g.add_argument("--recompute-num-layers", type=int, default=1)
+    g.add_argument("--recompute-activations", action="store_true",
+                   help="Megatron's shorthand for --recompute-granularity selective")
 
 
 def _parallel(p):
@@ -178,6 +180,11 @@ def validate_args(args, world_size: int):
         _fail("give exactly one of --mock-data and --data-path")
     if args.tokenizer_type == "NullTokenizer" and args.vocab_size is None:
         _fail("--tokenizer-type NullTokenizer needs --vocab-size")
+    if args.recompute_activations:
+        if args.recompute_granularity == "full":
+            _fail("--recompute-activations means --recompute-granularity selective; "
+                  "it cannot be combined with --recompute-granularity full")
+        args.recompute_granularity = "selective"
     if args.recompute_granularity == "full" and args.recompute_method is None:
         _fail("--recompute-granularity full needs --recompute-method uniform or block")
     if args.lr_decay_iters is None:
