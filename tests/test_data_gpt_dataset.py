@@ -145,6 +145,7 @@ def test_bad_inputs_name_the_flag(tmp_path):
     with pytest.raises(ValueError, match="--data-path"):
         build_gpt_datasets(["0.5", prefix, "0.5"], "1", 8, 0, (5, 0, 0), EOD)
     with pytest.raises(ValueError, match=r"valid split has no tokens \(0 of 3 documents\).*--split.*--eval-iters 0"):
-        build_gpt_datasets([prefix], "1", 8, 0, (5, 5, 0), EOD)
+        build_gpt_datasets([prefix], "99,1,0", 8, 0, (5, 5, 0), EOD)  # weight > 0, but 0 of 3 documents
+    assert build_gpt_datasets([prefix], "1", 8, 0, (5, 5, 5), EOD)[1:] == (None, None)  # weight 0: no dataset
     with pytest.raises(IndexError):
         build_gpt_datasets([prefix], "1", 8, 0, (5, 0, 0), EOD, cache_dir=None)[0][5]

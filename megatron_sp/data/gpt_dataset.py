@@ -161,7 +161,8 @@ def _split_datasets(prefix, fractions, seq_length, seed, counts, eod, eod_mask_l
 def build_gpt_datasets(data_path: list[str], split: str, seq_length: int, seed: int,
                        num_samples: tuple[int, int, int], eod: int,
                        eod_mask_loss: bool = False, cache_dir: str | None = None):
-    """``(train, valid, test)`` from ``--data-path``/``--split``; None where 0 samples.
+    """``(train, valid, test)`` from ``--data-path``/``--split``; None where 0 samples are
+    asked for or, as in Megatron, the split's ``--split`` weight is 0.
 
     With several prefixes, each is split the same way and the splits are blended with
     the weights (``BlendedDataset``); each prefix gets exactly the samples the blend
@@ -172,6 +173,7 @@ def build_gpt_datasets(data_path: list[str], split: str, seq_length: int, seed: 
     if len(num_samples) != 3 or any(int(n) < 0 for n in num_samples):
         raise ValueError(f"num_samples {num_samples!r} must be three counts >= 0 "
                          "(train, valid, test)")
+    num_samples = tuple(int(n) if f > 0 else 0 for n, f in zip(num_samples, fractions))
     if len(prefixes) == 1:
         return tuple(_split_datasets(prefixes[0], fractions, seq_length, seed, num_samples,
                                      eod, eod_mask_loss, cache_dir))

@@ -37,9 +37,7 @@ def build_datasets(args, tokenizer):
     if args.mock_data:
         return tuple(MockGPTDataset(max(n, 1), args.seq_length, tokenizer.vocab_size, args.seed, split)
                      for split, n in enumerate(num_samples))
-    from ..data.gpt_dataset import build_gpt_datasets, parse_split
-    weights = parse_split(args.split)
-    num_samples = tuple(n if w > 0 else 0 for n, w in zip(num_samples, weights))
+    from ..data.gpt_dataset import build_gpt_datasets
     return build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, num_samples,
                               tokenizer.eod, args.eod_mask_loss, args.data_cache_path)
 
