@@ -95,7 +95,7 @@ class ModelSpec:
         p.add_argument("--position-embedding-type", default="learned_absolute")
         a, _ = p.parse_known_args(argv)
         div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
-        vocab = int(math.ceil((a.vocab_size + 1) / div) * div)  # NullTokenizer adds EOD
+        vocab = int(math.ceil(a.vocab_size / div) * div)  # NullTokenizer: EOD is the last of the V ids
         return cls(a.num_layers, a.hidden_size, a.num_attention_heads, vocab, a.ffn_hidden_size,
                    a.num_query_groups if a.group_query_attention else None, a.kv_channels, a.swiglu,
                    not a.disable_bias_linear, a.position_embedding_type == "rope",

@@ -30,6 +30,13 @@ class GPTConfig:
     recompute_granularity: Optional[str] = None  # None, "full", "selective"
     recompute_method: Optional[str] = None  # "uniform" or "block" (full only)
     recompute_num_layers: int = 1
+    # Megatron-LM interop (issue 13)
+    rotary_percent: float = 1.0  # fraction of each head's channels RoPE rotates
+    rotary_interpolation_factor: Optional[float] = None  # positions / factor
+    rope_scaling_factor: Optional[float] = None  # Llama-3.1 frequency scaling (--use-rope-scaling)
+    apply_layernorm_1p: bool = False  # norm weight stored as gamma - 1
+    add_qkv_bias: bool = False  # bias in linear_qkv even without add_bias_linear (Qwen2)
+    openai_gelu: bool = False  # tanh-approximated GELU
 
     def __post_init__(self):
         if self.ffn_hidden_size is None:
@@ -49,6 +56,10 @@ class GPTConfig:
                              "choose learned_absolute or rope")
         if self.normalization not in ("LayerNorm", "RMSNorm"):
             raise ValueError(f"--normalization {self.normalization!r}: choose LayerNorm or RMSNorm")
+        rot = int(self.kv_channels * self.rotary_percent)
+        if self.position_embedding_type == "rope" and (rot < 2 or rot % 2):
+            raise ValueError(f"--rotary-percent {self.rotary_percent} rotates {rot} of --kv-channels "
+                             f"{self.kv_channels} channels; it must be an even number >= 2")
         if self.recompute_granularity not in (None, "full", "selective"):
             raise ValueError(f"--recompute-granularity {self.recompute_granularity!r}: choose full or selective")
         if self.recompute_granularity == "full" and self.recompute_method not in ("uniform", "block"):

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from ..data.mock_dataset import MockGPTDataset
 from ..sequence_parallel import cp_local_indices
 
 _BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
 def build_tokenizer(args):
-    from ..data.tokenizers import build_tokenizer as build
-    return build(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    from ..data.tokenizers import build_tokenizer_from_args
+    return build_tokenizer_from_args(args)
 
 
 def evaluation_on(args) -> bool:
@@ -34,10 +33,10 @@ def build_datasets(args, tokenizer):
     eval_runs = args.train_iters // args.eval_interval + 1 if evaluation_on(args) else 0
     num_samples = [args.train_iters * gbs, eval_runs * args.eval_iters * gbs,
                    args.eval_iters * gbs if evaluation_on(args) else 0]
+    from ..data.gpt_dataset import build_gpt_datasets, build_mock_gpt_datasets
     if args.mock_data:
-        return tuple(MockGPTDataset(max(n, 1), args.seq_length, tokenizer.vocab_size, args.seed, split)
-                     for split, n in enumerate(num_samples))
-    from ..data.gpt_dataset import build_gpt_datasets
+        return build_mock_gpt_datasets(args.split, args.seq_length, args.seed, num_samples, tokenizer.vocab_size,
+                                       tokenizer.eod, args.eod_mask_loss, args.data_cache_path)
     return build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, num_samples,
                               tokenizer.eod, args.eod_mask_loss, args.data_cache_path)
 

@@ -28,7 +28,7 @@ from .exit_conditions import ExitSignal, should_exit
 from ..distributed import wrap_data_parallel
 from .logging import (MetricsWriter, eval_line, flops_per_iteration, log_line, memory_mb, peak_tflops,
                       print_rank_last)
-from .lr_scheduler import LRScheduler
+from .lr_scheduler import LRScheduler, build_scheduler
 from .optimizer import MixedPrecisionOptimizer
 from .step import forward_backward, train_step
 
@@ -52,7 +52,18 @@ def model_config(args, vocab_size: int) -> GPTConfig:
         hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
         init_method_std=args.init_method_std, sequence_parallel=args.sequence_parallel,
         cp_comm_type=args.cp_comm_type, recompute_granularity=args.recompute_granularity,
-        recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers)
+        recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
+        **interop_model_config(args))
+
+
+def interop_model_config(args) -> dict:
+    """The GPTConfig fields of the Megatron-LM interop flags (defaults for flags an older checkpoint lacks)."""
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    return dict(rotary_percent=get("rotary_percent", 1.0),
+                rotary_interpolation_factor=get("rotary_seq_len_interpolation_factor"),
+                rope_scaling_factor=get("rope_scaling_factor") if get("use_rope_scaling") else None,
+                apply_layernorm_1p=bool(get("apply_layernorm_1p")), add_qkv_bias=bool(get("add_qkv_bias")),
+                openai_gelu=bool(get("openai_gelu")))
 
 
 def check_layout(args, cfg: GPTConfig) -> None:
@@ -106,8 +117,7 @@ def setup(args) -> Context:
     model.to(device)
     ddp_model = wrap_data_parallel(model, mesh)
     optimizer = MixedPrecisionOptimizer(model, args, mesh)
-    scheduler = LRScheduler(optimizer, args.lr, args.min_lr, args.lr_warmup_iters, args.lr_decay_iters,
-                            args.lr_decay_style)
+    scheduler = build_scheduler(optimizer, args)
     return Context(args, mesh, device, tokenizer, model, ddp_model, optimizer, scheduler, rng,
                    build_datasets(args, tokenizer), TrainState())
 
