@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from megatron_sp.data.tokenizers import build_tokenizer  # noqa: E402
+from megatron_sp.data.tokenizers import build_tokenizer_from_args  # noqa: E402
 from megatron_sp.model import GPTModel  # noqa: E402
 from megatron_sp.parallel_state import single_rank_mesh  # noqa: E402
 from megatron_sp.tensor_parallel import RNGTracker  # noqa: E402
@@ -122,8 +122,9 @@ def main(argv=None) -> int:
         return 2
     try:
         model, stored = load_model(a.load, a.iteration, a.device)
-        tok = build_tokenizer(a.tokenizer_type or stored.tokenizer_type,
-                              a.tokenizer_model or stored.tokenizer_model, stored.vocab_size)
+        stored.tokenizer_type = a.tokenizer_type or stored.tokenizer_type
+        stored.tokenizer_model = a.tokenizer_model or stored.tokenizer_model
+        tok = build_tokenizer_from_args(stored)
         prompt = a.prompt if a.prompt is not None else ""
         prompt_ids = tok.tokenize(prompt) if prompt else [tok.eod]
         gen = torch.Generator().manual_seed(a.seed)
