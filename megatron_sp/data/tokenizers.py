@@ -69,6 +69,27 @@ def tokenizer_options(args) -> dict:
     return {k: getattr(args, k) for k in TOKENIZER_OPTIONS if getattr(args, k, None) is not None}
 
 
+# Which tokenizer types read each option flag (the others ignore it, as Megatron-LM's do).
+_READ_BY = {"tokenizer_model": ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer",
+                                "HuggingFaceTokenizer", "TikTokenizer"),
+            "vocab_size": ("NullTokenizer", "TikTokenizer"), "vocab_file": ("GPT2BPETokenizer",),
+            "merge_file": ("GPT2BPETokenizer",), "tiktoken_pattern": ("TikTokenizer",),
+            "null_tokenizer_eod_id": ("NullTokenizer",)}
+
+
+def unused_tokenizer_flags(args) -> list:
+    """One note per tokenizer flag given that the chosen ``--tokenizer-type`` does not read."""
+    kind = resolve_tokenizer_type(args.tokenizer_type, getattr(args, "vocab_file", None))
+    notes = []
+    for dest, readers in _READ_BY.items():
+        value = getattr(args, dest, None)
+        if value is not None and kind not in readers:
+            extra = (" (the vocabulary is the tokenizer's; --padded-vocab-size sets the model's rows)"
+                     if dest == "vocab_size" else "")
+            notes.append(f"--{dest.replace('_', '-')} {value} has no effect with --tokenizer-type {kind}{extra}")
+    return notes
+
+
 def build_tokenizer_from_args(args):
     return build_tokenizer(resolve_tokenizer_type(args.tokenizer_type, getattr(args, "vocab_file", None)),
                            getattr(args, "tokenizer_model", None), getattr(args, "vocab_size", None),

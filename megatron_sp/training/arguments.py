@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..data.tokenizers import add_tokenizer_arguments, resolve_tokenizer_type
+from ..data.tokenizers import add_tokenizer_arguments, resolve_tokenizer_type, unused_tokenizer_flags
 from ..sequence_parallel import CP_COMM_TYPES
 from . import megatron_compat
 from .megatron_compat import normalization_type, position_embedding_type
@@ -275,6 +275,7 @@ def _megatron_prelude(args) -> None:
     notes = apply_checkpoint_args(args)
     notes += megatron_compat.apply_megatron_compat(args)
     args.tokenizer_type = resolve_tokenizer_type(args.tokenizer_type, args.vocab_file)
+    notes += unused_tokenizer_flags(args)
     for flag in ("num_layers", "hidden_size", "num_attention_heads", "seq_length"):
         if getattr(args, flag) is None:
             _fail(f"--{flag.replace('_', '-')} is required (or --use-checkpoint-args with --load CHECKPOINT)")
