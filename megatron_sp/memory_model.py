@@ -55,6 +55,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from .model.config import default_ffn_hidden_size
+
 
 @dataclass
 class ModelSpec:
@@ -75,7 +77,7 @@ class ModelSpec:
     recompute: Optional[str] = None  # None, "selective", "full"
 
     def __post_init__(self):
-        self.ffn_hidden_size = self.ffn_hidden_size or 4 * self.hidden_size
+        self.ffn_hidden_size = self.ffn_hidden_size or default_ffn_hidden_size(self.hidden_size, self.swiglu)
         self.num_query_groups = self.num_query_groups or self.num_attention_heads
         self.kv_channels = self.kv_channels or self.hidden_size // self.num_attention_heads
 

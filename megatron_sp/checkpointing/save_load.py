@@ -50,7 +50,8 @@ from .files import (FORMAT_VERSION, METADATA, MODEL_FILE, TRACKER, CheckpointErr
 # Flags that fix the shapes (and meaning) of the weights: they must match on load.
 MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
                      "kv_channels", "position_embedding_type", "max_position_embeddings", "normalization",
-                     "swiglu", "disable_bias_linear", "untie_embeddings_and_output_weights", "padded_vocab_size")
+                     "swiglu", "disable_bias_linear", "untie_embeddings_and_output_weights", "padded_vocab_size",
+                     "add_qkv_bias", "apply_layernorm_1p", "openai_gelu")
 
 
 def _barrier():

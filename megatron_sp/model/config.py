@@ -5,6 +5,18 @@ from dataclasses import dataclass
 from typing import Optional
 
 
+def default_ffn_hidden_size(hidden_size: int, swiglu: bool) -> int:
+    """Megatron-LM's default MLP width: ``4 h``, or with SwiGLU (two input projections)
+    ``int(8 h / 3 / 64) * 64``, so the parameter count stays near the GELU model's."""
+    if not swiglu:
+        return 4 * hidden_size
+    width = int((4 * hidden_size * 2 / 3) / 64) * 64
+    if width == 0:
+        raise ValueError(f"--swiglu without --ffn-hidden-size gives Megatron's int(8 h / 3 / 64) * 64 = 0 for "
+                         f"--hidden-size {hidden_size}; pass --ffn-hidden-size")
+    return width
+
+
 @dataclass
 class GPTConfig:
     num_layers: int
@@ -40,7 +52,7 @@ class GPTConfig:
 
     def __post_init__(self):
         if self.ffn_hidden_size is None:
-            self.ffn_hidden_size = 4 * self.hidden_size
+            self.ffn_hidden_size = default_ffn_hidden_size(self.hidden_size, self.swiglu)
         if self.num_query_groups is None:
             self.num_query_groups = self.num_attention_heads
         if self.kv_channels is None:
