@@ -62,7 +62,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--load {a.load}: the run did not record its tokenizer's vocabulary size and the "
                              "tokenizer cannot be built here; pass --vocab-size N (the rows to keep)")
         if vocab > tensors["embedding.weight"].shape[0]:
-            raise ValueError(f"--vocab-size {vocab} exceeds the checkpoint's {tensors['embedding.weight'].shape[0]} rows")
+            raise ValueError(f"--vocab-size {vocab} exceeds the checkpoint's "
+                             f"{tensors['embedding.weight'].shape[0]} rows")
         config = hf_config_from_args(args, vocab, family, tok.eod if tok else None)
         hf = {k: v.to(DTYPES[a.dtype]) for k, v in to_hf(tensors, args, family, vocab).items()}
         config["torch_dtype"] = a.dtype

@@ -61,7 +61,8 @@ def _llama_layer_to_hf(ours, i, args, out):
             q, k, v = split_qkv(qkv, g, heads)
             out.update({hp + f"self_attn.q_proj.{kind}": q, hp + f"self_attn.k_proj.{kind}": k,
                         hp + f"self_attn.v_proj.{kind}": v})
-        for ours_name, hf_name in (("self_attention.linear_proj", "self_attn.o_proj"), ("mlp.linear_fc2", "mlp.down_proj")):
+        for ours_name, hf_name in (("self_attention.linear_proj", "self_attn.o_proj"),
+                                   ("mlp.linear_fc2", "mlp.down_proj")):
             if p + f"{ours_name}.{kind}" in ours:
                 out[hp + f"{hf_name}.{kind}"] = ours[p + f"{ours_name}.{kind}"]
         fc1 = ours.get(p + f"mlp.linear_fc1.{kind}")
