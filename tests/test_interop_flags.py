@@ -216,6 +216,7 @@ def test_use_checkpoint_args_and_exit_on_missing_checkpoint(tmp_path):
     assert (args.num_layers, args.hidden_size, args.num_attention_heads, args.seq_length) == (2, 32, 4, 64)
     assert args.swiglu and args.apply_layernorm_1p and args.normalization == "RMSNorm" and args.vocab_size == 128
     assert any(n.startswith("--use-checkpoint-args: from") for n in args.startup_notes)
+    assert args.rotary_base == 10000 and _validate(argv + ["--rotary-base", "40000"]).rotary_base == 40000
     losses = pretrain(argv)  # the 2-layer RoPE model at sequence 64, from the checkpoint's weights
     assert len(losses) == 2
     with pytest.raises(ValueError, match="--num-layers is required"):

@@ -206,6 +206,9 @@ def check_model_args(meta: dict, args, path: str) -> None:
     for key in MODEL_SHAPE_FLAGS:
         if key not in saved:
             continue
+        if key == "max_position_embeddings" and saved.get("position_embedding_type") == "rope" == \
+                getattr(args, "position_embedding_type", None):
+            continue  # RoPE has no position weights: a longer context loads the same checkpoint
         mine = _jsonable(getattr(args, key, None))
         if saved[key] != mine:
             flag = "--" + key.replace("_", "-")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import torch
 
@@ -185,11 +186,15 @@ class MegatronArgumentParser(argparse.ArgumentParser):
         raise ArgumentError(message)
 
     def parse_args(self, args=None, namespace=None):
-        parsed, extras = self.parse_known_args(args, namespace)
+        argv = list(sys.argv[1:] if args is None else args)
+        parsed, extras = self.parse_known_args(argv, namespace)
         if extras:
             flags = [e for e in extras if e.startswith("-")]
             raise ArgumentError(megatron_compat.unknown_flag_message(flags[0]) if flags else
                                 f"unexpected value {extras[0]!r} (a flag before it takes fewer values)")
+        # which flags the command line gave (--use-checkpoint-args lets some of them win)
+        words = {w.split("=", 1)[0] for w in argv if w.startswith("--")}
+        parsed.explicit_flags = sorted({a.dest for a in self._actions if words & set(a.option_strings)})
         return parsed
 
 

@@ -4,7 +4,9 @@
   Megatron, the sizes (``IF_UNSET``) are taken only where the command line leaves them out --
   so ``--seq-length`` can grow for context extension -- while the flags that fix what the
   weights mean (``ALWAYS``) and the tokenizer (``TOKENIZER``, unless
-  ``--no-use-tokenizer-model-from-checkpoint-args``) always follow the checkpoint.
+  ``--no-use-tokenizer-model-from-checkpoint-args``) always follow the checkpoint.  RoPE's
+  base and scaling and the dropouts (``UNLESS_GIVEN``) follow it unless given on the command
+  line (Megatron forces them; here ``--rotary-base`` can be raised to extend the context).
 * ``--exit-on-missing-checkpoint``: ``--load`` naming a directory with no checkpoint is an
   error instead of a fresh start.
 * A weights-only checkpoint (``model_only`` in its metadata: converted from Hugging Face or
@@ -24,10 +26,13 @@ from ..checkpointing import checkpoint_dir, read_metadata, read_tracker
 
 IF_UNSET = ("num_layers", "hidden_size", "ffn_hidden_size", "seq_length", "num_attention_heads", "kv_channels",
             "max_position_embeddings", "padded_vocab_size")
-ALWAYS = ("num_query_groups", "group_query_attention", "position_embedding_type", "rotary_base", "rotary_percent",
-          "rotary_seq_len_interpolation_factor", "use_rope_scaling", "rope_scaling_factor", "disable_bias_linear",
-          "add_qkv_bias", "swiglu", "openai_gelu", "untie_embeddings_and_output_weights", "apply_layernorm_1p",
-          "normalization", "norm_epsilon", "attention_dropout", "hidden_dropout")
+# Megatron forces these from the checkpoint too; here a flag given on the command line wins, so a
+# context extension can raise --rotary-base or add RoPE scaling, and a fine-tune can set dropout.
+UNLESS_GIVEN = ("rotary_base", "rotary_seq_len_interpolation_factor", "use_rope_scaling", "rope_scaling_factor",
+                "attention_dropout", "hidden_dropout")
+ALWAYS = ("num_query_groups", "group_query_attention", "position_embedding_type", "rotary_percent",
+          "disable_bias_linear", "add_qkv_bias", "swiglu", "openai_gelu", "untie_embeddings_and_output_weights",
+          "apply_layernorm_1p", "normalization", "norm_epsilon")
 TOKENIZER = ("tokenizer_type", "tokenizer_model", "vocab_size", "vocab_file", "merge_file", "tiktoken_pattern",
              "tiktoken_num_special_tokens", "null_tokenizer_eod_id")
 
@@ -62,9 +67,11 @@ def apply_checkpoint_args(args) -> list:
     if args.use_checkpoint_args:
         saved = meta.get("args", {})
         taken = []
-        names = IF_UNSET + ALWAYS + (TOKENIZER if args.use_tokenizer_model_from_checkpoint_args else ())
+        names = IF_UNSET + UNLESS_GIVEN + ALWAYS + (TOKENIZER if args.use_tokenizer_model_from_checkpoint_args else ())
+        given = set(getattr(args, "explicit_flags", ()))
         for name in names:
-            if name not in saved or (name in IF_UNSET and getattr(args, name, None) is not None):
+            if name not in saved or (name in IF_UNSET and getattr(args, name, None) is not None) or (
+                    name in UNLESS_GIVEN and name in given):
                 continue
             value = saved[name]
             if getattr(args, name, None) != value:
