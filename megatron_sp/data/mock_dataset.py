@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-MOCK_DOCUMENTS = 1000
+MOCK_DOCUMENTS = 100_000  # as Megatron-LM's mock dataset: every split has many documents
 
 
 def sample_dict(text: torch.Tensor, eod: int | None = None, eod_mask_loss: bool = False) -> dict:

@@ -135,6 +135,10 @@ def _check_deepspeed_config(args, path: str) -> None:
 def apply_deprecated(args) -> list:
     """Rewrite deprecated spellings into the modern flags; return one note per spelling used."""
     notes = []
+    for flag, (spec, _) in {**DEPRECATED, **SAME_AS_HERE}.items():  # entries another parser entry replaced
+        dest = spec.get("dest", flag.lstrip("-").replace("-", "_"))
+        if not hasattr(args, dest):
+            setattr(args, dest, True if spec.get("action") == "store_false" else None)
 
     def note(flag, modern):
         notes.append(f"{flag} is read as {modern} (deprecated spelling)")
