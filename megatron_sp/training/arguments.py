@@ -199,7 +199,10 @@ class MegatronArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = MegatronArgumentParser(description="Pretrain a GPT with TP x CP x DP (megatron_sp)", allow_abbrev=False)
+    p = MegatronArgumentParser(description="Pretrain a GPT with TP x CP x DP (megatron_sp)", allow_abbrev=False,
+                               epilog="Other Megatron-LM flags are accepted with a start-up note or refused in one "
+                                      "line (megatron_sp/training/megatron_flags.py; README, 'Coming from "
+                                      "Megatron-LM').")
     for add in (_model, _parallel, _training, _data, _checkpoint_and_logging, _megatron_interop):
         add(p)
     megatron_compat.add_compat_arguments(p)  # last: flags defined above take precedence
