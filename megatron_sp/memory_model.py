@@ -68,6 +68,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from .model.config import default_ffn_hidden_size
+
 
 @dataclass
 class ModelSpec:
@@ -88,7 +90,7 @@ class ModelSpec:
     recompute: Optional[str] = None  # None, "selective", "full"
 
     def __post_init__(self):
-        self.ffn_hidden_size = self.ffn_hidden_size or 4 * self.hidden_size
+        self.ffn_hidden_size = self.ffn_hidden_size or default_ffn_hidden_size(self.hidden_size, self.swiglu)
         self.num_query_groups = self.num_query_groups or self.num_attention_heads
         self.kv_channels = self.kv_channels or self.hidden_size // self.num_attention_heads
 
@@ -108,7 +110,7 @@ class ModelSpec:
         p.add_argument("--position-embedding-type", default="learned_absolute")
         a, _ = p.parse_known_args(argv)
         div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
-        vocab = int(math.ceil((a.vocab_size + 1) / div) * div)  # NullTokenizer adds EOD
+        vocab = int(math.ceil(a.vocab_size / div) * div)  # NullTokenizer: EOD is the last of the V ids
         return cls(a.num_layers, a.hidden_size, a.num_attention_heads, vocab, a.ffn_hidden_size,
                    a.num_query_groups if a.group_query_attention else None, a.kv_channels, a.swiglu,
                    not a.disable_bias_linear, a.position_embedding_type == "rope",

@@ -35,7 +35,7 @@ def test_out_of_vocabulary_ids_stop_at_startup_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith("error: --data-path ") and prefix in err[0]
-    assert f"token id {top}" in err[0] and "101 ids" in err[0], err[0]
+    assert f"token id {top}" in err[0] and "100 ids" in err[0], err[0]  # NullTokenizer: ids 0..V-1
     assert glob.glob(os.path.join(cache, "*-description.json"))  # the range is cached with the index
     rc = pretrain_gpt.main(_argv(prefix, 100, cache))  # from the cache: the same line
     assert rc == 2 and f"token id {top}" in capsys.readouterr().err
@@ -45,8 +45,8 @@ def test_ids_in_the_vocabulary_padding_are_out_of_range_too(tmp_path):
     from megatron_sp.training.loop import pretrain
     prefix, docs = make_data(tmp_path / "d", n_docs=20)
     top = max(max(d) for d in docs)
-    vocab = top - 5  # tokenizer size top - 4 < top < padded size (a multiple of 128)
-    with pytest.raises(ValueError, match=rf"token id {top}\b.* {vocab + 1} ids \(padded vocabulary \d+\)"):
+    vocab = top - 5  # tokenizer size top - 5 < top < padded size (a multiple of 128)
+    with pytest.raises(ValueError, match=rf"token id {top}\b.* {vocab} ids \(padded vocabulary \d+\)"):
         pretrain(_argv(prefix, vocab, str(tmp_path / "c")))
     assert pretrain(_argv(prefix, top + 1, str(tmp_path / "c")))  # every id in range: trains
 

@@ -102,7 +102,7 @@ def test_parameter_count_matches_the_model():
         if not args.group_query_attention:
             args.num_query_groups = args.num_attention_heads
         args.max_position_embeddings = 64
-        cfg = model_config(args, padded_vocab_size(args.vocab_size + 1, 128, 1))
+        cfg = model_config(args, padded_vocab_size(args.vocab_size, 128, 1))
         model = GPTModel(cfg, single_rank_mesh(), RNGTracker(1, 0, 0, 0, "cpu"))
         assert mm.local_parameters(mm.ModelSpec.from_flags(flags), 1) == sum(p.numel() for p in model.parameters())
 

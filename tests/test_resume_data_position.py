@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import megatron_sp.training.loop as loop
-from megatron_sp.data.mock_dataset import MockGPTDataset
+from megatron_sp.data.mock_dataset import sample_dict
 from megatron_sp.parallel_state import single_rank_mesh
-from megatron_sp.training.batches import micro_batches
+from megatron_sp.training.batches import build_datasets, global_batches, micro_batches
 from megatron_sp.training.loop import pretrain
 
 TINY = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 128 --num-layers 1 --hidden-size 16 "
@@ -25,12 +25,12 @@ def _recording(monkeypatch):
     """Record (start sample, tokens) of every training batch the loop takes."""
     seen = []
 
-    def spy(dataset, start, args, mesh, device):
-        batches = micro_batches(dataset, start, args, mesh, device)
-        seen.append((start, torch.cat([b["tokens"] for b in batches])))
-        return batches
+    def spy(dataset, start, count, args, mesh, device):
+        for i, batches in enumerate(global_batches(dataset, start, count, args, mesh, device)):
+            seen.append((start + i * args.global_batch_size, torch.cat([b["tokens"] for b in batches])))
+            yield batches
 
-    monkeypatch.setattr(loop, "micro_batches", spy)
+    monkeypatch.setattr(loop, "global_batches", spy)
     return seen
 
 
@@ -38,10 +38,11 @@ def test_resume_with_another_global_batch_size_continues_the_data(tmp_path, monk
     save = str(tmp_path / "ck")
     pretrain(TINY + ["--global-batch-size", "16", "--train-iters", "4", "--save", save])
     seen = _recording(monkeypatch)
-    _, ctx = pretrain(TINY + ["--global-batch-size", "4", "--train-iters", "7", "--load", save, "--save", save],
+    _, ctx = pretrain(TINY + ["--global-batch-size", "4", "--train-iters", "7", "--load", save, "--save", save,
+                             "--override-opt_param-scheduler"],
                       return_context=True)
     assert ctx.state.consumed_samples == 64 + 3 * 4
-    reference = MockGPTDataset(1000, 16, ctx.tokenizer.vocab_size, 1234, 0)  # sample i: a function of i only
+    reference = build_datasets(ctx.args, ctx.tokenizer, train_samples=1000)[0]  # sample i: the same in a longer one
     assert [start for start, _ in seen] == [64, 68, 72]
     for start, tokens in seen:
         expected = torch.stack([reference[start + i]["tokens"] for i in range(4)])
@@ -49,8 +50,9 @@ def test_resume_with_another_global_batch_size_continues_the_data(tmp_path, monk
 
 
 def test_a_dataset_that_cannot_provide_the_position_stops_with_a_message():
-    args = types.SimpleNamespace(micro_batch_size=2, num_micro_batches=1, seq_length=8, cp_comm_type="p2p")
-    short = MockGPTDataset(6, 8, 50)
+    args = types.SimpleNamespace(micro_batch_size=2, num_micro_batches=1, seq_length=8, cp_comm_type="p2p",
+                                 global_batch_size=2)
+    short = [sample_dict(torch.arange(9) + i) for i in range(6)]
     micro_batches(short, 4, args, single_rank_mesh(), torch.device("cpu"))  # samples 4, 5: fine
     with pytest.raises(ValueError, match=r"6 samples.*samples \[6, 8\)"):
         micro_batches(short, 6, args, single_rank_mesh(), torch.device("cpu"))

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from megatron_sp.data.tokenizers import build_tokenizer  # noqa: E402
+from megatron_sp.data.tokenizers import build_tokenizer_from_args  # noqa: E402
 from megatron_sp.flag_types import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, SEED,  # noqa: E402
                                     ArgumentParser, in_range)
 from megatron_sp.model import GPTModel  # noqa: E402
@@ -134,8 +134,9 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         model, stored = load_model(a.load, a.iteration, a.device)
-        tok = build_tokenizer(a.tokenizer_type or stored.tokenizer_type,
-                              a.tokenizer_model or stored.tokenizer_model, stored.vocab_size)
+        stored.tokenizer_type = a.tokenizer_type or stored.tokenizer_type
+        stored.tokenizer_model = a.tokenizer_model or stored.tokenizer_model
+        tok = build_tokenizer_from_args(stored)
         prompt = a.prompt if a.prompt is not None else ""
         try:
             prompt_ids = tok.tokenize(prompt) if prompt else [tok.eod]

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pa
 import numpy as np  # noqa: E402
 
 from megatron_sp.data.indexed_dataset import IndexedDataset  # noqa: E402
-from megatron_sp.data.tokenizers import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
+from megatron_sp.data.tokenizers import add_tokenizer_arguments, build_tokenizer_from_args  # noqa: E402
 from megatron_sp.flag_types import NON_NEGATIVE_INT, POSITIVE_INT, SEED, ArgumentParser  # noqa: E402
 
 
@@ -70,9 +70,7 @@ def detokenize(tok, ids: list) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-path", required=True, help="PREFIX of PREFIX.bin/.idx")
-    p.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES, default=None)
-    p.add_argument("--tokenizer-model", default=None)
-    p.add_argument("--vocab-size", type=POSITIVE_INT, default=None, help="for NullTokenizer")
+    add_tokenizer_arguments(p.add_argument_group("tokenizer (optional: detokenize and count EOD)"))
     p.add_argument("--document", type=NON_NEGATIVE_INT, action="append", default=[],
                    help="detokenize document N (repeatable)")
     p.add_argument("--sample", type=NON_NEGATIVE_INT, action="append", default=[],
@@ -88,8 +86,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         ds = IndexedDataset(args.data_path)
-        tok = (build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
-               if args.tokenizer_type else None)
+        tok = build_tokenizer_from_args(args) if args.tokenizer_type or args.vocab_file else None
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -33,7 +33,8 @@ from megatron_sp.data.document_reader import (SkipLog, expand_inputs, is_json_fi
                                               iter_lines)
 from megatron_sp.data.indexed_dataset import (IndexedDatasetBuilder, best_dtype,  # noqa: E402
                                               data_file_path, index_file_path)
-from megatron_sp.data.tokenizers import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
+from megatron_sp.data.tokenizers import (add_tokenizer_arguments, build_tokenizer_from_args,  # noqa: E402
+                                         resolve_tokenizer_type, tokenizer_options)
 from megatron_sp.flag_types import POSITIVE, POSITIVE_INT, ArgumentParser  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keys to extract from each JSON line; one output per key")
     g.add_argument("--strict", action="store_true", help="a bad input line is fatal")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    g.add_argument("--tokenizer-model", default=None, help="SentencePiece model / HF json")
-    g.add_argument("--vocab-size", type=POSITIVE_INT, default=None, help="for NullTokenizer")
+    add_tokenizer_arguments(g)
     g.add_argument("--append-eod", action="store_true",
                    help="append the tokenizer's end-of-document id to every document")
     g = p.add_argument_group("output data")
@@ -96,7 +95,8 @@ def run(args) -> dict:
     if not all(json_flags) and len(args.json_keys) > 1:
         raise ValueError(f"--json-keys {' '.join(args.json_keys)}: plain-text inputs have one "
                          "document per line, so give a single key (or JSONL input)")
-    tok = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    args.tokenizer_type = resolve_tokenizer_type(args.tokenizer_type, args.vocab_file)
+    tok = build_tokenizer_from_args(args)
     dtype = best_dtype(tok.vocab_size)
     finals = [f"{args.output_prefix}_{k}_document" for k in args.json_keys]
     os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
@@ -104,7 +104,7 @@ def run(args) -> dict:
     part_prefixes = [[f"{t}.part{i}" for t in tmp] for i in range(args.partitions)]
     created: list[str] = []
     init = (args.tokenizer_type, args.tokenizer_model, args.vocab_size, args.json_keys,
-            args.append_eod, json_flags, dtype)
+            args.append_eod, json_flags, dtype, tokenizer_options(args))
     skips, progress = SkipLog(files), Progress(args.log_interval)
     pool = mp.get_context("fork").Pool(args.workers, init_encoder, init) \
         if args.workers > 1 else None

@@ -51,7 +51,8 @@ from .state import ensure_optimizer_state, model_entries, optimizer_entries
 # Flags that fix the shapes (and meaning) of the weights: they must match on load.
 MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
                      "kv_channels", "position_embedding_type", "max_position_embeddings", "normalization",
-                     "swiglu", "disable_bias_linear", "untie_embeddings_and_output_weights", "padded_vocab_size")
+                     "swiglu", "disable_bias_linear", "untie_embeddings_and_output_weights", "padded_vocab_size",
+                     "add_qkv_bias", "apply_layernorm_1p", "openai_gelu")
 
 
 def _barrier():
@@ -256,6 +257,9 @@ def check_model_args(meta: dict, args, path: str) -> None:
     for key in MODEL_SHAPE_FLAGS:
         if key not in saved:
             continue
+        if key == "max_position_embeddings" and saved.get("position_embedding_type") == "rope" == \
+                getattr(args, "position_embedding_type", None):
+            continue  # RoPE has no position weights: a longer context loads the same checkpoint
         mine = _jsonable(getattr(args, key, None))
         if saved[key] != mine:
             flag = "--" + key.replace("_", "-")
@@ -370,14 +374,3 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
               f"iteration {iteration}: {what}; continuing from iteration {ctx.state.iteration}, consumed samples "
               f"{ctx.state.consumed_samples} [ {time.perf_counter() - start:.2f}s ]", flush=True)
     return resumed
-
-
-def read_full_model(path: str) -> dict:
-    """``{name: full tensor}`` of a complete checkpoint directory of either format, on one process."""
-    meta = read_metadata(path)
-    mismatch = verify_checksums(path, meta.get("checksums") or {})
-    if mismatch:
-        raise CheckpointError(mismatch)
-    if ckpt_format(meta) == "torch":
-        return dict(torch_legacy.load_full_state(path)["model"])
-    return torch_dist.read_full_model(path)

@@ -31,12 +31,17 @@ class GPTModel(torch.nn.Module):
             self.position_embeddings = torch.nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
             set_tp_attributes(self.position_embeddings.weight, None, 1, "normal")
         else:
-            self.rotary = RotaryEmbedding(cfg.kv_channels, cfg.rotary_base)
+            self.rotary = RotaryEmbedding(cfg.kv_channels, cfg.rotary_base, cfg.rotary_percent,
+                                          cfg.rotary_interpolation_factor, cfg.rope_scaling_factor)
         self.decoder = TransformerBlock(cfg, mesh, rng)
         self.final_norm = build_norm(cfg)
         self.output_layer = ColumnParallelLinear(cfg.hidden_size, cfg.vocab_size, mesh.tp_group, bias=False,
                                                  sequence_parallel=sp,
                                                  skip_weight=not cfg.untie_embeddings_and_output_weights)
+        # As Megatron: --decoupled-lr applies to these (training/optimizer.py)
+        self.embedding.weight.is_embedding_or_output_parameter = True
+        if self.output_layer.weight is not None:
+            self.output_layer.weight.is_embedding_or_output_parameter = True
 
     def init_weights(self, seed: int) -> None:
         init_parameters(self, seed, self.mesh.tp_rank, self.mesh.tp_size, self.cfg.init_method_std,

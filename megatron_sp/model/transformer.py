@@ -21,13 +21,31 @@ from .config import GPTConfig
 from .rope import apply_rotary
 
 
+class Norm1P(torch.nn.Module):
+    """Megatron's ``--apply-layernorm-1p``: the norm's weight is stored as ``gamma - 1``
+    (initialised to zeros, so weight decay pulls gamma towards 1, not 0)."""
+
+    def __init__(self, normalization: str, hidden_size: int, eps: float):
+        super().__init__()
+        self.normalization, self.eps = normalization, eps
+        self.weight = torch.nn.Parameter(torch.zeros(hidden_size))
+        self.bias = torch.nn.Parameter(torch.zeros(hidden_size)) if normalization == "LayerNorm" else None
+
+    def forward(self, x):
+        if self.normalization == "RMSNorm":
+            return F.rms_norm(x, x.shape[-1:], self.weight + 1, self.eps)
+        return F.layer_norm(x, x.shape[-1:], self.weight + 1, self.bias, self.eps)
+
+
 def build_norm(cfg: GPTConfig) -> torch.nn.Module:
-    if cfg.normalization == "RMSNorm":
+    if cfg.apply_layernorm_1p:
+        norm = Norm1P(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
+    elif cfg.normalization == "RMSNorm":
         norm = torch.nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_epsilon)
     else:
         norm = torch.nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_epsilon)
     for name, p in norm.named_parameters():
-        set_tp_attributes(p, None, 1, "ones" if name == "weight" else "zeros",
+        set_tp_attributes(p, None, 1, "ones" if name == "weight" and not cfg.apply_layernorm_1p else "zeros",
                           sequence_parallel=cfg.sequence_parallel)
     return norm
 
@@ -52,7 +70,7 @@ class SelfAttention(torch.nn.Module):
         d = cfg.kv_channels
         self.linear_qkv = ColumnParallelLinear(
             cfg.hidden_size, cfg.num_query_groups * (self.heads_per_group + 2) * d, mesh.tp_group,
-            bias=cfg.add_bias_linear, sequence_parallel=cfg.sequence_parallel)
+            bias=cfg.add_bias_linear or cfg.add_qkv_bias, sequence_parallel=cfg.sequence_parallel)
         self.core = build_cp_attention(cfg.cp_comm_type, mesh, causal=True,
                                        attention_dropout=cfg.attention_dropout)
         self.linear_proj = RowParallelLinear(cfg.num_attention_heads * d, cfg.hidden_size, mesh.tp_group,
@@ -84,7 +102,7 @@ class SelfAttention(torch.nn.Module):
 class MLP(torch.nn.Module):
     def __init__(self, cfg: GPTConfig, mesh):
         super().__init__()
-        self.swiglu = cfg.swiglu
+        self.swiglu, self.gelu_approximate = cfg.swiglu, "tanh" if cfg.openai_gelu else "none"
         width = cfg.ffn_hidden_size * (2 if cfg.swiglu else 1)
         self.linear_fc1 = ColumnParallelLinear(cfg.hidden_size, width, mesh.tp_group, bias=cfg.add_bias_linear,
                                                sequence_parallel=cfg.sequence_parallel,
@@ -98,7 +116,7 @@ class MLP(torch.nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate=self.gelu_approximate)
         return self.linear_fc2(h)
 
 

@@ -42,7 +42,7 @@ def set_tp_attributes(param: torch.nn.Parameter, partition_dim=None, chunks: int
     return param
 
 
-TP_ATTRIBUTES = ("partition_dim", "partition_chunks", "init_kind", "sequence_parallel")
+TP_ATTRIBUTES = ("partition_dim", "partition_chunks", "init_kind", "sequence_parallel", "is_embedding_or_output_parameter")
 
 
 @contextlib.contextmanager

@@ -16,18 +16,24 @@ def _fail(msg: str):
 
 
 def check_schedule(args) -> None:
+    """After ``arguments._lr_schedule``: warmup and decay in samples (``lr_warmup_steps``,
+    ``lr_decay_steps``), whichever flags gave them."""
     if args.min_lr > args.lr:
         _fail(f"--min-lr {args.min_lr:g} is larger than --lr {args.lr:g}: the schedule would raise the learning "
               "rate while it decays; lower --min-lr")
-    if args.lr_decay_style == "constant" or not args.lr_warmup_iters:
+    if args.lr_decay_style == "constant" or not args.lr_warmup_steps:
         return
-    if args.lr_warmup_iters >= args.lr_decay_iters:
-        decay = (f"--lr-decay-iters {args.lr_decay_iters}" if args.lr_decay_iters != args.train_iters
-                 else f"--lr-decay-iters (default: --train-iters {args.train_iters})")
+    if args.lr_warmup_steps >= args.lr_decay_steps:
+        unit = "samples" if args.train_samples is not None else "iters"
+        decay_flag = f"--lr-decay-{unit}"
+        default = args.train_samples if unit == "samples" else args.train_iters
+        given = args.lr_decay_samples if unit == "samples" else args.lr_decay_iters
+        decay = f"{decay_flag} {given}" if given != default else f"{decay_flag} (default: --train-{unit} {default})"
         if args.lr_warmup_fraction is not None:
-            _fail(f"--lr-warmup-fraction {args.lr_warmup_fraction} x {decay} = {args.lr_warmup_iters} warmup "
-                  f"iterations leaves nothing to decay ({args.lr_decay_style}); lower --lr-warmup-fraction")
-        _fail(f"--lr-warmup-iters {args.lr_warmup_iters} must be smaller than {decay}: nothing is left to decay "
+            _fail(f"--lr-warmup-fraction {args.lr_warmup_fraction} of {decay} leaves nothing to decay "
+                  f"({args.lr_decay_style}); lower --lr-warmup-fraction")
+        warmup = args.lr_warmup_samples if unit == "samples" else args.lr_warmup_iters
+        _fail(f"--lr-warmup-{unit} {warmup} must be smaller than {decay}: nothing is left to decay "
               f"({args.lr_decay_style}); lower the warmup or use --lr-decay-style constant")
 
 

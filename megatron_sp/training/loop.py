@@ -23,15 +23,16 @@ from ..sequence_parallel import attention_summary, check_cp_config
 from ..tensor_parallel import RNGTracker
 from ..tensor_parallel.sharding import keeping_tp_attributes
 from .arguments import build_parser, padded_vocab_size, validate_args
-from .batches import build_datasets, build_tokenizer, datasets_for_resume, evaluation_on, micro_batches
+from .batches import build_datasets, build_tokenizer, datasets_for_resume, evaluation_on, global_batches
 from ..checkpointing import check_save_dir, finish_pending_save, load_checkpoint, save_checkpoint
 from .divergence import DivergenceGuard
 from .exit_conditions import ExitSignal, should_exit
 from .faults import install_stop_fault
 from ..distributed import describe_model_state, ensure_process_group, shard_model, sharding_mode, wrap_data_parallel
+from .log_stats import log_extras
 from .logging import (MetricsWriter, eval_line, flops_per_iteration, log_line, memory_mb, peak_tflops,
                       print_rank_last)
-from .lr_scheduler import LRScheduler
+from .lr_scheduler import LRScheduler, build_scheduler
 from .optimizer import MixedPrecisionOptimizer
 from .step import forward_backward, train_step
 
@@ -55,7 +56,29 @@ def model_config(args, vocab_size: int) -> GPTConfig:
         hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
         init_method_std=args.init_method_std, sequence_parallel=args.sequence_parallel,
         cp_comm_type=args.cp_comm_type, recompute_granularity=args.recompute_granularity,
-        recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers)
+        recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
+        **interop_model_config(args))
+
+
+def model_vocab_size(args, tokenizer_vocab: int) -> int:
+    """The embedding's rows: ``--padded-vocab-size`` (or a checkpoint's, by --use-checkpoint-args),
+    else the tokenizer's vocabulary padded (``padded_vocab_size``)."""
+    given = getattr(args, "padded_vocab_size", None)
+    if given is None:
+        return padded_vocab_size(tokenizer_vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+    if given < tokenizer_vocab:
+        raise ValueError(f"--padded-vocab-size {given} is smaller than the tokenizer's vocabulary of {tokenizer_vocab}")
+    return given
+
+
+def interop_model_config(args) -> dict:
+    """The GPTConfig fields of the Megatron-LM interop flags (defaults for flags an older checkpoint lacks)."""
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    return dict(rotary_percent=get("rotary_percent", 1.0),
+                rotary_interpolation_factor=get("rotary_seq_len_interpolation_factor"),
+                rope_scaling_factor=get("rope_scaling_factor") if get("use_rope_scaling") else None,
+                apply_layernorm_1p=bool(get("apply_layernorm_1p")), add_qkv_bias=bool(get("add_qkv_bias")),
+                openai_gelu=bool(get("openai_gelu")))
 
 
 def check_layout(args, cfg: GPTConfig) -> None:
@@ -116,9 +139,8 @@ def setup(args) -> Context:
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     validate_args(args, world)
     tokenizer = build_tokenizer(args)
-    vocab = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
-                              args.tensor_model_parallel_size)
-    args.padded_vocab_size = vocab
+    args.tokenizer_vocab_size = tokenizer.vocab_size  # saved with the flags: HF export trims padding to it
+    vocab = args.padded_vocab_size = model_vocab_size(args, tokenizer.vocab_size)
     cfg = model_config(args, vocab)
     check_layout(args, cfg)
     init_distributed(args.distributed_backend, args.distributed_timeout_minutes * 60)
@@ -132,8 +154,7 @@ def setup(args) -> Context:
     model = build_model(args, cfg, mesh, rng, device)
     ddp_model = wrap_data_parallel(model, mesh)
     optimizer = MixedPrecisionOptimizer(model, args, mesh)
-    scheduler = LRScheduler(optimizer, args.lr, args.min_lr, args.lr_warmup_iters, args.lr_decay_iters,
-                            args.lr_decay_style)
+    scheduler = build_scheduler(optimizer, args)
     return Context(args, mesh, device, tokenizer, model, ddp_model, optimizer, scheduler, rng,
                    build_datasets(args, tokenizer), TrainState())
 
@@ -165,6 +186,7 @@ def print_summary(ctx) -> None:
         f"> attention: {attn}\n"
         f"> evaluation: {_evaluation_text(ctx)}\n"
         f"> MFU peak per device: {_peak_text(ctx)}"
+        + "".join(f"\n> note: {n}" for n in getattr(a, "startup_notes", []))
         + (f"\nWARNING: {attn_warning}" if attn_warning else ""),
         _is_last_rank(ctx.mesh))
 
@@ -207,8 +229,7 @@ def evaluate(ctx, iteration: int, split: int = 1) -> float:
     start = run * args.eval_iters * args.global_batch_size
     ctx.model.eval()
     total = 0.0
-    for i in range(args.eval_iters):
-        batches = micro_batches(dataset, start + i * args.global_batch_size, args, ctx.mesh, ctx.device)
+    for batches in global_batches(dataset, start, args.eval_iters, args, ctx.mesh, ctx.device):
         total += forward_backward(ctx.model, batches, args, ctx.mesh, ctx.device).item()
     ctx.model.train()
     return total / max(args.eval_iters, 1)
@@ -233,8 +254,10 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
     losses, interval_start, interval = [], time.perf_counter(), _new_interval()
     saved_at = state.iteration if args.load else None
     guard = DivergenceGuard(args, ctx.optimizer.scaler)
+    train_batches = global_batches(ctx.datasets[0], state.consumed_samples, args.train_iters - state.iteration,
+                                   args, mesh, ctx.device)
     while state.iteration < args.train_iters:
-        batches = micro_batches(ctx.datasets[0], state.consumed_samples, args, mesh, ctx.device)
+        batches = next(train_batches)
         scale = ctx.optimizer.loss_scale
         stats = train_step(ctx, batches)
         lr = ctx.optimizer.param_groups[0]["lr"]
@@ -257,17 +280,19 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
             tflops = flops / elapsed / mesh.world_size / 1e12
             tokens_per_s = args.global_batch_size * args.seq_length / elapsed
             loss = interval["loss"] / interval["advanced"] if interval["advanced"] else None
+            extras = log_extras(ctx)
             print_rank_last(log_line(
                 iteration=state.iteration, train_iters=args.train_iters, consumed=state.consumed_samples,
                 elapsed_ms=elapsed * 1e3, lr=lr, global_batch=args.global_batch_size,
                 loss=loss, loss_scale=ctx.optimizer.loss_scale, grad_norm=stats["grad_norm"],
                 skipped=interval["skipped"], nans=interval["nans"], tokens_per_s=tokens_per_s, tflops=tflops,
-                mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device)), last_rank)
+                mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device),
+                num_zeros=extras.get("num-zeros"), params_norm=extras.get("params-norm")), last_rank)
             writer.scalars(state.iteration, {  # None values (no advanced iteration) are left out
                 "lm loss": loss, "learning-rate": lr, "loss-scale": ctx.optimizer.loss_scale,
                 "grad-norm": stats["grad_norm"], "skipped-iterations": interval["skipped"],
                 "nan-iterations": interval["nans"], "tokens-per-sec": tokens_per_s, "tflops-per-device": tflops,
-                "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3})
+                "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3, **extras})
             interval_start, interval = time.perf_counter(), _new_interval()
         guard.update(stats["skipped"], scale, state.iteration, stats["loss"])
         if evaluation_on(args) and ctx.datasets[1] is not None and state.iteration % args.eval_interval == 0:

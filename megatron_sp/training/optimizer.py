@@ -22,12 +22,23 @@ from ..distributed import clip_grad_norm, found_inf, local
 from .loss_scaler import build_loss_scaler
 
 
-def _param_groups(model, weight_decay):
-    decay, no_decay = [], []
+def _param_groups(model, weight_decay, decoupled_lr=None, decoupled_min_lr=None):
+    """No weight decay on 1-D parameters; with ``--decoupled-lr`` the embedding and output layer
+    (``is_embedding_or_output_parameter``) get their own ``max_lr``/``min_lr`` (lr_scheduler.py)."""
+    groups = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim == 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decoupled = decoupled_lr is not None and getattr(p, "is_embedding_or_output_parameter", False)
+            groups.setdefault((p.ndim == 1, decoupled), []).append(p)
+    out = []
+    for (no_decay, decoupled), params in sorted(groups.items()):
+        group = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if decoupled:
+            group["max_lr"] = decoupled_lr
+            if decoupled_min_lr is not None:
+                group["min_lr"] = decoupled_min_lr
+        out.append(group)
+    return out
 
 
 def _adamw(groups, args, on_cuda, sharded):
@@ -50,7 +61,9 @@ class MixedPrecisionOptimizer:
         on_cuda = bool(self.params) and local(self.params[0]).is_cuda  # False under --optimizer-cpu-offload
         self.device = local(self.params[0]).device if self.params else torch.device("cpu")
         sharded = any(hasattr(p, "device_mesh") for p in self.params)
-        self.optimizer = _adamw(_param_groups(model, args.weight_decay), args, on_cuda, sharded)
+        groups = _param_groups(model, args.weight_decay, getattr(args, "decoupled_lr", None),
+                               getattr(args, "decoupled_min_lr", None))
+        self.optimizer = _adamw(groups, args, on_cuda, sharded)
         self.scaler = build_loss_scaler(args)
 
     @property
