@@ -42,7 +42,8 @@ def set_tp_attributes(param: torch.nn.Parameter, partition_dim=None, chunks: int
     return param
 
 
-TP_ATTRIBUTES = ("partition_dim", "partition_chunks", "init_kind", "sequence_parallel")
+# (+ ``pipeline_shared``: the last pipeline stage's copy of a tied embedding, model/gpt.py)
+TP_ATTRIBUTES = ("partition_dim", "partition_chunks", "init_kind", "sequence_parallel", "pipeline_shared")
 
 
 @contextlib.contextmanager

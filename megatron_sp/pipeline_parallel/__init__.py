@@ -1,0 +1,32 @@
+"""Pipeline parallelism on ``torch.distributed.pipelining`` (DESIGN.md section 1, PP).
+
+``layout``: which decoder layers each (virtual) stage holds; ``stage``: one stage of the GPT
+as a module the library runs; ``schedule``: the stages and the library's schedule, one
+training or evaluation step; ``memory``: per-stage memory of a schedule (in-flight
+micro-batches).
+"""
+from .layout import PipelineLayout, PipelineLayoutError, build_layout
+from .schedule import SCHEDULES, Pipeline, check_schedule, placement, schedule_name
+from .stage import StageModule, stage_modules
+
+__all__ = ["PipelineLayout", "PipelineLayoutError", "build_layout", "SCHEDULES", "Pipeline", "check_schedule",
+           "placement", "schedule_name", "StageModule", "stage_modules", "layout_from_args"]
+
+
+def layout_from_args(args) -> PipelineLayout:
+    """The layer split the flags give, checked against the schedule and the micro-batch count
+    (raises :class:`PipelineLayoutError`, one line, from the flags alone)."""
+    pp = args.pipeline_model_parallel_size
+    per_virtual = args.num_layers_per_virtual_pipeline_stage
+    per_rank = args.num_virtual_stages_per_pipeline_rank
+    name = schedule_name(args.pipeline_schedule, 1 if per_virtual is None and per_rank is None else 2)
+    layout = build_layout(args.num_layers, pp, per_virtual, per_rank, args.decoder_first_pipeline_num_layers,
+                          args.decoder_last_pipeline_num_layers, placement(name))
+    if pp > 1:
+        check_schedule(name, pp, layout.virtual_size, args.num_micro_batches,
+                       args.data_parallel_size * args.context_parallel_size)
+    elif args.pipeline_schedule:
+        raise PipelineLayoutError(f"--pipeline-schedule {args.pipeline_schedule} schedules pipeline stages: it needs "
+                                  "--pipeline-model-parallel-size > 1")
+    args.pipeline_schedule = name if pp > 1 else None
+    return layout
