@@ -59,7 +59,7 @@ class StageModule(torch.nn.Module):
                 x = gpt.embed(x, position_ids)
             x = gpt.decoder(x, gpt.rope(position_ids), self.layer_ids)
             if self.is_last:
-                return gpt.head(x, labels).contiguous()  # [b, s] fp32
+                return gpt.head(x, labels).clone()  # [b, s] fp32; a copy: no view leaves an FSDP2 module
         return x.to(self.hidden_dtype).contiguous()
 
     def extra_repr(self) -> str:
