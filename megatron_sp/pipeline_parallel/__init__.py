@@ -1,16 +1,29 @@
 """Pipeline parallelism on ``torch.distributed.pipelining`` (DESIGN.md section 1, PP).
 
-``layout``: which decoder layers each (virtual) stage holds; ``stage``: one stage of the GPT
-as a module the library runs; ``schedule``: the stages and the library's schedule, one
-training or evaluation step; ``memory``: per-stage memory of a schedule (in-flight
-micro-batches).
+``layout``: which decoder layers each (virtual) stage holds; ``schedule_rules``: the library's
+schedules, what each needs of the layout and what it costs (in-flight micro-batches, bubble);
+``memory``: per-stage memory of a step; ``stage``: one stage of the GPT as a module the
+library runs; ``schedule``: the stages and the library's schedule, one training or
+evaluation step.  ``layout``, ``schedule_rules`` and ``memory`` import no torch (the memory
+model and the scaling tool's parent process use them); the rest is imported on first use.
 """
 from .layout import PipelineLayout, PipelineLayoutError, build_layout
-from .schedule import SCHEDULES, Pipeline, check_schedule, placement, schedule_name
-from .stage import StageModule, stage_modules
+from .schedule_rules import (SCHEDULES, bubble_fraction, check_schedule, in_flight_chunks, placement,
+                             schedule_name)
 
-__all__ = ["PipelineLayout", "PipelineLayoutError", "build_layout", "SCHEDULES", "Pipeline", "check_schedule",
-           "placement", "schedule_name", "StageModule", "stage_modules", "layout_from_args"]
+__all__ = ["PipelineLayout", "PipelineLayoutError", "build_layout", "SCHEDULES", "bubble_fraction",
+           "check_schedule", "in_flight_chunks", "placement", "schedule_name", "layout_from_args",
+           "Pipeline", "StageModule", "stage_modules"]
+
+
+def __getattr__(name):  # the torch parts, on first use
+    if name == "Pipeline":
+        from .schedule import Pipeline
+        return Pipeline
+    if name in ("StageModule", "stage_modules"):
+        from . import stage
+        return getattr(stage, name)
+    raise AttributeError(name)
 
 
 def layout_from_args(args) -> PipelineLayout:

@@ -1,17 +1,5 @@
 """The pipeline step: this rank's stages and a ``torch.distributed.pipelining`` schedule.
 
-``--pipeline-schedule`` picks one of the library's schedules (the default is 1F1B, or
-interleaved 1F1B when the layers are cut into virtual stages)::
-
-    name                   stages per rank   placement   the library's class
-    1F1B                   1                 -           Schedule1F1B           (default)
-    GPipe                  1                 -           ScheduleGPipe
-    Interleaved1F1B        V >= 1            loop        ScheduleInterleaved1F1B (default with V > 1)
-    LoopedBFS              V >= 1            loop        ScheduleLoopedBFS
-    InterleavedZeroBubble  V >= 1            loop        ScheduleInterleavedZeroBubble
-    ZBVZeroBubble          2                 v           ScheduleZBVZeroBubble
-    DualPipeV              2                 v           ScheduleDualPipeV
-
 One step (:meth:`Pipeline.forward_backward`): the micro-batches of the global batch are
 concatenated along the batch dimension and handed to ``schedule.step``, which cuts them
 back into the same micro-batches; the first stage gets the tokens, every stage the
@@ -25,71 +13,21 @@ statically (shape, dtype), so the library runs no shape-inference step.
 Gradients over DP x CP: DDP- or FSDP2-wrapped stage modules, synchronised by the library
 after each stage's last micro-batch (with FSDP2 both modes accumulate unsharded
 gradients over the micro-batches and reduce-scatter once: the library's behaviour).
-
-The zero-bubble schedules split backward into an input pass and a weight pass, and the
-library's weight pass writes ``param.grad`` directly (``stage_backward_weight``): DDP's
-hooks never fire and FSDP2's sharded parameters get no gradient, so their DP x CP
-reduction is silently skipped (torch 2.13).  They are therefore accepted only where
-DP x CP = 1; the same layouts with 1F1B or interleaved 1F1B train correctly.
+Which schedules exist and what they need: schedule_rules.py.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-from .layout import PipelineLayoutError
+from .schedule_rules import SINGLE_STAGE
 
-SINGLE_STAGE = ("1F1B", "GPipe")
-SPLIT_BACKWARD = ("InterleavedZeroBubble", "ZBVZeroBubble", "DualPipeV")
-LOOPED = ("Interleaved1F1B", "LoopedBFS", "InterleavedZeroBubble")
-V_SHAPED = ("ZBVZeroBubble", "DualPipeV")
-SCHEDULES = SINGLE_STAGE + LOOPED + V_SHAPED
 _BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
 def _schedule_class(name: str):
     from torch.distributed import pipelining
     return getattr(pipelining, "Schedule" + name)
-
-
-def schedule_name(name, virtual_size: int) -> str:
-    """``--pipeline-schedule``, or its default: 1F1B, interleaved 1F1B with virtual stages."""
-    return name or ("1F1B" if virtual_size == 1 else "Interleaved1F1B")
-
-
-def placement(name: str) -> str:
-    return "v" if name in V_SHAPED else "loop"
-
-
-def check_schedule(name: str, pp: int, virtual_size: int, micro_batches: int, dp_cp: int = 1) -> None:
-    """What the schedule needs of the layout and the micro-batch count (one line, from the flags)."""
-    if name not in SCHEDULES:
-        raise PipelineLayoutError(f"--pipeline-schedule {name}: choose one of {', '.join(SCHEDULES)}")
-    if name in SPLIT_BACKWARD and dp_cp > 1:
-        raise PipelineLayoutError(
-            f"--pipeline-schedule {name} needs data-parallel x --context-parallel-size = 1 (got {dp_cp}): its split "
-            "backward writes weight gradients that torch's pipelining never reduces over DP x CP (DDP and FSDP2 "
-            "alike); use 1F1B or Interleaved1F1B")
-    if name in SINGLE_STAGE and virtual_size > 1:
-        raise PipelineLayoutError(f"--pipeline-schedule {name} runs one stage per rank, but the flags give "
-                                  f"{virtual_size} virtual stages per rank; use Interleaved1F1B or drop "
-                                  "--num-layers-per-virtual-pipeline-stage")
-    if name in V_SHAPED and virtual_size != 2:
-        raise PipelineLayoutError(f"--pipeline-schedule {name} runs exactly 2 virtual stages per rank: add "
-                                  "--num-virtual-stages-per-pipeline-rank 2")
-    need = {"1F1B": pp, "DualPipeV": 2 * pp}.get(name, 1)
-    if micro_batches < need:
-        raise PipelineLayoutError(
-            f"--pipeline-schedule {name} at --pipeline-model-parallel-size {pp} needs at least {need} micro-batches "
-            f"per step, the flags give {micro_batches} (--global-batch-size / (--micro-batch-size x DP)); raise "
-            "--global-batch-size or lower --micro-batch-size")
-    if name in ("Interleaved1F1B", "InterleavedZeroBubble"):
-        rounds = max(1, micro_batches // pp)
-        if micro_batches % rounds:
-            raise PipelineLayoutError(
-                f"--pipeline-schedule {name}: {micro_batches} micro-batches per step must be a multiple of "
-                f"{rounds} (= max(1, micro-batches // --pipeline-model-parallel-size {pp})); a multiple of {pp} "
-                "always works")
 
 
 class MaskedLoss:
