@@ -6,6 +6,7 @@ clip so that clipping is active: the first loss within 1e-5, ten losses within 1
 Checkpoints resume exactly at PP 2 and across PP sizes; bad splits fail on every rank.
 """
 import os
+import sys
 
 import pytest
 import torch
@@ -109,10 +110,14 @@ def test_exact_resume_at_pp2_and_across_pp_sizes(workdir, reference, pp2):
         assert len(nxt) == 1 and abs(nxt[0] - ref[2]) <= 1e-5 * abs(ref[2]), (flags, nxt, ref)
 
 
-def _one_step(rank, world, argv):
-    """Loss, full gradients and the clipping norm of one global batch (no optimizer step)."""
+def _one_step(rank, world, argv, save_dir=None):
+    """Loss, full gradients and the clipping norm of one global batch (no optimizer step); with
+    ``save_dir`` the initial state is saved first in both checkpoint formats."""
     args = loop.build_parser().parse_args(argv)
     ctx = loop.setup(args)
+    for fmt in ("torch_dist", "torch") if save_dir else ():
+        ctx.args.ckpt_format = fmt
+        ckpt.save_checkpoint(ctx, os.path.join(save_dir, fmt))
     batches = micro_batches(ctx.datasets[0], 0, args, ctx.mesh, ctx.device)
 
     class _Backward:
@@ -128,12 +133,13 @@ def _one_step(rank, world, argv):
     return loss, grads, grad_norm(list(ctx.model.parameters()), ctx.mesh)
 
 
-def test_gradients_norm_and_tied_embeddings_across_stages():
+def test_gradients_norm_tied_embeddings_and_saves_across_stages(tmp_path):
     """PP 2 x TP 2: every stage's gradients are the one-rank gradients, the tied embedding's two
-    copies (first and last stage) get the same, full gradient, and the norm counts it once."""
+    copies (first and last stage) get the same, full gradient, and the norm counts it once; both
+    checkpoint formats hold the whole model under its one-rank names and weights."""
     argv = BASE + ["--train-iters", "1"]
     ref_loss, ref_grads, ref_norm = run_distributed(_one_step, 1, argv)[0]
-    out = run_distributed(_one_step, 4, argv + PP2 + ["--tensor-model-parallel-size", "2"])
+    out = run_distributed(_one_step, 4, argv + PP2 + ["--tensor-model-parallel-size", "2"], str(tmp_path))
     first, last = out[0], out[2]  # TP rank 0 of stage 0 and of stage 1
     for loss, _, norm in out:
         assert rel_err(loss, ref_loss) <= 1e-5
@@ -145,6 +151,21 @@ def test_gradients_norm_and_tied_embeddings_across_stages():
             if name in grads:
                 assert rel_err(grads[name], g) <= 1e-5, name
     assert "embedding.weight" in first[1] and "embedding.weight" in last[1]
+    from megatron_sp.model import GPTModel
+    from megatron_sp.parallel_state import single_rank_mesh
+    from megatron_sp.tensor_parallel import RNGTracker
+    whole = GPTModel(loop.model_config(parse_args(argv), 128), single_rank_mesh(), RNGTracker(1))
+    whole.init_weights(11)
+    for fmt in ("torch_dist", "torch"):
+        saved = ckpt.read_full_model(os.path.join(tmp_path, fmt, "iter_0000000"))
+        assert set(saved) == set(ref_grads)
+        for name, p in whole.named_parameters():
+            assert torch.equal(saved[name], p.detach()), (fmt, name)
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+    from generate_text import load_model  # one process, the PP 2 x TP 2 checkpoint
+    model, _ = load_model(os.path.join(tmp_path, "torch_dist"))
+    tokens = torch.arange(8)[None]
+    assert torch.equal(model(tokens, tokens), whole.eval()(tokens, tokens))
 
 
 def test_fp16_overflow_skips_the_step_on_every_stage():

@@ -288,7 +288,7 @@ def _load_tensors(path: str, meta: dict, ctx, load_optim: bool) -> dict:
     optim_e = optimizer_entries(ctx.optimizer, ctx.model, mesh) if load_optim else {}
     if ckpt_format(meta) == "torch":
         full = torch_legacy.load_full_state(path)
-        torch_legacy.load(full, model_e, optim_e, path)
+        torch_legacy.load(full, model_e, optim_e, path, exact_names=getattr(mesh, "pp_size", 1) == 1)
         return full
     saved = torch_dist.saved_keys(path)
     for name, (_, shape, _) in model_e.items():
@@ -314,7 +314,7 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
     """Restore what ``--load`` (and ``--no-load-optim``, ``--no-load-rng``, ``--finetune``) ask for.
 
     Returns the iteration loaded (0 when there is nothing to load).  Every rank reads the
-    pieces it holds, so any TP/CP/DP layout and sharding mode loads any checkpoint.
+    pieces it holds, so any TP/CP/PP/DP layout and sharding mode loads any checkpoint.
     """
     args, mesh = ctx.args, ctx.mesh
     load_dir = load_dir or args.load
