@@ -244,3 +244,43 @@ def test_names_are_global_and_pp1_names_unchanged():
     for n, p in last.named_parameters():  # name-seeded: the stage's weights are the whole model's
         assert torch.equal(p, shared[n]), n
     assert last.embedding.weight.pipeline_shared
+
+
+def test_per_stage_memory_model_by_schedule():
+    from megatron_sp import memory_model as mm
+    from megatron_sp.pipeline_parallel import SCHEDULES, bubble_fraction, in_flight_chunks
+    from megatron_sp.pipeline_parallel.memory import stage_estimates
+    spec = mm.ModelSpec.from_flags("--num-layers 8 --hidden-size 128 --num-attention-heads 8 --vocab-size 1000 "
+                                   "--position-embedding-type rope".split())
+    one = mm.estimate(spec, mm.LayoutSpec(), 2048, 1)
+    stages = stage_estimates(spec, mm.LayoutSpec(pp=4, micro_batches=8), 2048, 1)
+    hop = 2048 * 128 * 4  # one [s, b, h] fp32 activation (or its gradient)
+    # 1F1B: stage r keeps 4 - r micro-batches of its 2 layers; stage 0 as much as one micro-batch
+    # through all 8 layers (+ the chunk outputs the library keeps), the last stage adds the head
+    layer_acts = (one.activations - mm._outside_saved(spec, mm.LayoutSpec(), 2048, 1)) / 8
+    for r, est in enumerate(stages):
+        head = mm._outside_saved(spec, mm.LayoutSpec(), 2048, 1) if r == 3 else 0
+        assert est.activations == pytest.approx((4 - r) * (2 * layer_acts + hop) + head)
+        assert est.buffers == 8 * hop * ((r > 0) + (r < 3))  # a receive buffer per micro-batch and boundary
+    n = [est.params / 4 for est in stages]
+    assert sum(n) == pytest.approx(mm.local_parameters(spec, 1) + 1024 * 128)  # + the tied copy
+    assert mm.estimate(spec, mm.LayoutSpec(pp=4, micro_batches=8), 2048, 1).step_peak == \
+        max(e.step_peak for e in stages)
+    inter = stage_estimates(spec, mm.LayoutSpec(pp=4, virtual=2, schedule="Interleaved1F1B", micro_batches=8),
+                            2048, 1)
+    assert inter[0].activations > stages[0].activations  # more chunks in flight (11 of 1 layer vs 4 of 2)
+    assert in_flight_chunks("Interleaved1F1B", 4, 2, 8, 0) == 11 and in_flight_chunks("GPipe", 4, 1, 8, 3) == 8
+    assert all(in_flight_chunks(name, 4, 2, 8, r) >= 1 for name in SCHEDULES for r in range(4))
+    assert bubble_fraction("1F1B", 4, 1, 8) == pytest.approx(3 / 11)
+    assert bubble_fraction("Interleaved1F1B", 4, 2, 8) == pytest.approx(3 / 19)
+
+
+def test_scaling_tool_pipeline_layouts():
+    from megatron_sp.scaling.layouts import make_layout
+    lay = make_layout("pp2+tp2+sp+p2p+distopt", 8)
+    assert (lay.pp, lay.tp, lay.cp, lay.sp, lay.sharding, lay.micro_batches) == (2, 2, 2, True, "dist-opt", 2)
+    assert lay.flags()[-2:] == ["--pipeline-model-parallel-size", "2"]
+    assert make_layout("pp", 4).pp == 4 and make_layout("pp3+p2p", 4) is None
+    assert make_layout("pp2+p2p", 4).key() != make_layout("p2p", 4).key()
+    assert parse_args(BASE + ["--train-iters", "1"] + make_layout("pp2+p2p", 8).flags() + ["--global-batch-size", "2"],
+                      world_size=8).data_parallel_size == 1
