@@ -29,6 +29,7 @@ MOCK_VOCAB=32000
 MODEL_ARGS=(--num-layers 80 --hidden-size 8192 --num-attention-heads 64 --group-query-attention --num-query-groups 8
             --ffn-hidden-size 28672 --swiglu --normalization RMSNorm --disable-bias-linear
             --untie-embeddings-and-output-weights --position-embedding-type rope
-            --use-distributed-optimizer --recompute-granularity full --recompute-method uniform --recompute-num-layers 1)
+            --use-distributed-optimizer
+            --recompute-granularity full --recompute-method uniform --recompute-num-layers 1)
 LR_ARGS=(--lr 1.5e-4 --min-lr 1.5e-5 --lr-decay-style cosine --lr-warmup-iters 2000)
 source "$(dirname "${BASH_SOURCE[0]}")/gpt_launch.sh"

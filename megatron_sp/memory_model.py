@@ -183,7 +183,8 @@ class Estimate:
     def breakdown(self) -> dict:
         mib = 2 ** 20
         return {"params_mib": self.params / mib, "grads_mib": self.grads / mib, "adam_mib": self.adam / mib,
-                "host_mib": self.host / mib, "buffers_mib": self.buffers / mib, "device_peak_mib": self.device_peak / mib,
+                "host_mib": self.host / mib, "buffers_mib": self.buffers / mib,
+                "device_peak_mib": self.device_peak / mib,
                 "activations_mib": self.activations / mib, "transient_mib": self.transient / mib,
                 "step_peak_mib": self.step_peak / mib, "comm_mib_per_step": self.comm_bytes / mib,
                 **{f"comm_{k}_mib": v / mib for k, v in self.comm_detail.items()}}

@@ -120,11 +120,11 @@ def run(args) -> list:
 
 
 def table(rows, cores: int) -> str:
-    lines = [f"| PP | schedule | stage | layers | step peak MiB (model) | baseline RSS MiB | step s | "
-             f"bubble measured | bubble formula |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| PP | schedule | stage | layers | step peak MiB (model) | baseline RSS MiB | step s | "
+             "bubble measured | bubble formula |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        layers = f"{r['layers'][0]}-{r['layers'][-1]}" if r["layers"] == list(range(r["layers"][0], r["layers"][-1] + 1)) \
-            else ",".join(map(str, r["layers"]))
+        ids = r["layers"]
+        layers = f"{ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ",".join(map(str, ids))
         lines.append(f"| {r['pp']} | {r['schedule']}{' V=' + str(r['virtual']) if r['virtual'] > 1 else ''} | "
                      f"{r['stage']} | {layers} | {r['peak_mib']:.1f} ({r['model_peak_mib']:.1f}) | "
                      f"{r['baseline_mib']:.0f} | {r['step_s']:.3f} | {r['bubble']:.2f} | {r['bubble_formula']:.2f} |")
@@ -135,7 +135,8 @@ def table(rows, cores: int) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--pp", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--schedule", default=None, help="--pipeline-schedule (default 1F1B, Interleaved1F1B with --virtual)")
+    p.add_argument("--schedule", default=None,
+                   help="--pipeline-schedule (default 1F1B, Interleaved1F1B with --virtual)")
     p.add_argument("--virtual", type=int, default=1, help="virtual stages per rank")
     p.add_argument("--micro-batches", type=int, default=8)
     p.add_argument("--micro-batch-size", type=int, default=1)

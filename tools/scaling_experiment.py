@@ -113,7 +113,8 @@ def model_flags(args) -> str:
 def build_argv(args, layout: Layout, seq: int, mbs: int) -> list:
     argv = f"{model_flags(args)} {COMMON}".split() + layout.flags()
     argv += ["--seq-length", str(seq), "--micro-batch-size", str(mbs),
-             "--global-batch-size", str(mbs * layout.dp * layout.micro_batches), "--train-iters", str(args.steps), "--seed", "1234"]
+             "--global-batch-size", str(mbs * layout.dp * layout.micro_batches), "--train-iters", str(args.steps),
+             "--seed", "1234"]
     if args.bf16:
         argv.append("--bf16")
     if args.recompute_granularity:
