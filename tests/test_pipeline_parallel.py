@@ -205,6 +205,8 @@ def test_bad_pipeline_layouts_fail_on_every_rank_with_one_line():
         (1, "--num-layers-per-virtual-pipeline-stage 1", "--pipeline-model-parallel-size > 1"),
         (4, "--pipeline-model-parallel-size 2 --pipeline-schedule ZBVZeroBubble "
             "--num-virtual-stages-per-pipeline-rank 2 --context-parallel-size 2", "DP x CP"),
+        (2, "--pipeline-model-parallel-size 2 --pipeline-schedule ZBVZeroBubble "
+            "--num-virtual-stages-per-pipeline-rank 2 --use-torch-fsdp2", "cannot run with --use-torch-fsdp2"),
         (2, "--pipeline-model-parallel-size 2 --pipeline-schedule Interleaved1F1B --global-batch-size 5 "
             "--num-layers-per-virtual-pipeline-stage 1", "multiple of 2"),
     ]

@@ -36,8 +36,11 @@ def layout_from_args(args) -> PipelineLayout:
     layout = build_layout(args.num_layers, pp, per_virtual, per_rank, args.decoder_first_pipeline_num_layers,
                           args.decoder_last_pipeline_num_layers, placement(name))
     if pp > 1:
+        sharding = next((flag for flag, on in (("--use-torch-fsdp2", getattr(args, "use_torch_fsdp2", False)),
+                                               ("--use-distributed-optimizer",
+                                                getattr(args, "use_distributed_optimizer", False))) if on), None)
         check_schedule(name, pp, layout.virtual_size, args.num_micro_batches,
-                       args.data_parallel_size * args.context_parallel_size)
+                       args.data_parallel_size * args.context_parallel_size, sharding)
     elif args.pipeline_schedule:
         raise PipelineLayoutError(f"--pipeline-schedule {args.pipeline_schedule} schedules pipeline stages: it needs "
                                   "--pipeline-model-parallel-size > 1")

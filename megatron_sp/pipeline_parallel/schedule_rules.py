@@ -15,8 +15,10 @@ default is 1F1B, or interleaved 1F1B when the layers are cut into virtual stages
 The zero-bubble schedules split backward into an input pass and a weight pass, and the
 library's weight pass writes ``param.grad`` directly (``stage_backward_weight``): DDP's
 hooks never fire and FSDP2's sharded parameters get no gradient, so their DP x CP
-reduction is silently skipped (torch 2.13).  They are therefore accepted only where
-DP x CP = 1; the same layouts with 1F1B or interleaved 1F1B train correctly.
+reduction is silently skipped (torch 2.13); with FSDP2 even one rank's gradients are lost
+(the weight pass differentiates the sharded parameters, which the forward never used).
+They are therefore accepted only with replicated state and DP x CP = 1; the same layouts
+with 1F1B or interleaved 1F1B train correctly.
 
 Memory and time (:func:`in_flight_chunks`, :func:`bubble_fraction`): PP rank ``r`` of ``K``
 with ``V`` virtual stages and ``m`` micro-batches keeps the activations of this many
@@ -60,10 +62,15 @@ def placement(name: str) -> str:
     return "v" if name in V_SHAPED else "loop"
 
 
-def check_schedule(name: str, pp: int, virtual_size: int, micro_batches: int, dp_cp: int = 1) -> None:
+def check_schedule(name: str, pp: int, virtual_size: int, micro_batches: int, dp_cp: int = 1,
+                   sharding_flag=None) -> None:
     """What the schedule needs of the layout and the micro-batch count (one line, from the flags)."""
     if name not in SCHEDULES:
         raise PipelineLayoutError(f"--pipeline-schedule {name}: choose one of {', '.join(SCHEDULES)}")
+    if name in SPLIT_BACKWARD and sharding_flag:
+        raise PipelineLayoutError(
+            f"--pipeline-schedule {name} cannot run with {sharding_flag}: its split backward differentiates the "
+            "sharded parameters, which torch's pipelining leaves without gradients; use 1F1B or Interleaved1F1B")
     if name in SPLIT_BACKWARD and dp_cp > 1:
         raise PipelineLayoutError(
             f"--pipeline-schedule {name} needs data-parallel x --context-parallel-size = 1 (got {dp_cp}): its split "
