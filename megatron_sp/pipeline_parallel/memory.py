@@ -16,10 +16,14 @@ last, and at its peak the activations of the chunks its schedule keeps in flight
     model state  = memory_model.model_state of the stage's parameters; with sharded state the
                    library keeps every layer's compute weights gathered and accumulates unsharded
                    fp32 gradients from the first backward to the last (both modes, schedule.py)
-    transient    = memory_model's attention / logits transient of one layer (logits on the last
-                   stage only); the stage's gradients count as persistent whatever holds them
-                   (1F1B's steady state runs after the first backward, so they are alive at the
-                   peak, and a step's baseline holds the previous step's)
+    transient    = the larger of memory_model's logits transient (last stage) and its attention
+                   transient plus, where backward runs while other micro-batches are in flight
+                   (all but GPipe and LoopedBFS), one layer's backward working set: the fp32
+                   gradients of its MLP intermediate and of two hidden-sized tensors,
+                   ``s b (f/T (x2 SwiGLU) + 2h) x 4``.  The stage's gradients count as
+                   persistent whatever holds them (1F1B's steady state runs after the first
+                   backward, so they are alive at the peak, and a step's baseline holds the
+                   previous step's)
 
 Layers split evenly (``--decoder-first/last-pipeline-num-layers`` are not modelled).
 :func:`stage_estimates` gives one :class:`~megatron_sp.memory_model.Estimate` per PP rank;
@@ -87,7 +91,10 @@ def stage_estimates(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq_length: int,
             state.update(gathered=(2 if spec.bf16 else 4) * n, unsharded_grads=4.0 * n)
         comm = mm._comm(stage_spec, lay, seq_length, b, n)
         comm["pp"] = 2 * hop * (sum(c != n_stages - 1 for c in chunks) + sum(c != 0 for c in chunks))
-        transient = mm._transient(stage_spec, lay, s, b, 0.0, head=last)
+        attention = mm._transient(stage_spec, lay, s, b, 0.0, head=False)
+        if lay.schedule not in ("GPipe", "LoopedBFS"):  # a backward amid in-flight forwards
+            attention += s * b * (spec.ffn_hidden_size / T * (2 if spec.swiglu else 1) + 2 * h) * 4
+        transient = max(mm._transient(stage_spec, lay, s, b, 0.0, head=last), attention)
         if lay.sharding != "none":
             transient = state["gathered"] + max(transient, state["unsharded_grads"])
         out.append(mm.Estimate(params=state["params"], grads=state["grads"], adam=state["adam"], activations=acts,
