@@ -31,7 +31,7 @@ ITERS = 10
 PP2 = ["--pipeline-model-parallel-size", "2"]
 
 LAYOUTS = {  # name: (world, flags); PP 2 alone is the ``pp2`` fixture
-    "PP4": (4, "--pipeline-model-parallel-size 4"),
+    "PP4": (4, "--pipeline-model-parallel-size 4 --eval-interval 5 --eval-iters 1"),  # training resumes after eval
     "PP2xTP2sp-interleaved": (4, "--pipeline-model-parallel-size 2 --tensor-model-parallel-size 2 "
                                  "--sequence-parallel --num-layers-per-virtual-pipeline-stage 1"),
     "PP2xCP2-p2p-fsdp2": (4, "--pipeline-model-parallel-size 2 --context-parallel-size 2 --cp-comm-type p2p "
