@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pretrain a GPT with tensor, sequence (context) and data parallelism.
+"""Pretrain a GPT with tensor, sequence (context), pipeline and data parallelism.
 
     torchrun --nproc-per-node N pretrain_gpt.py <Megatron-LM flags>
 

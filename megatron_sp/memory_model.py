@@ -60,6 +60,10 @@ Communication per step and rank (bytes sent, forward + backward):
 * TP: 2 all-reduces of ``[s, b, h]`` per layer forward and 2 backward (ring all-reduce sends
   ``2(T-1)/T`` of it); with SP all-gather + reduce-scatter pairs (``(T-1)/T`` each);
 * gradients: a ring all-reduce over DP x CP of the local gradients, ``2(n-1)/n`` of them.
+
+Pipeline parallelism (``LayoutSpec.pp > 1``): a stage holds only its layers, and the
+activations of the micro-batches its schedule keeps in flight; ``pipeline_parallel/memory.py``
+builds the per-stage estimate from the pieces here, and :func:`estimate` returns its largest stage.
 """
 from __future__ import annotations
 
@@ -130,6 +134,9 @@ class LayoutSpec:
     sharding: str = "none"  # none (DDP) | dist-opt | fsdp2
     offload: bool = False   # --optimizer-cpu-offload
     micro_batches: int = 1  # gradient accumulation steps per global batch
+    pp: int = 1             # pipeline stages (pipeline_parallel/memory.py)
+    virtual: int = 1        # virtual stages (model chunks) per pipeline rank
+    schedule: str = "1F1B"  # --pipeline-schedule
 
     @property
     def ulysses_degree(self) -> int:
@@ -154,12 +161,13 @@ class Estimate:
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
     host: float = 0.0      # host bytes of the model state (--optimizer-cpu-offload)
+    buffers: float = 0.0   # persistent pipeline receive buffers (pipeline_parallel/memory.py)
 
     @property
     def device_peak(self) -> float:
         """Everything on the device at the step's peak: the persistent state and the step peak."""
         on_device = 0.0 if self.host else self.params + self.adam + (self.grads if self.grads_in_baseline else 0)
-        return on_device + self.step_peak
+        return on_device + self.buffers + self.step_peak
 
     @property
     def step_peak(self) -> float:
@@ -172,12 +180,13 @@ class Estimate:
 
     @property
     def total_peak(self) -> float:
-        return self.params + self.adam + (self.grads if self.grads_in_baseline else 0) + self.step_peak
+        return self.params + self.adam + (self.grads if self.grads_in_baseline else 0) + self.buffers + self.step_peak
 
     def breakdown(self) -> dict:
         mib = 2 ** 20
         return {"params_mib": self.params / mib, "grads_mib": self.grads / mib, "adam_mib": self.adam / mib,
-                "host_mib": self.host / mib, "device_peak_mib": self.device_peak / mib,
+                "host_mib": self.host / mib, "buffers_mib": self.buffers / mib,
+                "device_peak_mib": self.device_peak / mib,
                 "activations_mib": self.activations / mib, "transient_mib": self.transient / mib,
                 "step_peak_mib": self.step_peak / mib, "comm_mib_per_step": self.comm_bytes / mib,
                 **{f"comm_{k}_mib": v / mib for k, v in self.comm_detail.items()}}
@@ -191,11 +200,12 @@ def _layer_parameters(spec: ModelSpec, tp: int) -> float:
     return sharded / tp + 2 * h * 2 + (2 * h if spec.bias else 0)
 
 
-def model_state(spec: ModelSpec, lay: LayoutSpec) -> dict:
+def model_state(spec: ModelSpec, lay: LayoutSpec, n: Optional[float] = None) -> dict:
     """Bytes of the model state per rank by sharding mode (module doc): the persistent
     ``params``/``grads``/``adam`` (on the device, or in ``host`` memory with offload), the
-    ``gathered`` compute weights and ``unsharded_grads`` alive at the step's peak."""
-    n = local_parameters(spec, lay.tp)
+    ``gathered`` compute weights and ``unsharded_grads`` alive at the step's peak.  ``n``:
+    the rank's parameters if not the whole model's (a pipeline stage, of ``spec.num_layers``)."""
+    n = local_parameters(spec, lay.tp) if n is None else n
     if lay.sharding == "none":
         return dict(params=4.0 * n, grads=4.0 * n, adam=8.0 * n, host=0.0, gathered=0.0, unsharded_grads=0.0)
     if lay.sharding not in ("dist-opt", "fsdp2"):
@@ -254,7 +264,21 @@ def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
     return tok * (h / sp_div * e + h * e + V / T * 4)
 
 
-def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: float = 0.0) -> float:
+def _layer_activations(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, seq_length: int) -> tuple:
+    """``(kept per layer, once)``: activations layers keep until backward by recompute mode, and the
+    one layer's worth recomputed at a time in backward (``layers = L x kept + once``)."""
+    saved = _layer_saved(spec, lay, s, b)
+    if spec.recompute == "full":
+        e = 2 if spec.bf16 else 4
+        return s * b * spec.hidden_size / (lay.tp if lay.sp else 1) * e, saved
+    if spec.recompute == "selective" and lay.mode == "rsa" and lay.cp > 1:
+        scores = b * spec.num_attention_heads / lay.tp * s * seq_length * 4
+        return saved - scores, scores
+    return saved, 0.0
+
+
+def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: float = 0.0,
+               head: bool = True) -> float:
     """Extra bytes on top of all saved activations at the step's peak: the largest of
 
     * the end of forward: the output layer's logits still alive while the cross entropy
@@ -268,7 +292,7 @@ def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: 
                         spec.vocab_size, lay.tp)
     e = 2 if spec.bf16 else 4
     tok = s * b
-    head = tok * V / T * 4
+    head = tok * V / T * 4 if head else 0.0
     attn = 0.0
     U, R = lay.ulysses_degree, lay.ring_degree
     if U > 1:
@@ -311,19 +335,16 @@ def _comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> di
 
 
 def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int) -> Estimate:
-    """Memory (bytes, per rank) and communication of one training step (see module doc)."""
+    """Memory (bytes, per rank) and communication of one training step (see module doc); under
+    pipeline parallelism the stage with the largest step peak (pipeline_parallel/memory.py)."""
+    if lay.pp > 1:
+        from .pipeline_parallel.memory import stage_estimates
+        return max(stage_estimates(spec, lay, seq_length, micro_batch), key=lambda e: e.step_peak)
     s = seq_length / lay.cp
     b = micro_batch
     n = local_parameters(spec, lay.tp)
-    saved = _layer_saved(spec, lay, s, b)
-    if spec.recompute == "full":
-        e = 2 if spec.bf16 else 4
-        layers = spec.num_layers * s * b * spec.hidden_size / (lay.tp if lay.sp else 1) * e + saved
-    elif spec.recompute == "selective" and lay.mode == "rsa" and lay.cp > 1:
-        layers = spec.num_layers * (saved - b * spec.num_attention_heads / lay.tp * s * seq_length * 4)
-        layers += b * spec.num_attention_heads / lay.tp * s * seq_length * 4
-    else:
-        layers = spec.num_layers * saved
+    kept, once = _layer_activations(spec, lay, s, b, seq_length)
+    layers = spec.num_layers * kept + once
     acts = layers + _outside_saved(spec, lay, s, b)
     comm = _comm(spec, lay, seq_length, b, n)
     state = model_state(spec, lay)

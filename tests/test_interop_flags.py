@@ -60,12 +60,12 @@ NOTED_LLAMA = {"--use-mcore-models", "--grad-reduce-in-bf16", "--manual-gc", "--
 
 
 @pytest.mark.parametrize("script,world,refused,noted", [
-    ("gpt3_175b", 8, {"--pipeline-model-parallel-size"}, {"--rampup-batch-size"}),
+    ("gpt3_175b", 128, set(), {"--rampup-batch-size"}),
     ("llama3_8b_fp8_mock", 1, {"--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo",
                                "--fp8-param-gather"}, NOTED_LLAMA | {"--tiktoken-pattern"}),
     ("llama3_8b_fp8_real", 1, {"--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo",
                                "--fp8-param-gather"}, NOTED_LLAMA | {"--vocab-size"}),
-    ("deepspeed_llama2", 2, {"--pipeline-model-parallel-size", "--distributed-backend"},
+    ("deepspeed_llama2", 4, {"--distributed-backend"},
      {"--deepspeed", "--use-rotary-position-embeddings", "--num-key-value-heads"}),
 ])
 def test_real_scripts_flags_follow_the_three_way_rule(script, world, refused, noted, ds_config):
@@ -137,7 +137,8 @@ def test_deprecated_spelling_trains_the_same_losses():
 def test_bad_flags_stop_with_one_line(capsys):
     import pretrain_gpt
     cases = [("--moe-router-topk 2", "--moe-router-topk: mixture of experts is not supported"),
-             ("--pipeline-model-parallel-size 2", "pipeline parallelism is not built yet"),
+             ("--pipeline-model-parallel-size 2", "not divisible by --tensor-model-parallel-size 1 x "
+                                                 "--context-parallel-size 1 x --pipeline-model-parallel-size 2"),
              ("--no-position-embedding", "--position-embedding-type rope"),
              ("--normalization BatchNorm", "choose LayerNorm or RMSNorm"),
              ("--lr-warmup-samples 8", "--lr-warmup-samples 8 goes with --train-samples"),

@@ -6,7 +6,7 @@
 
 The model is rebuilt from the flags stored in the checkpoint (metadata.json) on a
 single-rank mesh, and its full (layout-free) tensors are loaded as they are, so a
-checkpoint written at any TP/CP/DP layout works.  Tokenizer flags default to the
+checkpoint written at any TP/CP/PP/DP layout works (layer names are global).  Tokenizer flags default to the
 checkpoint's; pass ``--tokenizer-model`` if the file has moved.  No KV cache: each
 new token recomputes the (at most ``--seq-length``) context, fine for demos.
 """

@@ -21,6 +21,7 @@ Layouts (at world size W; DP = W / (TP x CP))::
     a2a+p2p   CP = W, Ulysses 2 x ring W/2 (ring only below W = 4)
     tp2+p2p   TP = 2 x CP = W/2 (p2p), likewise tp2+sp+p2p, tp2+a2a ...
     dp        DP = W (max batch only: every rank holds the whole model)
+    pp2+p2p   PP 2 x (the layout p2p at W / 2): any layout after ppK+; pp alone is PP = W
 
 **What is measured.**  Each trial is one fresh set of ``W`` processes (forked from a
 forkserver that has imported torch but never computed, so a parent that already used
@@ -113,7 +114,8 @@ def model_flags(args) -> str:
 def build_argv(args, layout: Layout, seq: int, mbs: int) -> list:
     argv = f"{model_flags(args)} {COMMON}".split() + layout.flags()
     argv += ["--seq-length", str(seq), "--micro-batch-size", str(mbs),
-             "--global-batch-size", str(mbs * layout.dp), "--train-iters", str(args.steps), "--seed", "1234"]
+             "--global-batch-size", str(mbs * layout.dp * layout.micro_batches), "--train-iters", str(args.steps),
+             "--seed", "1234"]
     if args.bf16:
         argv.append("--bf16")
     if args.recompute_granularity:
@@ -130,7 +132,8 @@ def model_config(args) -> mm.ModelSpec:
 
 def model_layout(layout: Layout) -> mm.LayoutSpec:
     return mm.LayoutSpec(tp=layout.tp, cp=layout.cp, dp=layout.dp, mode=layout.mode, sp=layout.sp,
-                         ulysses=layout.ulysses, sharding=layout.sharding, offload=layout.offload)
+                         ulysses=layout.ulysses, sharding=layout.sharding, offload=layout.offload,
+                         pp=layout.pp, micro_batches=layout.micro_batches)
 
 
 def _fmt_mb(b):
@@ -213,6 +216,7 @@ def run_experiment(args) -> list:
         est = mm.estimate(spec, lay, seq, mbs) if value else None
         rows.append(dict(
             experiment=args.experiment, world=world, layout=layout.name, tp=layout.tp, cp=layout.cp, dp=layout.dp,
+            pp=layout.pp,
             mode=layout.mode if layout.cp > 1 else "-", sp=int(layout.sp), ulysses=layout.ulysses,
             max_value=value, model_max_value=predicted if predicted is not None else "",
             model_vs_measured=(round(predicted / value, 3) if (predicted and value) else ""),

@@ -70,7 +70,7 @@ def _jsonable(value):
 
 def _layout(mesh) -> dict:
     return {"world_size": mesh.world_size, "tp": mesh.tp_size, "cp": mesh.cp_size, "dp": mesh.dp_size,
-            "ulysses": mesh.ulysses_size, "ring": mesh.ring_size}
+            "ulysses": mesh.ulysses_size, "ring": mesh.ring_size, "pp": getattr(mesh, "pp_size", 1)}
 
 
 def _group(mesh):
@@ -147,7 +147,7 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
     try:  # local writes first: a failing rank must not leave the others in a collective
         maybe_fault(iteration, "enospc")
         torch_save({"layout": _layout(mesh), "coords": {"tp": mesh.tp_rank, "cp": mesh.cp_rank,
-                                                                     "dp": mesh.dp_rank},
+                                                                     "dp": mesh.dp_rank, "pp": mesh.pp_rank},
                                  "states": ctx.rng.get_states()}, os.path.join(tmp, rng_file))
     except OSError as exc:
         error = _failure(exc, iteration, tmp, save_dir, rank)
@@ -279,7 +279,7 @@ def _verify(path: str, meta: dict, mesh) -> None:
 def _reseed(ctx, iteration: int) -> None:
     from ..tensor_parallel import RNGTracker
     m = ctx.mesh
-    fresh = RNGTracker(ctx.args.seed + iteration, m.tp_rank, m.cp_rank, m.dp_rank, ctx.device)
+    fresh = RNGTracker(ctx.args.seed + iteration, m.tp_rank, m.cp_rank, m.dp_rank, ctx.device, m.pp_rank)
     ctx.rng.set_states(fresh.get_states())
 
 
@@ -292,7 +292,7 @@ def _load_tensors(path: str, meta: dict, ctx, load_optim: bool) -> dict:
     optim_e = optimizer_entries(ctx.optimizer, ctx.model, mesh) if load_optim else {}
     if ckpt_format(meta) == "torch":
         full = torch_legacy.load_full_state(path)
-        torch_legacy.load(full, model_e, optim_e, path)
+        torch_legacy.load(full, model_e, optim_e, path, exact_names=getattr(mesh, "pp_size", 1) == 1)
         return full
     saved = torch_dist.saved_keys(path)
     for name, (_, shape, _) in model_e.items():
@@ -318,7 +318,7 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
     """Restore what ``--load`` (and ``--no-load-optim``, ``--no-load-rng``, ``--finetune``) ask for.
 
     Returns the iteration loaded (0 when there is nothing to load).  Every rank reads the
-    pieces it holds, so any TP/CP/DP layout and sharding mode loads any checkpoint.
+    pieces it holds, so any TP/CP/PP/DP layout and sharding mode loads any checkpoint.
     """
     args, mesh = ctx.args, ctx.mesh
     load_dir = load_dir or args.load
@@ -347,7 +347,7 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
             ctx.scheduler.num_steps = ctx.state.iteration
             ctx.scheduler.step(0)
     resumed = 0 if finetune else ctx.state.iteration
-    same_layout = meta.get("layout") == _layout(mesh)
+    same_layout = {"pp": 1, **(meta.get("layout") or {})} == _layout(mesh)  # checkpoints before PP: no "pp"
     if not (finetune or args.no_load_rng):
         if same_layout:
             rng_file = os.path.join(path, "rng", f"rank_{mesh.rank:05d}.pt")
@@ -361,7 +361,8 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
             _reseed(ctx, resumed)
             if last:
                 lay = meta.get("layout", {})
-                print(f"> checkpoint layout TP {lay.get('tp')} x CP {lay.get('cp')} x DP {lay.get('dp')} differs "
+                print(f"> checkpoint layout TP {lay.get('tp')} x CP {lay.get('cp')} x PP {lay.get('pp', 1)} x DP "
+                      f"{lay.get('dp')} differs "
                       f"from this run's: RNG streams reseeded from --seed and iteration {resumed} "
                       "(as --no-load-rng)", flush=True)
     elif args.no_load_rng or finetune:

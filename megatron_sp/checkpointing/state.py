@@ -10,8 +10,11 @@ so neither cares how the tensor is split (TP chunks, FSDP2 rows, replicas)::
                                                              parameter's shape)
                      "optimizer"/<parameter name>/step    -> a scalar, replicated
 
-Parameter names are global (``decoder.layers.<i>...``), so the same names mean the
-same tensors in every layout and sharding mode.
+Parameter names are global (``decoder.layers.<i>...``, ``i`` the layer's index in the whole
+model whatever pipeline stage holds it), so the same names mean the same tensors in every
+layout and sharding mode.  A pipeline stage contributes the names it holds; the tied
+embedding's two copies (first and last stage) are the same ``embedding.weight`` chunks,
+which DCP writes once.
 """
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ from .files import MODEL_FILE, CheckpointError, torch_save
 
 
 def _gather_full(shape, pieces, group, rank: int):
-    """The full tensor on rank 0 (None elsewhere) from every rank's pieces.  Collective."""
-    mine = [(v.detach().cpu().clone(), tuple(o)) for v, o in pieces]
+    """The full tensor on rank 0 (None elsewhere) from every rank's pieces.  Collective; a rank that
+    does not hold the tensor (another pipeline stage's) passes ``shape`` None and no pieces."""
+    mine = (shape, [(v.detach().cpu().clone(), tuple(o)) for v, o in pieces])
     if group is None:
         everyone = [mine]
     else:
@@ -27,29 +28,43 @@ def _gather_full(shape, pieces, group, rank: int):
         dist.gather_object(mine, everyone, dst=0, group=group)
     if rank != 0:
         return None
-    full = torch.empty(shape, dtype=mine[0][0].dtype if mine else torch.float32)
-    for rank_pieces in everyone:
+    shape = next(s for s, _ in everyone if s is not None)
+    dtype = next((p[0][0].dtype for _, p in everyone if p), torch.float32)
+    full = torch.empty(shape, dtype=dtype)
+    for _, rank_pieces in everyone:
         for view, offsets in rank_pieces:
             piece_of(full, view, offsets).copy_(view)
     return full
 
 
+def _all_names(names: list, group) -> list:
+    """The union of every rank's names, in one order on every rank (pipeline stages hold different ones)."""
+    if group is None:
+        return sorted(names)
+    everyone = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, sorted(names), group=group)
+    return sorted(set().union(*everyone))
+
+
 def save(model_entries: dict, optimizer_entries: dict, extra: dict, path: str, group, rank: int) -> list:
     """Gather to global rank 0 and write ``model_optim.pt``; returns the files this rank wrote."""
     model_sd, optim_sd = {}, {}
-    for name, (_, shape, pieces) in model_entries.items():
+    for name in _all_names(list(model_entries), group):
+        _, shape, pieces = model_entries.get(name, (None, None, []))
         full = _gather_full(shape, pieces, group, rank)
         if rank == 0:
             model_sd[name] = full
-    for name, entry in optimizer_entries.items():
-        out = {}
-        for key, value in entry.items():
-            if isinstance(value, tuple):
-                value = _gather_full(*value, group, rank)
-            elif rank == 0:
-                value = value.detach().cpu().clone()
-            out[key] = value
-        optim_sd[name] = out
+    keys = [f"{n}\0{k}" for n, entry in optimizer_entries.items() for k in entry]
+    for name_key in _all_names(keys, group):  # every rank takes part in every gather
+        name, key = name_key.split("\0")
+        value = optimizer_entries.get(name, {}).get(key)
+        if value is None:  # another pipeline stage's parameter
+            value = (None, [])
+        elif not isinstance(value, tuple):  # a replicated scalar (Adam's step)
+            value = ((), [(value.detach().reshape(()), ())])
+        full = _gather_full(*value, group, rank)
+        if rank == 0:
+            optim_sd.setdefault(name, {})[key] = full
     if rank != 0:
         return []
     torch_save({"model": model_sd, "optimizer": optim_sd, **extra}, os.path.join(path, MODEL_FILE))
@@ -67,10 +82,12 @@ def load_full_state(path: str) -> dict:
 
 
 @torch.no_grad()
-def load(full: dict, model_entries: dict, optimizer_entries: dict, path: str) -> None:
-    """Copy this rank's pieces out of the full tensors of ``full`` (see :func:`load_full_state`)."""
+def load(full: dict, model_entries: dict, optimizer_entries: dict, path: str, exact_names: bool = True) -> None:
+    """Copy this rank's pieces out of the full tensors of ``full`` (see :func:`load_full_state`).
+    ``exact_names``: the checkpoint holds exactly this rank's names (False for a pipeline stage,
+    which holds some of them)."""
     model_sd = full["model"]
-    _check_names(set(model_entries), set(model_sd), path)
+    _check_names(set(model_entries), set(model_sd) if exact_names else set(model_sd) & set(model_entries), path)
     for name, (_, shape, pieces) in model_entries.items():
         _copy_pieces(model_sd[name], shape, pieces, f"parameter {name}", path)
     optim_sd = full.get("optimizer") or {}

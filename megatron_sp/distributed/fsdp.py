@@ -54,12 +54,15 @@ def _device_mesh(mesh, device: torch.device):
 
 
 def shard_model(model: torch.nn.Module, mesh, mode: str, device: torch.device, param_dtype=None,
-                cpu_offload: bool = False) -> torch.nn.Module:
+                cpu_offload: bool = False, roots=None) -> torch.nn.Module:
     """``fully_shard`` each decoder layer, then the root, over the DP x CP group (in place).
 
-    Works on a model still on the meta device (the usual case: shard, then ``to_empty``
-    and initialise the shards) as well as on a materialised one.  The TP attributes of
-    every parameter survive the switch to DTensor parameters.
+    ``roots``: the modules that run a forward (default: the model itself); under pipeline
+    parallelism each pipeline stage module is the root of its own layers, embeddings and
+    output layer (a stage's forward is what gathers them).  Works on a model still on the
+    meta device (the usual case: shard, then ``to_empty`` and initialise the shards) as well
+    as on a materialised one.  The TP attributes of every parameter survive the switch to
+    DTensor parameters.
     """
     from torch.distributed.fsdp import (CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy,
                                         fully_shard)
@@ -70,16 +73,19 @@ def shard_model(model: torch.nn.Module, mesh, mode: str, device: torch.device, p
                   offload_policy=CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload
                   else OffloadPolicy())
     zero3 = mode == "fsdp2"
-    layers = list(model.decoder.layers)
+    layers = list(model.decoder.layers.values())
+    roots = list(roots) if roots else [model]
     with keeping_tp_attributes(model):
         for i, layer in enumerate(layers):
             # the last layer's backward starts right after forward: keep it gathered (as torchtitan)
             fully_shard(layer, reshard_after_forward=zero3 and i < len(layers) - 1, **kwargs)
-        fully_shard(model, reshard_after_forward=False, **kwargs)
-    for module in model.modules():
-        if isinstance(module, FSDPModule):  # a plain SUM: gloo has no PREMUL_SUM
-            module.set_gradient_divide_factor(1.0)
-            module.set_force_sum_reduction_for_comms(True)
+        for root in roots:
+            fully_shard(root, reshard_after_forward=False, **kwargs)
+    for root in roots:
+        for module in root.modules():
+            if isinstance(module, FSDPModule):  # a plain SUM: gloo has no PREMUL_SUM
+                module.set_gradient_divide_factor(1.0)
+                module.set_force_sum_reduction_for_comms(True)
     model.defer_grad_sync = mode == "dist-opt"
     return model
 

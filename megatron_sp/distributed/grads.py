@@ -12,9 +12,14 @@ One path for every sharding mode; only the engine that reduces over DP x CP diff
   (norm weights, row-parallel biases; ``param.sequence_parallel``): all-reduced
   over TP after backward.  Under FSDP2 each TP rank holds the same rows of such a
   parameter, so the local shards are all-reduced.
+* Pipeline parallelism: each stage reduces its own parameters as above.  A tied
+  input/output embedding lives on the first and the last stage; after the step's backward
+  the two copies' gradients are summed over the embedding group (Megatron's
+  ``_allreduce_word_embedding_grads``), so the copies get the same update and stay equal.
 * The clipping norm counts each element once: squares of a rank's local elements are
   summed over DP x CP when the state is sharded, and squares of TP-sharded parameters
-  over TP; replicated ones are counted on every rank once.
+  over TP; replicated ones are counted on every rank once; the stages' sums are added
+  over PP, leaving out the last stage's copy of a tied embedding.
 """
 from __future__ import annotations
 
@@ -94,12 +99,26 @@ def allreduce_sequence_parallel_grads(model: torch.nn.Module, mesh) -> None:
     _coalesced_all_reduce([g for g in grads if g.numel()], mesh.tp_group)
 
 
+def allreduce_embedding_grads(model: torch.nn.Module, mesh) -> None:
+    """Sum the gradients of the tied embedding's two copies (first and last pipeline stage)."""
+    if mesh.embedding_group is None or model.cfg.untie_embeddings_and_output_weights:
+        return
+    if model.pre_process == model.post_process:  # both ends on this rank (one copy), or neither
+        return
+    weight = model.embedding.weight
+    if weight.grad is None:
+        weight.grad = torch.zeros_like(weight)
+    dist.all_reduce(local(weight.grad), group=mesh.embedding_group)
+
+
 def grad_norm(params, mesh) -> float:
     """Global L2 norm of the gradients, each full-model element counted once."""
     params = [p for p in params if p.grad is not None]
     device = local(params[0].grad).device if params else torch.device("cpu")
     sums = torch.zeros(2, dtype=torch.float32, device=device)  # [TP-sharded, TP-replicated]
     for p in params:
+        if getattr(p, "pipeline_shared", False):  # counted on the first stage
+            continue
         g = local(p.grad)
         if g.numel():
             sums[0 if getattr(p, "partition_dim", None) is not None else 1] += g.float().pow(2).sum()
@@ -110,7 +129,10 @@ def grad_norm(params, mesh) -> float:
         tp_sharded = sums[0:1].clone()
         dist.all_reduce(tp_sharded, group=mesh.tp_group)
         sums[0] = tp_sharded[0]
-    return float(sums.sum().sqrt())
+    total = sums.sum()
+    if getattr(mesh, "pp_size", 1) > 1:
+        dist.all_reduce(total, group=mesh.pp_group)
+    return float(total.sqrt())
 
 
 def clip_grad_norm(params, max_norm: float, mesh) -> float:

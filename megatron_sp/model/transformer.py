@@ -139,34 +139,44 @@ class TransformerLayer(torch.nn.Module):
 class TransformerBlock(torch.nn.Module):
     """The stack of layers, with Megatron's full-recompute methods.
 
+    ``layers`` are the *global* indices this rank holds (all of them without pipeline
+    parallelism): ``self.layers`` is keyed by them, so parameter names are
+    ``layers.<global index>...`` in every pipeline layout (checkpoints and the
+    name-seeded initialisation depend on it).  ``forward(x, rope, keys)`` runs the
+    layers ``keys`` (one pipeline stage's; default all) in order.
+
     ``uniform``: layers are split into groups of ``recompute_num_layers`` and each
     group's input is the only activation kept.  ``block``: the first
     ``recompute_num_layers`` layers are recomputed one by one, the rest are not.
     """
 
-    def __init__(self, cfg: GPTConfig, mesh, rng):
+    def __init__(self, cfg: GPTConfig, mesh, rng, layers=None):
         super().__init__()
         self.cfg, self.rng = cfg, rng
-        self.layers = torch.nn.ModuleList(TransformerLayer(cfg, mesh, rng) for _ in range(cfg.num_layers))
+        ids = range(cfg.num_layers) if layers is None else layers
+        self.layers = torch.nn.ModuleDict({str(i): TransformerLayer(cfg, mesh, rng) for i in ids})
 
-    def _run(self, start, end):
+    @staticmethod
+    def _run(layers):
         def run(x, *rope):
-            for layer in self.layers[start:end]:
+            for layer in layers:
                 x = layer(x, rope or None)
             return x
         return run
 
-    def forward(self, x, rope=None):
-        cfg, n = self.cfg, len(self.layers)
+    def forward(self, x, rope=None, keys=None):
+        cfg = self.cfg
+        layers = list(self.layers.values()) if keys is None else [self.layers[str(k)] for k in keys]
+        n = len(layers)
         rope_args = tuple(rope) if rope is not None else ()
         if cfg.recompute_granularity != "full" or not self.training:
-            return self._run(0, n)(x, *rope_args)
+            return self._run(layers)(x, *rope_args)
         step = max(1, cfg.recompute_num_layers)
         if cfg.recompute_method == "uniform":
             for start in range(0, n, step):
-                x = self.rng.checkpoint(self._run(start, min(n, start + step)), x, *rope_args)
+                x = self.rng.checkpoint(self._run(layers[start:start + step]), x, *rope_args)
             return x
         for i in range(n):  # block
-            run = self._run(i, i + 1)
+            run = self._run(layers[i:i + 1])
             x = self.rng.checkpoint(run, x, *rope_args) if i < step else run(x, *rope_args)
         return x

@@ -42,7 +42,10 @@ def set_tp_attributes(param: torch.nn.Parameter, partition_dim=None, chunks: int
     return param
 
 
-TP_ATTRIBUTES = ("partition_dim", "partition_chunks", "init_kind", "sequence_parallel", "is_embedding_or_output_parameter")
+# (+ ``pipeline_shared``: the last pipeline stage's copy of a tied embedding, model/gpt.py;
+#  ``is_embedding_or_output_parameter``: --decoupled-lr's parameters, training/optimizer.py)
+TP_ATTRIBUTES = ("partition_dim", "partition_chunks", "init_kind", "sequence_parallel", "pipeline_shared",
+                 "is_embedding_or_output_parameter")
 
 
 @contextlib.contextmanager

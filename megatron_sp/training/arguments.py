@@ -14,6 +14,7 @@ import torch
 from ..data.tokenizers import add_tokenizer_arguments, resolve_tokenizer_type, unused_tokenizer_flags
 from ..flag_types import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, SEED,
                           ArgumentParser, in_range)
+from ..pipeline_parallel import SCHEDULES, layout_from_args
 from ..sequence_parallel import CP_COMM_TYPES
 from . import megatron_compat
 from .argument_checks import check_combinations
@@ -62,6 +63,20 @@ def _parallel(p):
     g.add_argument("--hierarchical-context-parallel-sizes", type=POSITIVE_INT, nargs=2, default=None, metavar=("U", "R"))
     g.add_argument("--distributed-backend", choices=["gloo", "nccl"], default=None)
     g.add_argument("--distributed-timeout-minutes", type=POSITIVE, default=10.0)
+    g = p.add_argument_group("pipeline parallelism (pipeline_parallel/, on torch.distributed.pipelining)")
+    g.add_argument("--pipeline-model-parallel-size", type=POSITIVE_INT, default=1,
+                   help="PP degree: the decoder layers are split into this many stages")
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=POSITIVE_INT, default=None,
+                   help="interleaved schedule: layers per virtual stage (each rank runs several)")
+    g.add_argument("--num-virtual-stages-per-pipeline-rank", "--virtual-pipeline-model-parallel-size",
+                   dest="num_virtual_stages_per_pipeline_rank", type=POSITIVE_INT, default=None,
+                   help="interleaved schedule: virtual stages (model chunks) per rank")
+    g.add_argument("--decoder-first-pipeline-num-layers", type=POSITIVE_INT, default=None,
+                   help="uneven split: layers of the first stage (the others share the rest evenly)")
+    g.add_argument("--decoder-last-pipeline-num-layers", type=POSITIVE_INT, default=None,
+                   help="uneven split: layers of the last stage")
+    g.add_argument("--pipeline-schedule", choices=list(SCHEDULES), default=None,
+                   help="torch.distributed.pipelining schedule (default 1F1B, Interleaved1F1B with virtual stages)")
     g = p.add_argument_group("model state sharding over DP x CP (distributed/fsdp.py)")
     g.add_argument("--use-torch-fsdp2", action="store_true",
                    help="ZeRO-3 on torch FSDP2: weights, gradients and Adam state sharded over DP x CP")
@@ -223,7 +238,8 @@ class MegatronArgumentParser(ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = MegatronArgumentParser(description="Pretrain a GPT with TP x CP x DP (megatron_sp)", allow_abbrev=False,
+    p = MegatronArgumentParser(description="Pretrain a GPT with TP x CP x PP x DP (megatron_sp)",
+                               allow_abbrev=False,
                                epilog="Other Megatron-LM flags are accepted with a start-up note or refused in one "
                                       "line (megatron_sp/training/megatron_flags.py; README, 'Coming from "
                                       "Megatron-LM').")
@@ -244,11 +260,11 @@ def _fail(msg):
 def validate_args(args, world_size: int):
     """Fill derived values (dp size, padded vocab, batch counts); raise on bad input."""
     _megatron_prelude(args)
-    tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
-    if world_size % (tp * cp):
+    tp, cp, pp = args.tensor_model_parallel_size, args.context_parallel_size, args.pipeline_model_parallel_size
+    if world_size % (tp * cp * pp):
         _fail(f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
-              f"--context-parallel-size {cp}")
-    args.data_parallel_size = world_size // (tp * cp)
+              f"--context-parallel-size {cp}" + (f" x --pipeline-model-parallel-size {pp}" if pp > 1 else ""))
+    args.data_parallel_size = world_size // (tp * cp * pp)
     if args.cp_comm_type == "a2a+p2p" and cp > 1 and not args.hierarchical_context_parallel_sizes:
         _fail("--cp-comm-type a2a+p2p needs --hierarchical-context-parallel-sizes U R with U x R = "
               f"--context-parallel-size {cp}")
@@ -275,6 +291,7 @@ def validate_args(args, world_size: int):
         _fail(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
               f"{args.micro_batch_size} x data-parallel size {args.data_parallel_size} = {per_step}")
     args.num_micro_batches = args.global_batch_size // per_step
+    layout_from_args(args)  # the pipeline split and schedule (raises PipelineLayoutError, a ValueError)
     if (args.train_iters is None) == (args.train_samples is None):
         _fail("give exactly one of --train-iters and --train-samples")
     if args.train_iters is None:  # as Megatron: whole global batches

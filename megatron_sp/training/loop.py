@@ -6,6 +6,10 @@ One iteration on a rank::
       -> for each micro-batch: forward (autocast), loss = sum(mask * loss) / tokens of the
          whole global batch, backward (DDP sums gradients over DP x CP on the last one)
       -> TP all-reduce of Megatron-SP gradients -> overflow check, clip, AdamW step, LR step
+
+Under pipeline parallelism (``--pipeline-model-parallel-size K``) each rank builds only its
+stages' layers (pipeline_parallel/) and the micro-batches run through a
+``torch.distributed.pipelining`` schedule instead of the loop above; the rest is the same.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch.distributed as dist
 
 from ..model import GPTConfig, GPTModel
 from ..parallel_state import init_distributed, initialize_model_parallel
+from ..pipeline_parallel import Pipeline, layout_from_args, stage_modules
 from ..sequence_parallel import attention_summary, check_cp_config
 from ..tensor_parallel import RNGTracker
 from ..tensor_parallel.sharding import keeping_tp_attributes
@@ -34,7 +39,7 @@ from .logging import (MetricsWriter, eval_line, flops_per_iteration, log_line, m
                       print_rank_last)
 from .lr_scheduler import LRScheduler, build_scheduler
 from .optimizer import MixedPrecisionOptimizer
-from .step import forward_backward, train_step
+from .step import autocast_context, forward_backward, masked_loss, train_step
 
 @dataclass
 class TrainState:
@@ -98,22 +103,41 @@ def compute_dtype(args):
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
-def build_model(args, cfg: GPTConfig, mesh, rng, device) -> GPTModel:
-    """The GPT of this rank with its weights initialised, its state sharded over DP x CP
-    under a sharding flag.  Built on the meta device, sharded, then only this rank's
-    elements are allocated and initialised (layout-invariant: the full tensor of each
-    parameter from ``--seed`` and its name, then this rank's pieces)."""
-    with torch.device("meta"):
-        model = GPTModel(cfg, mesh, rng)
+def build_model(args, cfg: GPTConfig, mesh, rng, device, layout=None) -> tuple:
+    """``(model, stages)``: the GPT of this rank with its weights initialised, its state sharded
+    over DP x CP under a sharding flag, and under pipeline parallelism (``layout``) the
+    :class:`~megatron_sp.pipeline_parallel.StageModule` of each of its virtual stages (else
+    None).  Built on the meta device, sharded, then only this rank's elements are allocated
+    and initialised (layout-invariant: the full tensor of each parameter from ``--seed`` and
+    its name, then this rank's pieces)."""
     mode = sharding_mode(args)
+    low = None if compute_dtype(args) == torch.float32 else compute_dtype(args)
+    stages = None
+    with torch.device("meta"):
+        if layout is None:
+            model = GPTModel(cfg, mesh, rng)
+        else:
+            ids = layout.stages_of(mesh.pp_rank)
+            model = GPTModel(cfg, mesh, rng, layout.layers_of(mesh.pp_rank), pre_process=0 in ids,
+                             post_process=layout.num_stages - 1 in ids)
+            hidden_dtype = low if (mode and low is not None) else torch.float32  # what the one-stage model passes
+            stages = stage_modules(model, layout, mesh.pp_rank, lambda: autocast_context(args, device), hidden_dtype)
+    roots = stages if (stages and mode) else [model]
     if mode:
-        dtype = compute_dtype(args)
-        shard_model(model, mesh, mode, device, None if dtype == torch.float32 else dtype,
-                    args.optimizer_cpu_offload)
+        shard_model(model, mesh, mode, device, low, args.optimizer_cpu_offload, roots=roots)
     with keeping_tp_attributes(model):
-        model.to_empty(device=torch.device("cpu") if args.optimizer_cpu_offload else device)
+        for root in roots:
+            root.to_empty(device=torch.device("cpu") if args.optimizer_cpu_offload else device)
     model.init_weights(args.seed)
-    return model
+    return model, stages
+
+
+def build_pipeline(args, model, stages, layout, mesh, device) -> Pipeline:
+    """The stages (DDP-wrapped over DP x CP with replicated state) and their schedule."""
+    wrapped = stages if sharding_mode(args) else [wrap_data_parallel(s, mesh) for s in stages]
+    return Pipeline(stages, wrapped, layout, mesh, device, masked_loss, args.pipeline_schedule,
+                    args.num_micro_batches, args.micro_batch_size, args.seq_length // mesh.cp_size,
+                    args.hidden_size, stages[0].hidden_dtype)
 
 
 # --- setup and the loop ----------------------------------------------------------------
@@ -124,7 +148,7 @@ class Context:
     device: torch.device
     tokenizer: object
     model: GPTModel
-    ddp_model: torch.nn.Module
+    ddp_model: torch.nn.Module  # DDP over DP x CP, or the model; a pipeline_parallel.Pipeline under PP
     optimizer: MixedPrecisionOptimizer
     scheduler: LRScheduler
     rng: RNGTracker
@@ -147,12 +171,17 @@ def setup(args) -> Context:
     if sharding_mode(args):
         ensure_process_group()
     mesh = initialize_model_parallel(args.tensor_model_parallel_size, args.context_parallel_size,
-                                     args.hierarchical_context_parallel_sizes, args.distributed_timeout_minutes * 60)
+                                     args.hierarchical_context_parallel_sizes, args.pipeline_model_parallel_size,
+                                     args.distributed_timeout_minutes * 60)
     device = torch.device("cuda", torch.cuda.current_device()) if (
         torch.cuda.is_available() and (args.distributed_backend or "nccl") == "nccl") else torch.device("cpu")
-    rng = RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank, device)
-    model = build_model(args, cfg, mesh, rng, device)
-    ddp_model = wrap_data_parallel(model, mesh)
+    rng = RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank, device, mesh.pp_rank)
+    layout = layout_from_args(args) if mesh.pp_size > 1 else None
+    model, stages = build_model(args, cfg, mesh, rng, device, layout)
+    if layout is None:
+        ddp_model = wrap_data_parallel(model, mesh)
+    else:  # the pipeline plays the wrapped model's part in a step (training/step.py)
+        ddp_model = build_pipeline(args, model, stages, layout, mesh, device)
     optimizer = MixedPrecisionOptimizer(model, args, mesh)
     scheduler = build_scheduler(optimizer, args)
     return Context(args, mesh, device, tokenizer, model, ddp_model, optimizer, scheduler, rng,
@@ -165,18 +194,22 @@ def _is_last_rank(mesh) -> bool:
 
 def print_summary(ctx) -> None:
     n_params = sum(p.numel() for p in ctx.model.parameters())
-    full = torch.tensor(float(sum(p.numel() for p in ctx.model.parameters()
-                                  if getattr(p, "partition_dim", None) is not None)))
+    counted = [p for p in ctx.model.parameters() if not getattr(p, "pipeline_shared", False)]
+    full = torch.tensor([float(sum(p.numel() for p in counted if getattr(p, "partition_dim", None) is not None)),
+                         float(sum(p.numel() for p in counted if getattr(p, "partition_dim", None) is None))])
     if ctx.mesh.tp_group is not None:
-        dist.all_reduce(full, group=ctx.mesh.tp_group)
-    total = int(full.item()) + sum(p.numel() for p in ctx.model.parameters()
-                                   if getattr(p, "partition_dim", None) is None)
+        dist.all_reduce(full[:1], group=ctx.mesh.tp_group)
+    if ctx.mesh.pp_group is not None:
+        dist.all_reduce(full, group=ctx.mesh.pp_group)
+    total = int(full.sum().item())
     a = ctx.args
     attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype(a),
                                            a.attention_dropout)
+    pipeline = (f"> pipeline: {ctx.ddp_model.describe()}; this rank (PP {ctx.mesh.pp_rank}) runs layers "
+                f"{_ranges(ctx.model.decoder.layers)}\n" if getattr(ctx.ddp_model, "is_pipeline", False) else "")
     print_rank_last(
         f"> layout: {ctx.mesh.describe()}, cp-comm-type {a.cp_comm_type}, sequence-parallel {a.sequence_parallel}, "
-        f"device {ctx.device}\n> model: {a.num_layers} layers, hidden {a.hidden_size}, heads "
+        f"device {ctx.device}\n{pipeline}> model: {a.num_layers} layers, hidden {a.hidden_size}, heads "
         f"{a.num_attention_heads} (query groups {a.num_query_groups}), seq {a.seq_length}, padded vocab "
         f"{ctx.model.cfg.vocab_size}; parameters: {total / 1e6:.3f} M total, {n_params / 1e6:.3f} M on this rank\n"
         f"> batch: global {a.global_batch_size} = micro {a.micro_batch_size} x {a.num_micro_batches} accumulation "
@@ -189,6 +222,17 @@ def print_summary(ctx) -> None:
         + "".join(f"\n> note: {n}" for n in getattr(a, "startup_notes", []))
         + (f"\nWARNING: {attn_warning}" if attn_warning else ""),
         _is_last_rank(ctx.mesh))
+
+
+def _ranges(layers) -> str:
+    """``"4-7"`` or ``"2-3, 6-7"``: the global indices of a ModuleDict of layers."""
+    ids, out = sorted(int(k) for k in layers), []
+    for i in ids:
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
 
 
 def _overlap_note(a) -> str:
@@ -228,9 +272,10 @@ def evaluate(ctx, iteration: int, split: int = 1) -> float:
     run = max(iteration // args.eval_interval - 1, 0) if split == 1 else 0
     start = run * args.eval_iters * args.global_batch_size
     ctx.model.eval()
+    model = ctx.ddp_model if getattr(ctx.ddp_model, "is_pipeline", False) else ctx.model
     total = 0.0
     for batches in global_batches(dataset, start, args.eval_iters, args, ctx.mesh, ctx.device):
-        total += forward_backward(ctx.model, batches, args, ctx.mesh, ctx.device).item()
+        total += forward_backward(model, batches, args, ctx.mesh, ctx.device).item()
     ctx.model.train()
     return total / max(args.eval_iters, 1)
 

@@ -38,7 +38,7 @@ NO_EFFECT = {
     "--no-async-tensor-model-parallel-allreduce": (SWITCH, "TP communication is not overlapped here"),
     "--async-tensor-model-parallel-allreduce": (SWITCH, "TP communication is not overlapped here"),
     "--tp-comm-overlap": (SWITCH, "TP communication is not overlapped with GEMMs here"),
-    "--overlap-p2p-communication": (SWITCH, "pipeline parallelism is not built yet"),
+    "--overlap-p2p-communication": (SWITCH, "stage-to-stage sends are torch.distributed.pipelining's own"),
     "--defer-embedding-wgrad-compute": (SWITCH, "an overlap optimisation of pipeline parallelism"),
     "--use-nccl-ub": (SWITCH, "an NCCL buffer-registration optimisation"),
     "--enable-cuda-graph": (SWITCH, "CUDA graphs are not used here"),
@@ -109,7 +109,7 @@ NO_EFFECT = {
     # DeepSpeed engine (Megatron-DeepSpeed scripts): the native loop trains the same model
     "--deepspeed": (SWITCH, "the DeepSpeed engine is not used; this loop trains the same model (ZeRO-0 = "
                             "plain data parallelism)"),
-    "--no-pipeline-parallel": (SWITCH, "pipeline parallelism is off here anyway"),
+    "--no-pipeline-parallel": (SWITCH, "DeepSpeed's switch; pipeline parallelism here is --pipeline-model-parallel-size"),
 }
 
 # Whole families, for flags not listed one by one (checked on the unknown flags only).
@@ -136,17 +136,12 @@ REFUSED_FAMILIES = {
     "--non-persistent-": "non-persistent checkpoints are not supported",
 }
 
-PP_NOT_BUILT = "pipeline parallelism is not built yet; use --pipeline-model-parallel-size 1"
+PP_SPLIT = "uneven pipeline splits here are --decoder-first/last-pipeline-num-layers"
 REFUSED = {
     # name: (spec, reason, harmless values (as parsed) or None)
-    "--pipeline-model-parallel-size": (INT, PP_NOT_BUILT, (1,)),
-    "--num-layers-per-virtual-pipeline-stage": (INT, PP_NOT_BUILT, None),
-    "--virtual-pipeline-model-parallel-size": (INT, PP_NOT_BUILT, None),
-    "--pipeline-model-parallel-split-rank": (INT, PP_NOT_BUILT, None),
-    "--decoder-first-pipeline-num-layers": (INT, PP_NOT_BUILT, None),
-    "--decoder-last-pipeline-num-layers": (INT, PP_NOT_BUILT, None),
-    "--account-for-embedding-in-pipeline-split": (SWITCH, PP_NOT_BUILT, None),
-    "--account-for-loss-in-pipeline-split": (SWITCH, PP_NOT_BUILT, None),
+    "--pipeline-model-parallel-split-rank": (INT, "encoder-decoder models are not supported", None),
+    "--account-for-embedding-in-pipeline-split": (SWITCH, PP_SPLIT, None),
+    "--account-for-loss-in-pipeline-split": (SWITCH, PP_SPLIT, None),
     "--num-experts": (INT, "mixture of experts is not supported", (0,)),
     "--expert-model-parallel-size": (INT, "mixture of experts is not supported", (1,)),
     "--expert-tensor-parallel-size": (INT, "mixture of experts is not supported", (1,)),
