@@ -179,7 +179,7 @@ def _mp_context(device: str):
     if device == "cuda":
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "megatron_sp.training.loop"])
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "megatron_sp.training.loop"])
     return ctx
 
 

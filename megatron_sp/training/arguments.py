@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..sequence_parallel import CP_COMM_TYPES
+from ..sequence_parallel import ATTENTION_BACKENDS, CP_COMM_TYPES
 
 
 def _model(p):
@@ -31,6 +31,9 @@ def _model(p):
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
     g.add_argument("--hidden-dropout", type=float, default=0.1)
     g.add_argument("--attention-dropout", type=float, default=0.1)
+    g.add_argument("--attention-backend", choices=list(ATTENTION_BACKENDS), default="auto",
+                   help="attention implementation, Megatron's values: unfused/local materialise the scores "
+                        "and keep the probabilities (the RSA paper's TP baseline); flash/fused kernels; auto")
     g.add_argument("--init-method-std", type=float, default=0.02)
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from ..model import GPTConfig, GPTModel
 from ..parallel_state import init_distributed, initialize_model_parallel
-from ..sequence_parallel import attention_summary, check_cp_config
+from ..sequence_parallel import attention_summary, check_backend, check_cp_config
 from ..tensor_parallel import RNGTracker
 from .arguments import build_parser, padded_vocab_size, validate_args
 from .batches import build_datasets, build_tokenizer, evaluation_on, micro_batches
@@ -51,7 +51,8 @@ def model_config(args, vocab_size: int) -> GPTConfig:
         untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
         hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
         init_method_std=args.init_method_std, sequence_parallel=args.sequence_parallel,
-        cp_comm_type=args.cp_comm_type, recompute_granularity=args.recompute_granularity,
+        cp_comm_type=args.cp_comm_type, attention_backend=args.attention_backend,
+        recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers)
 
 
@@ -96,10 +97,12 @@ def setup(args) -> Context:
     cfg = model_config(args, vocab)
     check_layout(args, cfg)
     init_distributed(args.distributed_backend, args.distributed_timeout_minutes * 60)
-    mesh = initialize_model_parallel(args.tensor_model_parallel_size, args.context_parallel_size,
-                                     args.hierarchical_context_parallel_sizes)
     device = torch.device("cuda", torch.cuda.current_device()) if (
         torch.cuda.is_available() and (args.distributed_backend or "nccl") == "nccl") else torch.device("cpu")
+    check_backend(args.attention_backend, args.cp_comm_type, args.context_parallel_size, device,
+                  _compute_dtype(args), args.attention_dropout)  # on the device, before the first collective
+    mesh = initialize_model_parallel(args.tensor_model_parallel_size, args.context_parallel_size,
+                                     args.hierarchical_context_parallel_sizes)
     rng = RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank, device)
     model = GPTModel(cfg, mesh, rng)
     model.init_weights(args.seed)
@@ -110,6 +113,10 @@ def setup(args) -> Context:
                             args.lr_decay_style)
     return Context(args, mesh, device, tokenizer, model, ddp_model, optimizer, scheduler, rng,
                    build_datasets(args, tokenizer), TrainState())
+
+
+def _compute_dtype(args) -> torch.dtype:
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
 def _is_last_rank(mesh) -> bool:
@@ -125,9 +132,9 @@ def print_summary(ctx) -> None:
     total = int(full.item()) + sum(p.numel() for p in ctx.model.parameters()
                                    if getattr(p, "partition_dim", None) is None)
     a = ctx.args
-    compute_dtype = torch.bfloat16 if a.bf16 else torch.float16 if a.fp16 else torch.float32
-    attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype,
-                                           a.attention_dropout)
+    attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, _compute_dtype(a),
+                                           a.attention_dropout, attention_backend=a.attention_backend,
+                                           ring_size=ctx.mesh.ring_size)
     print_rank_last(
         f"> layout: {ctx.mesh.describe()}, cp-comm-type {a.cp_comm_type}, sequence-parallel {a.sequence_parallel}, "
         f"device {ctx.device}\n> model: {a.num_layers} layers, hidden {a.hidden_size}, heads "
