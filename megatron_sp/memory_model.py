@@ -22,13 +22,18 @@ Saved per layer (elements per token and sample)::
     fused qkv output (kept alive by the RoPE views)  (a+2g)d/T
     RoPE: rotated copies of q, k + their outputs     2(a+g)d/T
     v made contiguous                                g d/T
-    attention output + proj input copy               2 a d/T   (+ lse a/T, fp32)
+    attention output (= the projection input)        a d/T     (+ lse a/T, fp32)
     fc1 output (GELU input), fc2 input               2f/T      (SwiGLU: 2f + 2f ... see code)
     dropout masks (bool), if --hidden-dropout > 0   2h bytes  (/T with SP)
 
-Attention scores exist only for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]`` in fp32
+Attention scores exist for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]`` in fp32
 saved per layer, plus two more copies at the backward peak of a layer (``d_probs`` and the
-softmax-backward product).  P = 1 runs the flash kernel for every mode.  Ring modes keep
+softmax-backward product).  With the flash kernels (``--attention-backend auto`` / ``flash``)
+no other mode materialises scores.  ``--attention-backend unfused`` (or ``local``) does, see
+:func:`_unfused_kept` and :func:`_unfused_transient`: where attention is a ring of one (CP 1,
+and Ulysses after its all-to-all) it keeps the fp32 probabilities ``[b, a/(T U), sU, sU]``
+of every layer, exactly RSA's algorithm over a ring of one (same two extra copies in a layer's
+backward); inside a ring of R > 1 it materialises each block's scores transiently.  Ring modes keep
 double-buffered K/V blocks and travelling dK/dV accumulators (a transient of the layer in
 backward).  Outside the layers: the logits (kept as the softmax by the cross entropy),
 the final norm and output-layer inputs, and the output layer's gradient in backward.
@@ -73,6 +78,7 @@ class ModelSpec:
     hidden_dropout: float = 0.0
     bf16: bool = False
     recompute: Optional[str] = None  # None, "selective", "full"
+    attention_backend: str = "auto"  # --attention-backend: unfused/local materialise scores (see module doc)
 
     def __post_init__(self):
         self.ffn_hidden_size = self.ffn_hidden_size or 4 * self.hidden_size
@@ -93,6 +99,7 @@ class ModelSpec:
                      "--group-query-attention"):
             p.add_argument(flag, action="store_true")
         p.add_argument("--position-embedding-type", default="learned_absolute")
+        p.add_argument("--attention-backend", default="auto")
         a, _ = p.parse_known_args(argv)
         div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
         vocab = int(math.ceil((a.vocab_size + 1) / div) * div)  # NullTokenizer adds EOD
@@ -101,7 +108,8 @@ class ModelSpec:
                    not a.disable_bias_linear, a.position_embedding_type == "rope",
                    0 if a.position_embedding_type == "rope" else (a.max_position_embeddings or 0),
                    not a.untie_embeddings_and_output_weights,
-                   a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16, recompute)
+                   a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16, recompute,
+                   a.attention_backend)
 
 
 @dataclass(frozen=True)
@@ -135,19 +143,24 @@ class Estimate:
     early_grads: float     # gradients already allocated when a layer's backward peaks (no DDP)
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
+    optimizer: float = 0.0  # peak of the optimizer step (activations freed by then), see _optimizer_peak
+    baseline_freed: float = 0.0  # previous step's gradients (not DDP buckets): in the baseline, freed by zero_grad
 
     @property
     def step_peak(self) -> float:
         """Bytes the step needs above the baseline taken after a warm-up step: saved activations +
-        the transient at the peak.  Weights, Adam state and (under DDP, DP x CP > 1) the gradient
-        buckets are persistent and in the baseline; without DDP the gradients are created in
-        backward, after the end-of-forward peak, and only those of the output layer and the last
-        layer can coincide with a layer's backward peak (``transient`` includes them)."""
-        return self.activations + self.transient
+        the transient at the peak, or the optimizer step's peak if larger.  Weights, Adam state and
+        (under DDP, DP x CP > 1) the gradient buckets are persistent and in the baseline; without DDP
+        the gradients are created in backward, after the end-of-forward peak, and only those of the
+        output layer and the last layer can coincide with a layer's backward peak (``transient``
+        includes them).  Those of the previous step are in the baseline too (a trial measures its
+        second step) and are freed by ``zero_grad`` when the step starts: ``baseline_freed``."""
+        return max(self.activations + self.transient, self.optimizer) - self.baseline_freed
 
     @property
     def total_peak(self) -> float:
-        return self.params + self.adam + (self.grads if self.grads_in_baseline else 0) + self.step_peak
+        """Weights, Adam state and gradients (DDP buckets, or the previous step's) plus the step."""
+        return self.params + self.adam + self.grads + self.step_peak
 
     def breakdown(self) -> dict:
         mib = 2 ** 20
@@ -183,16 +196,15 @@ def _layer_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
     # norm inputs (residual stream), sharded under SP; linear inputs (gathered under SP: whole)
     elems = 2 * h / sp_div + 2 * h
     elems += (a + 2 * g) * d / T                      # q, k (RoPE outputs), v made contiguous
-    elems += a * d / T                                # attention output (also the projection input ...)
-    if b > 1:
-        elems += a * d / T                            # ... which is a copy when b > 1 (permute + reshape)
+    elems += a * d / T                                # attention output = the projection input (a view:
+                                                      # the kernels write it in [s, b, h, d] order)
     elems += (3 if spec.swiglu else 2) * f / T        # fc1 output (x2 SwiGLU) + activation output
     byts = tok * elems * e + tok * (a / T) * 4        # + lse (fp32)
     if spec.hidden_dropout > 0:
         byts += tok * 2 * h / sp_div                  # bool masks
     if lay.mode == "rsa" and lay.cp > 1:
         byts += b * (a / T) * s * (s * lay.cp) * 4    # full score rows, fp32
-    return byts
+    return byts + _unfused_kept(spec, lay, s, b)
 
 
 def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
@@ -204,7 +216,62 @@ def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
     return tok * (h / sp_div * e + h * e + V / T * 4)
 
 
-def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: float = 0.0) -> float:
+UNFUSED_BACKENDS = ("unfused", "local")
+
+
+def _materialised(spec: ModelSpec, lay: LayoutSpec) -> bool:
+    """Attention runs RSA's algorithm, keeping probabilities: rsa over P > 1, or ``--attention-backend
+    unfused`` where attention is a ring of one (CP 1, every TP layout, Ulysses after its all-to-all)."""
+    return (lay.mode == "rsa" and lay.cp > 1) or (spec.attention_backend in UNFUSED_BACKENDS
+                                                  and lay.ring_degree == 1)
+
+
+def _unfused_kept(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """Bytes per layer the materialised path saves beyond the flash accounting of :func:`_layer_saved`.
+
+    Unfused over a ring of one: + the fp32 probabilities ``[b, a/(T U), sU, sU]`` (RSA's rows are
+    counted there).  Both: - the LSE, which is not kept (the output, a fresh ``[b, h, s, d]``
+    tensor, is not kept either: only the projection's ``[s, b, h d]`` copy of it, counted there).
+    E.g. BERT-Base shapes (a = 12), N = 512, b = 1, T = 1: 12 MiB of probabilities per layer.
+    """
+    if not _materialised(spec, lay):
+        return 0.0
+    lse = s * b * spec.num_attention_heads / lay.tp * 4
+    return (0.0 if lay.mode == "rsa" and lay.cp > 1 else _probs_bytes(spec, lay, s, b)) - lse
+
+
+def _probs_bytes(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """fp32 probabilities one layer keeps: RSA's rows ``[b, a/T, s, sP]``, unfused over a ring of one
+    ``[b, a/(T U), sU, sU]``; 0 where attention does not materialise them."""
+    if not _materialised(spec, lay):
+        return 0.0
+    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
+    if lay.mode == "rsa" and lay.cp > 1:
+        return b * (a / T) * s * (s * lay.cp) * 4
+    return b * (a / (T * U)) * (s * U) ** 2 * 4
+
+
+def _unfused_transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """Score-sized tensors alive at a layer's backward peak under ``--attention-backend unfused``:
+    over a ring of one, ``d_probs`` and the softmax-backward product (2 x the probabilities, as RSA);
+    inside a ring (R > 1) the reference kernel's block (the largest is the diagonal ``[sU, sU]``):
+    probabilities, their gradient and two temporaries of the softmax backward (4 x)."""
+    if spec.attention_backend not in UNFUSED_BACKENDS or (lay.mode == "rsa" and lay.cp > 1):
+        return 0.0
+    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
+    block = b * (a / (T * U)) * (s * U) ** 2 * 4
+    return (2 if lay.ring_degree == 1 else 4) * block
+
+
+def _optimizer_peak(n_params: int, ddp: bool) -> float:
+    """The optimizer step, after backward freed the activations: foreach AdamW's ``sqrt(v)``, one
+    fp32 copy of the local parameters, on top of the gradients when they are not DDP buckets (in the
+    baseline)."""
+    return 4.0 * n_params * (1 if ddp else 2)
+
+
+def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: float = 0.0,
+               outside: float = 0.0) -> float:
     """Extra bytes on top of all saved activations at the step's peak: the largest of
 
     * the end of forward: the output layer's logits still alive while the cross entropy
@@ -212,7 +279,9 @@ def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: 
     * a layer's attention: all-to-all send/receive buffers of q, k, v (Ulysses), two K/V
       blocks in flight (ring);
     * rsa backward: ``d_probs`` and the softmax-backward product, two more score-sized tensors;
-      gradients created before that point (output layer, last layer) come on top when not in DDP buckets.
+      gradients created before that point (output layer, last layer) come on top when not in DDP buckets;
+      the tensors saved outside the layers (``outside``: logits' softmax, final norm and output-layer
+      inputs) are freed by then.
     """
     h, a, g, d, V, T = (spec.hidden_size, spec.num_attention_heads, spec.num_query_groups, spec.kv_channels,
                         spec.vocab_size, lay.tp)
@@ -227,7 +296,8 @@ def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: 
         attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
     if lay.mode == "rsa" and lay.cp > 1:
         attn += 2 * b * (a / T) * s * (s * lay.cp) * 4
-    return max(head, attn + early_grads if attn else 0.0)
+    attn += _unfused_transient(spec, lay, s, b)
+    return max(head, attn + early_grads - outside if attn else 0.0)
 
 
 def _comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> dict:
@@ -269,20 +339,20 @@ def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int
     if spec.recompute == "full":
         e = 2 if spec.bf16 else 4
         layers = spec.num_layers * s * b * spec.hidden_size / (lay.tp if lay.sp else 1) * e + saved
-    elif spec.recompute == "selective" and lay.mode == "rsa" and lay.cp > 1:
-        layers = spec.num_layers * (saved - b * spec.num_attention_heads / lay.tp * s * seq_length * 4)
-        layers += b * spec.num_attention_heads / lay.tp * s * seq_length * 4
+    elif spec.recompute == "selective" and _materialised(spec, lay):  # one layer's probabilities at a time
+        layers = spec.num_layers * (saved - _probs_bytes(spec, lay, s, b)) + _probs_bytes(spec, lay, s, b)
     else:
         layers = spec.num_layers * saved
-    acts = layers + _outside_saved(spec, lay, s, b)
+    outside = _outside_saved(spec, lay, s, b)
+    acts = layers + outside
     comm = _comm(spec, lay, seq_length, b, n)
     ddp = lay.dp * lay.cp > 1
     early = 0.0 if ddp else 4.0 * (n - spec.num_layers * _layer_parameters(spec, lay.tp)
                                    + _layer_parameters(spec, lay.tp))
-    return Estimate(params=n * 4.0, grads=n * 4.0, adam=n * 8.0,
-                    activations=acts, transient=_transient(spec, lay, s, b, early), comm_bytes=sum(comm.values()),
+    return Estimate(params=n * 4.0, grads=n * 4.0, adam=n * 8.0, activations=acts,
+                    transient=_transient(spec, lay, s, b, early, outside), comm_bytes=sum(comm.values()),
                     grads_in_baseline=ddp, early_grads=early,
-                    comm_detail=comm)
+                    comm_detail=comm, optimizer=_optimizer_peak(n, ddp), baseline_freed=0.0 if ddp else 4.0 * n)
 
 
 def _largest(fits, granularity: int, limit: int) -> int:
