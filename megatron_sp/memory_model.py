@@ -204,7 +204,7 @@ def _layer_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
         byts += tok * 2 * h / sp_div                  # bool masks
     if lay.mode == "rsa" and lay.cp > 1:
         byts += b * (a / T) * s * (s * lay.cp) * 4    # full score rows, fp32
-    return byts + _unfused_kept(spec, lay, s, b)
+    return byts + _unfused_kept(spec, lay, s, b) + _ulysses_output(spec, lay, s, b)
 
 
 def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
@@ -238,6 +238,14 @@ def _unfused_kept(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
         return 0.0
     lse = s * b * spec.num_attention_heads / lay.tp * 4
     return (0.0 if lay.mode == "rsa" and lay.cp > 1 else _probs_bytes(spec, lay, s, b)) - lse
+
+
+def _ulysses_output(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """Under Ulysses (U > 1) the attention output is kept twice: head-sharded by the ring function
+    (``[b, a/(T U), sU, d]``) and, after the all-to-all back, as the projection's input."""
+    if lay.ulysses_degree == 1 or _materialised(spec, lay):
+        return 0.0
+    return s * b * spec.num_attention_heads * spec.kv_channels / lay.tp * (2 if spec.bf16 else 4)
 
 
 def _probs_bytes(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:

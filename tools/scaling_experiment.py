@@ -41,10 +41,12 @@ OpenMP threads cannot deadlock them; a gloo group on a private FileStore; NCCL a
 spawn on GPU),
 so a crash or an out-of-memory cannot poison the next trial.  A rank builds the model,
 optimizer and batches (``loop.setup``) and runs ``--steps`` training steps (default 2).
-The first is a warm-up: it allocates the Adam state and loads every kernel's code.  The
+The first is a warm-up: it allocates the Adam state and loads every kernel's code (under
+DDP one more comes first, on the smallest batch: DDP reallocates its gradient buckets at the
+second forward, and a step measured there would be lighter than a steady one).  The
 *baseline* is taken just before the last step and holds what persists between steps
-(weights, Adam state, DDP's gradient buckets when DP x CP > 1, the batches, the
-interpreter and libraries).  The number compared with the budget is the **peak of the
+(weights, Adam state, the gradients: DDP's buckets when DP x CP > 1, otherwise the previous
+step's until ``zero_grad`` frees them, the batches, the interpreter and libraries).  The number compared with the budget is the **peak of the
 last step (forward, backward, optimizer) above that baseline**, the maximum over ranks;
 that step is also the one timed:
 
