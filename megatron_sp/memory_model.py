@@ -22,7 +22,9 @@ Saved per layer (elements per token and sample)::
     fused qkv output (kept alive by the RoPE views)  (a+2g)d/T
     RoPE: rotated copies of q, k + their outputs     2(a+g)d/T
     v made contiguous                                g d/T
-    attention output (= the projection input)        a d/T     (+ lse a/T, fp32)
+    attention output (= the projection input)        a d/T     (+ lse a/T, fp32; Ulysses: + a d/T,
+                                                               the output is kept on both sides of
+                                                               its all-to-all)
     fc1 output (GELU input), fc2 input               2f/T      (SwiGLU: 2f + 2f ... see code)
     dropout masks (bool), if --hidden-dropout > 0   2h bytes  (/T with SP)
 
@@ -144,7 +146,6 @@ class Estimate:
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
     optimizer: float = 0.0  # peak of the optimizer step (activations freed by then), see _optimizer_peak
-    baseline_freed: float = 0.0  # previous step's gradients (not DDP buckets): in the baseline, freed by zero_grad
 
     @property
     def step_peak(self) -> float:
@@ -153,14 +154,12 @@ class Estimate:
         (under DDP, DP x CP > 1) the gradient buckets are persistent and in the baseline; without DDP
         the gradients are created in backward, after the end-of-forward peak, and only those of the
         output layer and the last layer can coincide with a layer's backward peak (``transient``
-        includes them).  Those of the previous step are in the baseline too (a trial measures its
-        second step) and are freed by ``zero_grad`` when the step starts: ``baseline_freed``."""
-        return max(self.activations + self.transient, self.optimizer) - self.baseline_freed
+        includes them; the scaling tool frees the previous step's before its baseline)."""
+        return max(self.activations + self.transient, self.optimizer)
 
     @property
     def total_peak(self) -> float:
-        """Weights, Adam state and gradients (DDP buckets, or the previous step's) plus the step."""
-        return self.params + self.adam + self.grads + self.step_peak
+        return self.params + self.adam + (self.grads if self.grads_in_baseline else 0) + self.step_peak
 
     def breakdown(self) -> dict:
         mib = 2 ** 20
@@ -360,7 +359,7 @@ def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int
     return Estimate(params=n * 4.0, grads=n * 4.0, adam=n * 8.0, activations=acts,
                     transient=_transient(spec, lay, s, b, early, outside), comm_bytes=sum(comm.values()),
                     grads_in_baseline=ddp, early_grads=early,
-                    comm_detail=comm, optimizer=_optimizer_peak(n, ddp), baseline_freed=0.0 if ddp else 4.0 * n)
+                    comm_detail=comm, optimizer=_optimizer_peak(n, ddp))
 
 
 def _largest(fits, granularity: int, limit: int) -> int:

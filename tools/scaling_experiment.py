@@ -44,9 +44,10 @@ optimizer and batches (``loop.setup``) and runs ``--steps`` training steps (defa
 The first is a warm-up: it allocates the Adam state and loads every kernel's code (under
 DDP one more comes first, on the smallest batch: DDP reallocates its gradient buckets at the
 second forward, and a step measured there would be lighter than a steady one).  The
-*baseline* is taken just before the last step and holds what persists between steps
-(weights, Adam state, the gradients: DDP's buckets when DP x CP > 1, otherwise the previous
-step's until ``zero_grad`` frees them, the batches, the interpreter and libraries).  The number compared with the budget is the **peak of the
+*baseline* is taken just before the last step, after the previous step's gradients are freed
+and malloc's free memory is given back to the OS (``malloc_trim``: a block the step takes from
+malloc's free lists then counts as well), and holds what persists between steps (weights, Adam
+state, DDP's gradient buckets when DP x CP > 1, the batches, the interpreter and libraries).  The number compared with the budget is the **peak of the
 last step (forward, backward, optimizer) above that baseline**, the maximum over ranks;
 that step is also the one timed:
 
@@ -197,7 +198,7 @@ def run_experiment(args) -> list:
 
             def trial(v, layout=layout):
                 return run_trial(build_argv(args, layout, v, args.micro_batch_size), world, budget, args.steps,
-                                 args.trial_timeout, device)
+                                 args.trial_timeout, device, args.threads)
         else:
             g = 1
             predicted = mm.max_micro_batch(spec, lay, args.seq_length, budget) if budget else None
@@ -206,7 +207,7 @@ def run_experiment(args) -> list:
 
             def trial(v, layout=layout):
                 return run_trial(build_argv(args, layout, args.seq_length, v), world, budget, args.steps,
-                                 args.trial_timeout, device)
+                                 args.trial_timeout, device, args.threads)
 
         def traced(v, layout=layout, world=world, trial=trial):
             seq = v if args.experiment == "max-seq" else args.seq_length
@@ -301,13 +302,16 @@ def parse_args(argv=None):
     p.add_argument("--start", type=int, default=None, help="first value tried (default: the model's prediction)")
     p.add_argument("--start-fraction", type=float, default=None,
                    help="first value = this x the model's prediction (default 0.95 for max-seq, 0.9 for max-batch; "
-                        "paper: 0.97)")
+                        "paper: 1, the model being within a few percent)")
     p.add_argument("--max-value", type=int, default=None, help="upper limit of the search")
     p.add_argument("--rel-tol", type=float, default=0.03, help="stop bisecting at this relative bracket")
     p.add_argument("--growth", type=float, default=None,
                    help="step factor of the bracketing phase when it starts from the model (else 2); "
-                        "default 1.15 (paper: 1.06, the model being within a few percent)")
+                        "default 1.15 (paper: 1 + --rel-tol: two trials when the model is within it)")
     p.add_argument("--trial-timeout", type=float, default=600.0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads per rank (default: cores / world; paper: 1, since two OpenMP threads "
+                        "spinning at world 1 are slowed down many times on a shared machine)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--out-dir", default="docs/scaling")
     p.add_argument("--name", default=None, help="output file stem (default: the experiment)")
@@ -321,9 +325,10 @@ def parse_args(argv=None):
     args.micro_batch_size = args.micro_batch_size or (PAPER_MICRO_BATCH if paper else 1)
     args.seq_length = args.seq_length or (PAPER_SEQ_LENGTH if paper else 2048)
     args.name = args.name or ("paper_rsa_vs_tp" if paper else args.experiment)
-    args.growth = args.growth or (1.06 if paper else 1.15)
+    args.growth = args.growth or ((1 + args.rel_tol) if paper else 1.15)
     args.worlds = args.worlds or ([1, 2, 4, 8] if paper else [1, 2, 4])
-    args.start_fraction = args.start_fraction or (0.97 if paper else None)
+    args.threads = args.threads or (1 if paper else None)
+    args.start_fraction = args.start_fraction or (1.0 if paper else None)
     return args
 
 

@@ -207,18 +207,19 @@ def paper_report(args, results: dict, wall: float) -> str:
             ext = extrapolation(model, exp, budget, args.seq_length, args.micro_batch_size)
             for e in ext:
                 if e["devices"] in EXTRAPOLATE:
-                    tp = e["tp"] if e["tp"] is not None else "refused: TP > heads"
+                    tp = e["tp"] if e["tp"] is not None else f"refused (TP {e['ceiling']}: {e['tp_ceiling']})"
                     out.append(f"| *{e['devices']}, model* | *{tp}* | *{e['rsa']}* | "
-                               f"*{_ratio(e['rsa'], e['tp'])}* | *{e['p2p']}* | | |")
+                               f"*{_ratio(e['rsa'], e['tp_ceiling'])}* | *{e['p2p']}* | | |")
             last = ext[-1]
-            extra = (f"; with DP {last['devices'] // last['ceiling']} beside it (TP {last['ceiling']} x DP, "
-                     f"{last['devices'] // last['ceiling']} x its batch): "
-                     f"{last['rsa'] / (last['tp_ceiling'] * last['devices'] // last['ceiling']):.2f}x"
-                     if exp == "max-batch" else "")
-            out += ["", f"At {last['devices']} devices TP stops at its head-count ceiling T = {last['ceiling']}: "
-                        f"the model gives RSA {last['rsa']} vs TP {last['ceiling']} {last['tp_ceiling']}, "
-                        f"**{last['rsa'] / last['tp_ceiling']:.1f}x**{extra} (paper, 64 P100s: {PAPER_CLAIM[exp]}x).",
-                    ""]
+            dp = last["devices"] // last["ceiling"]
+            extra = (f"; TP {last['ceiling']} x DP {dp} on {last['ceiling'] * dp} of them holds {dp} x TP's batch: "
+                     f"{last['rsa'] / (last['tp_ceiling'] * dp):.2f}x" if exp == "max-batch" else "")
+            heads = _spec(PAPER_PRESETS[model], "unfused").num_attention_heads
+            out += ["", f"Italic rows: the memory model. Above {heads} devices TP is refused (more ranks than "
+                        f"heads); there RSA / TP is against TP at its ceiling T = {last['ceiling']}. At "
+                        f"{last['devices']} devices RSA {last['rsa']} vs TP {last['ceiling']} {last['tp_ceiling']}: "
+                        f"**{last['rsa'] / last['tp_ceiling']:.1f}x**{extra} (paper, 64 P100s: "
+                        f"{PAPER_CLAIM[exp]}x).", ""]
             w4 = (_value(paper.get((4, "rsa"))), _value(paper.get((4, "tp"))))
             w8 = (_value(paper.get((8, "rsa"))), _value(paper.get((8, "tp"))))
             real = real_bert_point(model, exp, args.micro_batch_size)

@@ -65,6 +65,9 @@ def markdown_table(args, rows) -> str:
               "| world | layout | max (model / measured) | peak MiB (model / measured) | comm MiB/step | trials |",
               "|---:|---|---:|---:|---:|---:|"]
     for r in rows:
+        if str(r.get("error", "")).startswith("refused"):
+            lines.append(f"| {r['world']} | {r['layout']} | refused | | | 0 |")
+            continue
         lines.append(f"| {r['world']} | {r['layout']} | {r['model_max_value']} / {r['max_value']}"
                      f" ({r['model_vs_measured']}) | {r['model_peak_mb']} / {r['peak_mb']} | "
                      f"{r['model_comm_mb_per_step']} | {r['trials']} |")
