@@ -55,7 +55,7 @@ that step is also the one timed:
   to ``/proc/self/clear_refs``, which resets ``VmHWM`` to the current RSS; after the
   step ``VmHWM - VmRSS(baseline)`` is the peak of resident memory the step added, kept
   by the kernel at page granularity (no sampling that could miss a short peak).  glibc
-  is told (``mallopt``) to serve every block >= 64 KiB with its own ``mmap`` and give it
+  is told (``mallopt``) to serve every block >= 16 KiB with its own ``mmap`` and give it
   back on ``free``, with at most 2 arenas, so RSS follows the live tensor bytes instead
   of malloc's cached free lists; ``tests/test_scaling_experiment.py`` checks that known
   allocations (one 64 MiB tensor, 128 x 256 KiB, 8 x 16 MiB allocated and freed in turn)

@@ -40,7 +40,7 @@ def proc_status_bytes(*keys) -> dict:
 
 
 def configure_malloc() -> None:
-    """Make RSS follow live tensor bytes: blocks >= 64 KiB get their own mmap, returned on free."""
+    """Make RSS follow live tensor bytes: blocks >= 16 KiB get their own mmap, returned on free."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -53,7 +53,7 @@ def configure_malloc() -> None:
 
 def release_free_memory() -> None:
     """Give malloc's free memory back to the OS (``malloc_trim``): a block the step then takes from
-    malloc's free lists (every block under the 64 KiB mmap threshold) touches fresh pages and counts."""
+    malloc's free lists (every block under the 16 KiB mmap threshold) touches fresh pages and counts."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
