@@ -22,13 +22,20 @@ Saved per layer (elements per token and sample)::
     fused qkv output (kept alive by the RoPE views)  (a+2g)d/T
     RoPE: rotated copies of q, k + their outputs     2(a+g)d/T
     v made contiguous                                g d/T
-    attention output + proj input copy               2 a d/T   (+ lse a/T, fp32)
+    attention output (= the projection input)        a d/T     (+ lse a/T, fp32; Ulysses: + a d/T,
+                                                               the output is kept on both sides of
+                                                               its all-to-all)
     fc1 output (GELU input), fc2 input               2f/T      (SwiGLU: 2f + 2f ... see code)
     dropout masks (bool), if --hidden-dropout > 0   2h bytes  (/T with SP)
 
-Attention scores exist only for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]`` in fp32
+Attention scores exist for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]`` in fp32
 saved per layer, plus two more copies at the backward peak of a layer (``d_probs`` and the
-softmax-backward product).  P = 1 runs the flash kernel for every mode.  Ring modes keep
+softmax-backward product).  With the flash kernels (``--attention-backend auto`` / ``flash``)
+no other mode materialises scores.  ``--attention-backend unfused`` (or ``local``) does, see
+:func:`_unfused_kept` and :func:`_unfused_transient`: where attention is a ring of one (CP 1,
+and Ulysses after its all-to-all) it keeps the fp32 probabilities ``[b, a/(T U), sU, sU]``
+of every layer, exactly RSA's algorithm over a ring of one (same two extra copies in a layer's
+backward); inside a ring of R > 1 it materialises each block's scores transiently.  Ring modes keep
 double-buffered K/V blocks and travelling dK/dV accumulators (a transient of the layer in
 backward).  Outside the layers: the logits (kept as the softmax by the cross entropy),
 the final norm and output-layer inputs, and the output layer's gradient in backward.
@@ -92,6 +99,7 @@ class ModelSpec:
     hidden_dropout: float = 0.0
     bf16: bool = False
     recompute: Optional[str] = None  # None, "selective", "full"
+    attention_backend: str = "auto"  # --attention-backend: unfused/local materialise scores (see module doc)
 
     def __post_init__(self):
         self.ffn_hidden_size = self.ffn_hidden_size or default_ffn_hidden_size(self.hidden_size, self.swiglu)
@@ -112,6 +120,7 @@ class ModelSpec:
                      "--group-query-attention"):
             p.add_argument(flag, action="store_true")
         p.add_argument("--position-embedding-type", default="learned_absolute")
+        p.add_argument("--attention-backend", default="auto")
         a, _ = p.parse_known_args(argv)
         div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
         vocab = int(math.ceil(a.vocab_size / div) * div)  # NullTokenizer: EOD is the last of the V ids
@@ -120,7 +129,8 @@ class ModelSpec:
                    not a.disable_bias_linear, a.position_embedding_type == "rope",
                    0 if a.position_embedding_type == "rope" else (a.max_position_embeddings or 0),
                    not a.untie_embeddings_and_output_weights,
-                   a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16, recompute)
+                   a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16, recompute,
+                   a.attention_backend)
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,7 @@ class Estimate:
     comm_detail: dict
     host: float = 0.0      # host bytes of the model state (--optimizer-cpu-offload)
     buffers: float = 0.0   # persistent pipeline receive buffers (pipeline_parallel/memory.py)
+    optimizer: float = 0.0  # peak of the optimizer step (activations freed by then), see _optimizer_peak
 
     @property
     def device_peak(self) -> float:
@@ -172,11 +183,12 @@ class Estimate:
     @property
     def step_peak(self) -> float:
         """Bytes the step needs above the baseline taken after a warm-up step: saved activations +
-        the transient at the peak.  Weights, Adam state and (under DDP, DP x CP > 1) the gradient
-        buckets are persistent and in the baseline; without DDP the gradients are created in
-        backward, after the end-of-forward peak, and only those of the output layer and the last
-        layer can coincide with a layer's backward peak (``transient`` includes them)."""
-        return self.activations + self.transient
+        the transient at the peak, or the optimizer step's peak if larger.  Weights, Adam state and
+        (under DDP, DP x CP > 1) the gradient buckets are persistent and in the baseline; without DDP
+        the gradients are created in backward, after the end-of-forward peak, and only those of the
+        output layer and the last layer can coincide with a layer's backward peak (``transient``
+        includes them; the scaling tool frees the previous step's before its baseline)."""
+        return max(self.activations + self.transient, self.optimizer)
 
     @property
     def total_peak(self) -> float:
@@ -243,16 +255,15 @@ def _layer_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
     # norm inputs (residual stream), sharded under SP; linear inputs (gathered under SP: whole)
     elems = 2 * h / sp_div + 2 * h
     elems += (a + 2 * g) * d / T                      # q, k (RoPE outputs), v made contiguous
-    elems += a * d / T                                # attention output (also the projection input ...)
-    if b > 1:
-        elems += a * d / T                            # ... which is a copy when b > 1 (permute + reshape)
+    elems += a * d / T                                # attention output = the projection input (a view:
+                                                      # the kernels write it in [s, b, h, d] order)
     elems += (3 if spec.swiglu else 2) * f / T        # fc1 output (x2 SwiGLU) + activation output
     byts = tok * elems * e + tok * (a / T) * 4        # + lse (fp32)
     if spec.hidden_dropout > 0:
         byts += tok * 2 * h / sp_div                  # bool masks
     if lay.mode == "rsa" and lay.cp > 1:
         byts += b * (a / T) * s * (s * lay.cp) * 4    # full score rows, fp32
-    return byts
+    return byts + _unfused_kept(spec, lay, s, b) + _ulysses_output(spec, lay, s, b)
 
 
 def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
@@ -264,6 +275,68 @@ def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
     return tok * (h / sp_div * e + h * e + V / T * 4)
 
 
+UNFUSED_BACKENDS = ("unfused", "local")
+
+
+def _materialised(spec: ModelSpec, lay: LayoutSpec) -> bool:
+    """Attention runs RSA's algorithm, keeping probabilities: rsa over P > 1, or ``--attention-backend
+    unfused`` where attention is a ring of one (CP 1, every TP layout, Ulysses after its all-to-all)."""
+    return (lay.mode == "rsa" and lay.cp > 1) or (spec.attention_backend in UNFUSED_BACKENDS
+                                                  and lay.ring_degree == 1)
+
+
+def _unfused_kept(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """Bytes per layer the materialised path saves beyond the flash accounting of :func:`_layer_saved`.
+
+    Unfused over a ring of one: + the fp32 probabilities ``[b, a/(T U), sU, sU]`` (RSA's rows are
+    counted there).  Both: - the LSE, which is not kept (the output, a fresh ``[b, h, s, d]``
+    tensor, is not kept either: only the projection's ``[s, b, h d]`` copy of it, counted there).
+    E.g. BERT-Base shapes (a = 12), N = 512, b = 1, T = 1: 12 MiB of probabilities per layer.
+    """
+    if not _materialised(spec, lay):
+        return 0.0
+    lse = s * b * spec.num_attention_heads / lay.tp * 4
+    return (0.0 if lay.mode == "rsa" and lay.cp > 1 else _probs_bytes(spec, lay, s, b)) - lse
+
+
+def _ulysses_output(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """Under Ulysses (U > 1) the attention output is kept twice: head-sharded by the ring function
+    (``[b, a/(T U), sU, d]``) and, after the all-to-all back, as the projection's input."""
+    if lay.ulysses_degree == 1 or _materialised(spec, lay):
+        return 0.0
+    return s * b * spec.num_attention_heads * spec.kv_channels / lay.tp * (2 if spec.bf16 else 4)
+
+
+def _probs_bytes(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """fp32 probabilities one layer keeps: RSA's rows ``[b, a/T, s, sP]``, unfused over a ring of one
+    ``[b, a/(T U), sU, sU]``; 0 where attention does not materialise them."""
+    if not _materialised(spec, lay):
+        return 0.0
+    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
+    if lay.mode == "rsa" and lay.cp > 1:
+        return b * (a / T) * s * (s * lay.cp) * 4
+    return b * (a / (T * U)) * (s * U) ** 2 * 4
+
+
+def _unfused_transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """Score-sized tensors alive at a layer's backward peak under ``--attention-backend unfused``:
+    over a ring of one, ``d_probs`` and the softmax-backward product (2 x the probabilities, as RSA);
+    inside a ring (R > 1) the reference kernel's block (the largest is the diagonal ``[sU, sU]``):
+    probabilities, their gradient and two temporaries of the softmax backward (4 x)."""
+    if spec.attention_backend not in UNFUSED_BACKENDS or (lay.mode == "rsa" and lay.cp > 1):
+        return 0.0
+    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
+    block = b * (a / (T * U)) * (s * U) ** 2 * 4
+    return (2 if lay.ring_degree == 1 else 4) * block
+
+
+def _optimizer_peak(n_params: int, ddp: bool) -> float:
+    """The optimizer step, after backward freed the activations: foreach AdamW's ``sqrt(v)``, one
+    fp32 copy of the local parameters, on top of the gradients when they are not DDP buckets (in the
+    baseline)."""
+    return 4.0 * n_params * (1 if ddp else 2)
+
+
 def _layer_activations(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, seq_length: int) -> tuple:
     """``(kept per layer, once)``: activations layers keep until backward by recompute mode, and the
     one layer's worth recomputed at a time in backward (``layers = L x kept + once``)."""
@@ -271,14 +344,14 @@ def _layer_activations(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, seq_l
     if spec.recompute == "full":
         e = 2 if spec.bf16 else 4
         return s * b * spec.hidden_size / (lay.tp if lay.sp else 1) * e, saved
-    if spec.recompute == "selective" and lay.mode == "rsa" and lay.cp > 1:
-        scores = b * spec.num_attention_heads / lay.tp * s * seq_length * 4
-        return saved - scores, scores
+    if spec.recompute == "selective" and _materialised(spec, lay):  # one layer's probabilities at a time
+        probs = _probs_bytes(spec, lay, s, b)
+        return saved - probs, probs
     return saved, 0.0
 
 
 def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: float = 0.0,
-               head: bool = True) -> float:
+               outside: float = 0.0, head: bool = True) -> float:
     """Extra bytes on top of all saved activations at the step's peak: the largest of
 
     * the end of forward: the output layer's logits still alive while the cross entropy
@@ -286,7 +359,9 @@ def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: 
     * a layer's attention: all-to-all send/receive buffers of q, k, v (Ulysses), two K/V
       blocks in flight (ring);
     * rsa backward: ``d_probs`` and the softmax-backward product, two more score-sized tensors;
-      gradients created before that point (output layer, last layer) come on top when not in DDP buckets.
+      gradients created before that point (output layer, last layer) come on top when not in DDP buckets;
+      the tensors saved outside the layers (``outside``: logits' softmax, final norm and output-layer
+      inputs) are freed by then.
     """
     h, a, g, d, V, T = (spec.hidden_size, spec.num_attention_heads, spec.num_query_groups, spec.kv_channels,
                         spec.vocab_size, lay.tp)
@@ -301,7 +376,8 @@ def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: 
         attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
     if lay.mode == "rsa" and lay.cp > 1:
         attn += 2 * b * (a / T) * s * (s * lay.cp) * 4
-    return max(head, attn + early_grads if attn else 0.0)
+    attn += _unfused_transient(spec, lay, s, b)
+    return max(head, attn + early_grads - outside if attn else 0.0)
 
 
 def _comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> dict:
@@ -345,21 +421,24 @@ def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int
     n = local_parameters(spec, lay.tp)
     kept, once = _layer_activations(spec, lay, s, b, seq_length)
     layers = spec.num_layers * kept + once
-    acts = layers + _outside_saved(spec, lay, s, b)
+    outside = _outside_saved(spec, lay, s, b)
+    acts = layers + outside
     comm = _comm(spec, lay, seq_length, b, n)
     state = model_state(spec, lay)
     if lay.sharding == "none":
         ddp = lay.dp * lay.cp > 1
         early = 0.0 if ddp else 4.0 * (n - spec.num_layers * _layer_parameters(spec, lay.tp)
                                        + _layer_parameters(spec, lay.tp))
-        transient = _transient(spec, lay, s, b, early)
+        transient = _transient(spec, lay, s, b, early, outside)
+        optimizer = _optimizer_peak(n, ddp)
     else:  # sharded gradients persist between steps; gathered weights and unsharded gradients do not
         ddp, early = True, 0.0
-        transient = state["gathered"] + max(_transient(spec, lay, s, b, 0.0), state["unsharded_grads"])
+        transient = state["gathered"] + max(_transient(spec, lay, s, b, 0.0, outside), state["unsharded_grads"])
+        optimizer = 0.0 if lay.offload else _optimizer_peak(n / (lay.dp * lay.cp), True)
     return Estimate(params=state["params"], grads=state["grads"], adam=state["adam"],
                     activations=acts, transient=transient, comm_bytes=sum(comm.values()),
                     grads_in_baseline=ddp, early_grads=early,
-                    comm_detail=comm, host=state["host"])
+                    comm_detail=comm, host=state["host"], optimizer=optimizer)
 
 
 def _largest(fits, granularity: int, limit: int) -> int:

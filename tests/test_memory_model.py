@@ -34,7 +34,9 @@ def test_context_parallel_splits_activations(spec):
     for p in (2, 4, 8):
         for mode, u in (("p2p", 1), ("a2a", p), ("a2a+p2p", 2)):
             est = mm.estimate(spec, mm.LayoutSpec(cp=p, mode=mode, ulysses=u), 2048 * p, 1)
-            assert est.activations == pytest.approx(one.activations, rel=1e-9)
+            # Ulysses keeps the attention output twice (head-sharded, and the projection's input)
+            copy = 4 * 2048 * 128 * 4 if u > 1 else 0
+            assert est.activations == pytest.approx(one.activations + copy, rel=1e-9)
             assert est.params == one.params
 
 

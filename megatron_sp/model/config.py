@@ -39,6 +39,7 @@ class GPTConfig:
     init_method_std: float = 0.02
     sequence_parallel: bool = False
     cp_comm_type: str = "p2p"
+    attention_backend: str = "auto"  # --attention-backend (sequence_parallel/backends.py)
     recompute_granularity: Optional[str] = None  # None, "full", "selective"
     recompute_method: Optional[str] = None  # "uniform" or "block" (full only)
     recompute_num_layers: int = 1
@@ -80,6 +81,10 @@ class GPTConfig:
 
     def check_tensor_parallel(self, tp: int) -> None:
         """Errors name the flags and the numbers (DESIGN.md section 6)."""
+        if tp > self.num_attention_heads:
+            raise ValueError(f"--tensor-model-parallel-size {tp} exceeds --num-attention-heads "
+                             f"{self.num_attention_heads}: tensor parallelism splits whole heads, so it stops at "
+                             f"the head count; use --context-parallel-size for the other devices")
         for value, flag in ((self.num_attention_heads, "--num-attention-heads"),
                             (self.num_query_groups, "--num-query-groups"),
                             (self.ffn_hidden_size, "--ffn-hidden-size"),

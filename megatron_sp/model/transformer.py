@@ -72,7 +72,8 @@ class SelfAttention(torch.nn.Module):
             cfg.hidden_size, cfg.num_query_groups * (self.heads_per_group + 2) * d, mesh.tp_group,
             bias=cfg.add_bias_linear or cfg.add_qkv_bias, sequence_parallel=cfg.sequence_parallel)
         self.core = build_cp_attention(cfg.cp_comm_type, mesh, causal=True,
-                                       attention_dropout=cfg.attention_dropout)
+                                       attention_dropout=cfg.attention_dropout,
+                                       attention_backend=cfg.attention_backend)
         self.linear_proj = RowParallelLinear(cfg.num_attention_heads * d, cfg.hidden_size, mesh.tp_group,
                                              bias=cfg.add_bias_linear,
                                              sequence_parallel=cfg.sequence_parallel)

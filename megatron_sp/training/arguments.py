@@ -15,7 +15,7 @@ from ..data.tokenizers import add_tokenizer_arguments, resolve_tokenizer_type, u
 from ..flag_types import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, SEED,
                           ArgumentParser, in_range)
 from ..pipeline_parallel import SCHEDULES, layout_from_args
-from ..sequence_parallel import CP_COMM_TYPES
+from ..sequence_parallel import ATTENTION_BACKENDS, CP_COMM_TYPES
 from . import megatron_compat
 from .argument_checks import check_combinations
 from .megatron_compat import normalization_type, position_embedding_type
@@ -43,6 +43,9 @@ def _model(p):
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
     g.add_argument("--hidden-dropout", type=PROBABILITY, default=0.1)
     g.add_argument("--attention-dropout", type=PROBABILITY, default=0.1)
+    g.add_argument("--attention-backend", choices=list(ATTENTION_BACKENDS), default="auto",
+                   help="attention implementation, Megatron's values: unfused/local materialise the scores "
+                        "and keep the probabilities (the RSA paper's TP baseline); flash/fused kernels; auto")
     g.add_argument("--init-method-std", type=POSITIVE, default=0.02)
     g.add_argument("--make-vocab-size-divisible-by", type=POSITIVE_INT, default=128)
     g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from ..model import GPTConfig, GPTModel
 from ..parallel_state import init_distributed, initialize_model_parallel
 from ..pipeline_parallel import Pipeline, layout_from_args, stage_modules
-from ..sequence_parallel import attention_summary, check_cp_config
+from ..sequence_parallel import attention_summary, check_backend, check_cp_config
 from ..tensor_parallel import RNGTracker
 from ..tensor_parallel.sharding import keeping_tp_attributes
 from .arguments import build_parser, padded_vocab_size, validate_args
@@ -60,7 +60,8 @@ def model_config(args, vocab_size: int) -> GPTConfig:
         untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
         hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
         init_method_std=args.init_method_std, sequence_parallel=args.sequence_parallel,
-        cp_comm_type=args.cp_comm_type, recompute_granularity=args.recompute_granularity,
+        cp_comm_type=args.cp_comm_type, attention_backend=args.attention_backend,
+        recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
         **interop_model_config(args))
 
@@ -168,13 +169,15 @@ def setup(args) -> Context:
     cfg = model_config(args, vocab)
     check_layout(args, cfg)
     init_distributed(args.distributed_backend, args.distributed_timeout_minutes * 60)
+    device = torch.device("cuda", torch.cuda.current_device()) if (
+        torch.cuda.is_available() and (args.distributed_backend or "nccl") == "nccl") else torch.device("cpu")
+    check_backend(args.attention_backend, args.cp_comm_type, args.context_parallel_size, device,
+                  compute_dtype(args), args.attention_dropout)  # on the device, before the first collective
     if sharding_mode(args):
         ensure_process_group()
     mesh = initialize_model_parallel(args.tensor_model_parallel_size, args.context_parallel_size,
                                      args.hierarchical_context_parallel_sizes, args.pipeline_model_parallel_size,
                                      args.distributed_timeout_minutes * 60)
-    device = torch.device("cuda", torch.cuda.current_device()) if (
-        torch.cuda.is_available() and (args.distributed_backend or "nccl") == "nccl") else torch.device("cpu")
     rng = RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank, device, mesh.pp_rank)
     layout = layout_from_args(args) if mesh.pp_size > 1 else None
     model, stages = build_model(args, cfg, mesh, rng, device, layout)
@@ -204,7 +207,8 @@ def print_summary(ctx) -> None:
     total = int(full.sum().item())
     a = ctx.args
     attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype(a),
-                                           a.attention_dropout)
+                                           a.attention_dropout, attention_backend=a.attention_backend,
+                                           ring_size=ctx.mesh.ring_size)
     pipeline = (f"> pipeline: {ctx.ddp_model.describe()}; this rank (PP {ctx.mesh.pp_rank}) runs layers "
                 f"{_ranges(ctx.model.decoder.layers)}\n" if getattr(ctx.ddp_model, "is_pipeline", False) else "")
     print_rank_last(
