@@ -14,10 +14,12 @@ grace instead of hanging in a collective.  Return values come back in rank order
 from __future__ import annotations
 
 import datetime
+import gc
 import io
 import multiprocessing as mp
 import os
 import queue
+import signal
 import tempfile
 import time
 import traceback
@@ -31,6 +33,9 @@ _CTX = mp.get_context("fork")
 def _worker(fn, rank, world_size, store_path, args, kwargs, out):
     try:
         torch.set_num_threads(1)
+        # a clean signal state, as a process torchrun starts has: a DataLoader of the parent (an
+        # in-process run with --num-workers) leaves its SIGCHLD handler, watching the parent's workers
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         store = dist.FileStore(store_path, world_size)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
@@ -46,6 +51,8 @@ def _worker(fn, rank, world_size, store_path, args, kwargs, out):
 
 
 def run_distributed(fn, world_size: int, *args, timeout: float = 180.0, **kwargs):
+    gc.collect()  # finalise the parent's garbage here: a forked rank must not run its finalisers (they may
+    # wait on locks of threads that do not exist in the child, e.g. a finished run's DataLoader or tokenizers)
     tmp = tempfile.TemporaryDirectory(prefix="msp_dist_")
     store_path = os.path.join(tmp.name, "store")
     out = _CTX.Queue()

@@ -11,6 +11,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from dist_utils import run_distributed
 from interop_common import flatten, groups, known_to_parser, replace, script_flags
@@ -40,6 +41,8 @@ def _preprocess(corpus, name, *tokenizer_flags):
 
 def _cpu(words, tmp, **changes):
     """The script's flags with CPU sizes and local paths; TensorBoard kept only where installed."""
+    if not torch.cuda.is_available():  # `--attention-backend fused` is cuDNN's: refused on CPU in one line
+        changes.setdefault("attention_backend", None)  # (tests/test_attention_backend.py); CPU runs the default
     gs = replace(known_to_parser(groups(words)), **changes)
     if not HAVE_TB:
         gs = [g for g in gs if g[0] != "--tensorboard-dir"]

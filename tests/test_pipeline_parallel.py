@@ -105,8 +105,10 @@ def test_exact_resume_at_pp2_and_across_pp_sizes(workdir, reference, pp2):
     assert first + second == pp2[:4]
     meta = ckpt.read_metadata(os.path.join(save, "iter_0000002"))
     assert meta["layout"]["pp"] == 2
-    for world, flags, load in ((1, [], save), (4, ["--pipeline-model-parallel-size", "4"], pp1_save)):
-        nxt = _run(world, flags + ["--train-iters", "3", "--load", load])
+    # each resume keeps the --train-iters its checkpoint was saved with (the LR schedule is checked
+    # on load) and stops after iteration 3
+    for world, flags, load, iters in ((1, [], save, 4), (4, ["--pipeline-model-parallel-size", "4"], pp1_save, ITERS)):
+        nxt = _run(world, flags + ["--train-iters", str(iters), "--exit-interval", "3", "--load", load])
         assert len(nxt) == 1 and abs(nxt[0] - ref[2]) <= 1e-5 * abs(ref[2]), (flags, nxt, ref)
 
 

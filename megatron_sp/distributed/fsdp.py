@@ -106,11 +106,13 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return hasattr(model, "defer_grad_sync")
 
 
-def ensure_process_group() -> None:
-    """FSDP2 needs a process group even on one process (no torchrun): a world of one."""
+def ensure_process_group() -> bool:
+    """FSDP2 needs a process group even on one process (no torchrun): a world of one.  Returns
+    whether it created one (its creator destroys it when the run ends)."""
     if dist.is_initialized():
-        return
+        return False
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    return True
 
 
 def describe_model_state(mode, n: int, bf16: bool, fp16: bool, cpu_offload: bool) -> str:

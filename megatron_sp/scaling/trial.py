@@ -105,12 +105,13 @@ def _smallest_batch(ctx, args) -> list:
     if not args.mock_data:  # the scaling tool's data; otherwise warm up on a measured-size batch
         return micro_batches(ctx.datasets[0], 0, args, ctx.mesh, ctx.device)
     import copy
-    from megatron_sp.data.mock_dataset import MockGPTDataset
+    from megatron_sp.data.gpt_dataset import build_mock_gpt_datasets
     small = copy.copy(args)
     small.seq_length = 2 * args.context_parallel_size * args.tensor_model_parallel_size
     small.micro_batch_size, small.num_micro_batches = 1, 1
     small.global_batch_size = ctx.mesh.dp_size
-    data = MockGPTDataset(ctx.mesh.dp_size, small.seq_length, ctx.tokenizer.vocab_size, args.seed)
+    data = build_mock_gpt_datasets("1,0,0", small.seq_length, args.seed, (ctx.mesh.dp_size, 0, 0),
+                                   ctx.tokenizer.vocab_size, ctx.tokenizer.eod)[0]
     return micro_batches(data, 0, small, ctx.mesh, ctx.device)
 
 

@@ -13,6 +13,7 @@ stages' layers (pipeline_parallel/) and the micro-batches run through a
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -157,6 +158,7 @@ class Context:
     state: TrainState
     exit_reason: str | None = None
     pending_save: object = None  # an --async-save being written (checkpointing.save_load.PendingSave)
+    own_process_group: bool = False  # the world-of-one group setup() created for FSDP2 without torchrun
 
 
 def setup(args) -> Context:
@@ -173,8 +175,7 @@ def setup(args) -> Context:
         torch.cuda.is_available() and (args.distributed_backend or "nccl") == "nccl") else torch.device("cpu")
     check_backend(args.attention_backend, args.cp_comm_type, args.context_parallel_size, device,
                   compute_dtype(args), args.attention_dropout)  # on the device, before the first collective
-    if sharding_mode(args):
-        ensure_process_group()
+    own_group = ensure_process_group() if sharding_mode(args) else False
     mesh = initialize_model_parallel(args.tensor_model_parallel_size, args.context_parallel_size,
                                      args.hierarchical_context_parallel_sizes, args.pipeline_model_parallel_size,
                                      args.distributed_timeout_minutes * 60)
@@ -188,7 +189,7 @@ def setup(args) -> Context:
     optimizer = MixedPrecisionOptimizer(model, args, mesh)
     scheduler = build_scheduler(optimizer, args)
     return Context(args, mesh, device, tokenizer, model, ddp_model, optimizer, scheduler, rng,
-                   build_datasets(args, tokenizer), TrainState())
+                   build_datasets(args, tokenizer), TrainState(), own_process_group=own_group)
 
 
 def _is_last_rank(mesh) -> bool:
@@ -211,6 +212,8 @@ def print_summary(ctx) -> None:
                                            ring_size=ctx.mesh.ring_size)
     pipeline = (f"> pipeline: {ctx.ddp_model.describe()}; this rank (PP {ctx.mesh.pp_rank}) runs layers "
                 f"{_ranges(ctx.model.decoder.layers)}\n" if getattr(ctx.ddp_model, "is_pipeline", False) else "")
+    model_state = describe_model_state(sharding_mode(a), ctx.mesh.dp_size * ctx.mesh.cp_size, a.bf16, a.fp16,
+                                       a.optimizer_cpu_offload)
     print_rank_last(
         f"> layout: {ctx.mesh.describe()}, cp-comm-type {a.cp_comm_type}, sequence-parallel {a.sequence_parallel}, "
         f"device {ctx.device}\n{pipeline}> model: {a.num_layers} layers, hidden {a.hidden_size}, heads "
@@ -218,7 +221,7 @@ def print_summary(ctx) -> None:
         f"{ctx.model.cfg.vocab_size}; parameters: {total / 1e6:.3f} M total, {n_params / 1e6:.3f} M on this rank\n"
         f"> batch: global {a.global_batch_size} = micro {a.micro_batch_size} x {a.num_micro_batches} accumulation "
         f"x DP {ctx.mesh.dp_size}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}\n"
-        f"> model state: {describe_model_state(sharding_mode(a), ctx.mesh.dp_size * ctx.mesh.cp_size, a.bf16, a.fp16, a.optimizer_cpu_offload)}\n"
+        f"> model state: {model_state}\n"
         f"{_overlap_note(a)}"
         f"> attention: {attn}\n"
         f"> evaluation: {_evaluation_text(ctx)}\n"
@@ -303,74 +306,75 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
     losses, interval_start, interval = [], time.perf_counter(), _new_interval()
     saved_at = state.iteration if args.load else None
     guard = DivergenceGuard(args, ctx.optimizer.scaler)
-    train_batches = global_batches(ctx.datasets[0], state.consumed_samples, args.train_iters - state.iteration,
-                                   args, mesh, ctx.device)
-    while state.iteration < args.train_iters:
-        batches = next(train_batches)
-        scale = ctx.optimizer.loss_scale
-        stats = train_step(ctx, batches)
-        lr = ctx.optimizer.param_groups[0]["lr"]
-        if not stats["skipped"]:  # as Megatron: a skipped (overflow) step does not advance the schedule
-            ctx.scheduler.step()
-        state.iteration += 1
-        state.consumed_samples += args.global_batch_size
-        nan = not math.isfinite(stats["loss"])
-        state.skipped_iterations += int(stats["skipped"])
-        state.nan_iterations += int(nan)
-        losses.append(stats["loss"])
-        interval["iters"] += 1
-        interval["skipped"] += int(stats["skipped"])
-        interval["nans"] += int(nan)
-        if not stats["skipped"]:
-            interval["advanced"] += 1
-            interval["loss"] += stats["loss"]
-        if state.iteration % args.log_interval == 0 or state.iteration == args.train_iters:
-            elapsed = (time.perf_counter() - interval_start) / interval["iters"]
-            tflops = flops / elapsed / mesh.world_size / 1e12
-            tokens_per_s = args.global_batch_size * args.seq_length / elapsed
-            loss = interval["loss"] / interval["advanced"] if interval["advanced"] else None
-            extras = log_extras(ctx)
-            print_rank_last(log_line(
-                iteration=state.iteration, train_iters=args.train_iters, consumed=state.consumed_samples,
-                elapsed_ms=elapsed * 1e3, lr=lr, global_batch=args.global_batch_size,
-                loss=loss, loss_scale=ctx.optimizer.loss_scale, grad_norm=stats["grad_norm"],
-                skipped=interval["skipped"], nans=interval["nans"], tokens_per_s=tokens_per_s, tflops=tflops,
-                mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device),
-                num_zeros=extras.get("num-zeros"), params_norm=extras.get("params-norm")), last_rank)
-            writer.scalars(state.iteration, {  # None values (no advanced iteration) are left out
-                "lm loss": loss, "learning-rate": lr, "loss-scale": ctx.optimizer.loss_scale,
-                "grad-norm": stats["grad_norm"], "skipped-iterations": interval["skipped"],
-                "nan-iterations": interval["nans"], "tokens-per-sec": tokens_per_s, "tflops-per-device": tflops,
-                "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3, **extras})
-            interval_start, interval = time.perf_counter(), _new_interval()
-        guard.update(stats["skipped"], scale, state.iteration, stats["loss"])
-        if evaluation_on(args) and ctx.datasets[1] is not None and state.iteration % args.eval_interval == 0:
-            val = evaluate(ctx, state.iteration)
-            print_rank_last(eval_line(state.iteration, val), last_rank)
-            writer.scalars(state.iteration, {"validation lm loss": val,
-                                             "validation lm loss PPL": math.exp(min(20.0, val))})
-        finish_pending_save(ctx, blocking=False)
-        if args.save and args.save_interval and state.iteration % args.save_interval == 0 and not guard.holding:
-            save_checkpoint(ctx)
-            saved_at = state.iteration
-        reason = should_exit(ctx, exit_signal, start_time)
-        if reason:
-            if args.save and saved_at != state.iteration and not guard.holding:
+    batches_source = global_batches(ctx.datasets[0], state.consumed_samples, args.train_iters - state.iteration,
+                                    args, mesh, ctx.device)
+    with contextlib.closing(batches_source) as train_batches:  # --num-workers: the workers stop with it
+        while state.iteration < args.train_iters:
+            batches = next(train_batches)
+            scale = ctx.optimizer.loss_scale
+            stats = train_step(ctx, batches)
+            lr = ctx.optimizer.param_groups[0]["lr"]
+            if not stats["skipped"]:  # as Megatron: a skipped (overflow) step does not advance the schedule
+                ctx.scheduler.step()
+            state.iteration += 1
+            state.consumed_samples += args.global_batch_size
+            nan = not math.isfinite(stats["loss"])
+            state.skipped_iterations += int(stats["skipped"])
+            state.nan_iterations += int(nan)
+            losses.append(stats["loss"])
+            interval["iters"] += 1
+            interval["skipped"] += int(stats["skipped"])
+            interval["nans"] += int(nan)
+            if not stats["skipped"]:
+                interval["advanced"] += 1
+                interval["loss"] += stats["loss"]
+            if state.iteration % args.log_interval == 0 or state.iteration == args.train_iters:
+                elapsed = (time.perf_counter() - interval_start) / interval["iters"]
+                tflops = flops / elapsed / mesh.world_size / 1e12
+                tokens_per_s = args.global_batch_size * args.seq_length / elapsed
+                loss = interval["loss"] / interval["advanced"] if interval["advanced"] else None
+                extras = log_extras(ctx)
+                print_rank_last(log_line(
+                    iteration=state.iteration, train_iters=args.train_iters, consumed=state.consumed_samples,
+                    elapsed_ms=elapsed * 1e3, lr=lr, global_batch=args.global_batch_size,
+                    loss=loss, loss_scale=ctx.optimizer.loss_scale, grad_norm=stats["grad_norm"],
+                    skipped=interval["skipped"], nans=interval["nans"], tokens_per_s=tokens_per_s, tflops=tflops,
+                    mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device),
+                    num_zeros=extras.get("num-zeros"), params_norm=extras.get("params-norm")), last_rank)
+                writer.scalars(state.iteration, {  # None values (no advanced iteration) are left out
+                    "lm loss": loss, "learning-rate": lr, "loss-scale": ctx.optimizer.loss_scale,
+                    "grad-norm": stats["grad_norm"], "skipped-iterations": interval["skipped"],
+                    "nan-iterations": interval["nans"], "tokens-per-sec": tokens_per_s, "tflops-per-device": tflops,
+                    "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3, **extras})
+                interval_start, interval = time.perf_counter(), _new_interval()
+            guard.update(stats["skipped"], scale, state.iteration, stats["loss"])
+            if evaluation_on(args) and ctx.datasets[1] is not None and state.iteration % args.eval_interval == 0:
+                val = evaluate(ctx, state.iteration)
+                print_rank_last(eval_line(state.iteration, val), last_rank)
+                writer.scalars(state.iteration, {"validation lm loss": val,
+                                                 "validation lm loss PPL": math.exp(min(20.0, val))})
+            finish_pending_save(ctx, blocking=False)
+            if args.save and args.save_interval and state.iteration % args.save_interval == 0 and not guard.holding:
                 save_checkpoint(ctx)
                 saved_at = state.iteration
-            finish_pending_save(ctx)
-            print_rank_last(f"exiting program at iteration {state.iteration}: {reason}", last_rank)
-            ctx.exit_reason = reason
-            return losses
-    if args.save and saved_at != state.iteration and state.iteration > 0 and not guard.holding:
-        save_checkpoint(ctx)
-    finish_pending_save(ctx)
-    if evaluation_on(args) and ctx.datasets[2] is not None and state.iteration > 0:  # as Megatron, at the end
-        test = evaluate(ctx, state.iteration, split=2)
-        print_rank_last(eval_line(state.iteration, test, where=f"iteration {state.iteration} on test set"),
-                        last_rank)
-        writer.scalars(state.iteration, {"test lm loss": test, "test lm loss PPL": math.exp(min(20.0, test))})
-    return losses
+            reason = should_exit(ctx, exit_signal, start_time)
+            if reason:
+                if args.save and saved_at != state.iteration and not guard.holding:
+                    save_checkpoint(ctx)
+                    saved_at = state.iteration
+                finish_pending_save(ctx)
+                print_rank_last(f"exiting program at iteration {state.iteration}: {reason}", last_rank)
+                ctx.exit_reason = reason
+                return losses
+        if args.save and saved_at != state.iteration and state.iteration > 0 and not guard.holding:
+            save_checkpoint(ctx)
+        finish_pending_save(ctx)
+        if evaluation_on(args) and ctx.datasets[2] is not None and state.iteration > 0:  # as Megatron, at the end
+            test = evaluate(ctx, state.iteration, split=2)
+            print_rank_last(eval_line(state.iteration, test, where=f"iteration {state.iteration} on test set"),
+                            last_rank)
+            writer.scalars(state.iteration, {"test lm loss": test, "test lm loss PPL": math.exp(min(20.0, test))})
+        return losses
 
 
 def pretrain(argv=None, return_context: bool = False):
@@ -398,4 +402,6 @@ def pretrain(argv=None, return_context: bool = False):
     finally:
         exit_signal.restore()
         writer.close()
+        if ctx.own_process_group and not return_context:  # the caller of a context keeps its group
+            dist.destroy_process_group()
     return (losses, ctx) if return_context else losses
