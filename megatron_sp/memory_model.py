@@ -55,6 +55,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from . import activation_memory
+
 
 @dataclass
 class ModelSpec:
@@ -73,6 +75,14 @@ class ModelSpec:
     hidden_dropout: float = 0.0
     bf16: bool = False
     recompute: Optional[str] = None  # None, "selective", "full"
+    rmsnorm: bool = False  # --normalization RMSNorm (keeps x * rsqrt for its weight gradient)
+    recompute_method: str = "uniform"  # full: "uniform" or "block"
+    recompute_num_layers: int = 1
+    loss_chunk: int = 2048  # --cross-entropy-chunk-size (0: full logits)
+    loss_fusion: bool = False  # --cross-entropy-loss-fusion
+    mlp_chunk: int = 0  # --tiled-mlp-chunk-size (0: untiled)
+    offload_layers: int = 0  # --cpu-offloading-num-layers (with --cpu-offloading)
+    device: str = "cuda"  # "cpu": host and device are one memory (offload moves nothing)
 
     def __post_init__(self):
         self.ffn_hidden_size = self.ffn_hidden_size or 4 * self.hidden_size
@@ -81,27 +91,38 @@ class ModelSpec:
 
     @classmethod
     def from_flags(cls, argv, bf16: bool = False, recompute: Optional[str] = None,
-                   make_vocab_size_divisible_by: int = 128) -> "ModelSpec":
-        """From ``pretrain_gpt.py`` model flags (the subset that changes memory)."""
+                   make_vocab_size_divisible_by: int = 128, device: str = "cuda") -> "ModelSpec":
+        """From ``pretrain_gpt.py`` flags (the subset that changes memory); ``bf16``/``recompute``
+        given here override the flags."""
         p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         for flag, typ in (("--num-layers", int), ("--hidden-size", int), ("--num-attention-heads", int),
                           ("--ffn-hidden-size", int), ("--num-query-groups", int), ("--kv-channels", int),
                           ("--vocab-size", int), ("--max-position-embeddings", int), ("--hidden-dropout", float),
-                          ("--make-vocab-size-divisible-by", int)):
+                          ("--make-vocab-size-divisible-by", int), ("--recompute-granularity", str),
+                          ("--recompute-method", str), ("--recompute-num-layers", int),
+                          ("--cross-entropy-chunk-size", int), ("--tiled-mlp-chunk-size", int),
+                          ("--cpu-offloading-num-layers", int)):
             p.add_argument(flag, type=typ, default=None)
         for flag in ("--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
-                     "--group-query-attention"):
+                     "--group-query-attention", "--bf16", "--recompute-activations", "--cross-entropy-loss-fusion",
+                     "--cpu-offloading"):
             p.add_argument(flag, action="store_true")
         p.add_argument("--position-embedding-type", default="learned_absolute")
+        p.add_argument("--normalization", default="LayerNorm")
         a, _ = p.parse_known_args(argv)
         div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
         vocab = int(math.ceil((a.vocab_size + 1) / div) * div)  # NullTokenizer adds EOD
+        recompute = recompute or a.recompute_granularity or ("selective" if a.recompute_activations else None)
         return cls(a.num_layers, a.hidden_size, a.num_attention_heads, vocab, a.ffn_hidden_size,
                    a.num_query_groups if a.group_query_attention else None, a.kv_channels, a.swiglu,
                    not a.disable_bias_linear, a.position_embedding_type == "rope",
                    0 if a.position_embedding_type == "rope" else (a.max_position_embeddings or 0),
                    not a.untie_embeddings_and_output_weights,
-                   a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16, recompute)
+                   a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16 or a.bf16, recompute,
+                   rmsnorm=a.normalization == "RMSNorm", recompute_method=a.recompute_method or "uniform", recompute_num_layers=a.recompute_num_layers or 1,
+                   loss_chunk=2048 if a.cross_entropy_chunk_size is None else a.cross_entropy_chunk_size,
+                   loss_fusion=a.cross_entropy_loss_fusion, mlp_chunk=a.tiled_mlp_chunk_size or 0,
+                   offload_layers=(a.cpu_offloading_num_layers or 0) if a.cpu_offloading else 0, device=device)
 
 
 @dataclass(frozen=True)
@@ -129,31 +150,36 @@ class Estimate:
     params: float          # bytes of local fp32 weights (in the baseline)
     grads: float           # bytes of gradients
     adam: float            # bytes of Adam m and v
-    activations: float     # saved activations of all layers + outside (forward end)
-    transient: float       # extra at the peak (end of forward, or a layer's backward)
+    activations: float     # kept on the device at the end of forward: all layers + outside
+    transient: float       # extra at the peak phase (the loss, a layer's backward ...)
     grads_in_baseline: bool  # DDP (DP x CP > 1) allocates gradient buckets at setup
-    early_grads: float     # gradients already allocated when a layer's backward peaks (no DDP)
+    early_grads: float     # gradients already allocated when the last layer's backward peaks (no DDP)
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
+    host: float = 0.0      # activations offloaded to (pinned) host memory at the end of forward
+    phases: dict = None    # peak bytes of each phase (activation_memory.phases), before freed_grads
+    freed_grads: float = 0.0  # the previous step's gradients, freed by zero_grad (no DDP)
 
     @property
     def step_peak(self) -> float:
-        """Bytes the step needs above the baseline taken after a warm-up step: saved activations +
-        the transient at the peak.  Weights, Adam state and (under DDP, DP x CP > 1) the gradient
-        buckets are persistent and in the baseline; without DDP the gradients are created in
-        backward, after the end-of-forward peak, and only those of the output layer and the last
-        layer can coincide with a layer's backward peak (``transient`` includes them)."""
-        return self.activations + self.transient
+        """Device bytes the step needs above the baseline taken after a warm-up step: the largest
+        phase (kept activations + that phase's transient).  Weights, Adam state and the previous
+        step's gradients are in the baseline; without DDP (DP x CP = 1) ``zero_grad`` frees those
+        gradients first and backward makes them again (a phase counts those made before it), with
+        DDP they are buckets that never leave."""
+        return self.activations + self.transient - self.freed_grads
 
     @property
     def total_peak(self) -> float:
-        return self.params + self.adam + (self.grads if self.grads_in_baseline else 0) + self.step_peak
+        return self.params + self.adam + self.grads + self.step_peak
 
     def breakdown(self) -> dict:
         mib = 2 ** 20
         return {"params_mib": self.params / mib, "grads_mib": self.grads / mib, "adam_mib": self.adam / mib,
                 "activations_mib": self.activations / mib, "transient_mib": self.transient / mib,
-                "step_peak_mib": self.step_peak / mib, "comm_mib_per_step": self.comm_bytes / mib,
+                "step_peak_mib": self.step_peak / mib, "host_activations_mib": self.host / mib,
+                "comm_mib_per_step": self.comm_bytes / mib,
+                **{f"phase_{k}_mib": v / mib for k, v in (self.phases or {}).items()},
                 **{f"comm_{k}_mib": v / mib for k, v in self.comm_detail.items()}}
 
 
@@ -171,63 +197,6 @@ def local_parameters(spec: ModelSpec, tp: int) -> int:
     per_layer = _layer_parameters(spec, tp)  # linears (sharded) + two norms and row biases (replicated)
     embed = V * h / tp * (1 if spec.tied else 2) + spec.max_position_embeddings * h
     return int(L * per_layer + embed + 2 * h)  # final norm
-
-
-def _layer_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
-    """Bytes one layer saves for backward on this rank (s = tokens of this CP rank)."""
-    h, f, a, g, d = (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads, spec.num_query_groups,
-                     spec.kv_channels)
-    T, e = lay.tp, (2 if spec.bf16 else 4)
-    sp_div = T if (lay.sp and T > 1) else 1
-    tok = s * b
-    # norm inputs (residual stream), sharded under SP; linear inputs (gathered under SP: whole)
-    elems = 2 * h / sp_div + 2 * h
-    elems += (a + 2 * g) * d / T                      # q, k (RoPE outputs), v made contiguous
-    elems += a * d / T                                # attention output (also the projection input ...)
-    if b > 1:
-        elems += a * d / T                            # ... which is a copy when b > 1 (permute + reshape)
-    elems += (3 if spec.swiglu else 2) * f / T        # fc1 output (x2 SwiGLU) + activation output
-    byts = tok * elems * e + tok * (a / T) * 4        # + lse (fp32)
-    if spec.hidden_dropout > 0:
-        byts += tok * 2 * h / sp_div                  # bool masks
-    if lay.mode == "rsa" and lay.cp > 1:
-        byts += b * (a / T) * s * (s * lay.cp) * 4    # full score rows, fp32
-    return byts
-
-
-def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
-    h, V, T, e = spec.hidden_size, spec.vocab_size, lay.tp, (2 if spec.bf16 else 4)
-    sp_div = T if (lay.sp and T > 1) else 1
-    tok = s * b
-    # final norm input, output-layer input (gathered under SP), softmax of the logits (fp32, kept by
-    # the cross entropy in place of the shifted logits); the embedding output is layer 1's norm input
-    return tok * (h / sp_div * e + h * e + V / T * 4)
-
-
-def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: float = 0.0) -> float:
-    """Extra bytes on top of all saved activations at the step's peak: the largest of
-
-    * the end of forward: the output layer's logits still alive while the cross entropy
-      builds its shifted copy (``[s, b, V/T]`` fp32);
-    * a layer's attention: all-to-all send/receive buffers of q, k, v (Ulysses), two K/V
-      blocks in flight (ring);
-    * rsa backward: ``d_probs`` and the softmax-backward product, two more score-sized tensors;
-      gradients created before that point (output layer, last layer) come on top when not in DDP buckets.
-    """
-    h, a, g, d, V, T = (spec.hidden_size, spec.num_attention_heads, spec.num_query_groups, spec.kv_channels,
-                        spec.vocab_size, lay.tp)
-    e = 2 if spec.bf16 else 4
-    tok = s * b
-    head = tok * V / T * 4
-    attn = 0.0
-    U, R = lay.ulysses_degree, lay.ring_degree
-    if U > 1:
-        attn += tok * e * 2 * (a + 2 * max(g, U * T)) * d / T  # send + receive buffers of q, k, v
-    if R > 1 and lay.mode != "rsa":
-        attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
-    if lay.mode == "rsa" and lay.cp > 1:
-        attn += 2 * b * (a / T) * s * (s * lay.cp) * 4
-    return max(head, attn + early_grads if attn else 0.0)
 
 
 def _comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> dict:
@@ -265,24 +234,16 @@ def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int
     s = seq_length / lay.cp
     b = micro_batch
     n = local_parameters(spec, lay.tp)
-    saved = _layer_saved(spec, lay, s, b)
-    if spec.recompute == "full":
-        e = 2 if spec.bf16 else 4
-        layers = spec.num_layers * s * b * spec.hidden_size / (lay.tp if lay.sp else 1) * e + saved
-    elif spec.recompute == "selective" and lay.mode == "rsa" and lay.cp > 1:
-        layers = spec.num_layers * (saved - b * spec.num_attention_heads / lay.tp * s * seq_length * 4)
-        layers += b * spec.num_attention_heads / lay.tp * s * seq_length * 4
-    else:
-        layers = spec.num_layers * saved
-    acts = layers + _outside_saved(spec, lay, s, b)
     comm = _comm(spec, lay, seq_length, b, n)
     ddp = lay.dp * lay.cp > 1
-    early = 0.0 if ddp else 4.0 * (n - spec.num_layers * _layer_parameters(spec, lay.tp)
-                                   + _layer_parameters(spec, lay.tp))
+    layer = 4.0 * _layer_parameters(spec, lay.tp)
+    # made before the last layer's backward peaks: the output weight's, the final norm's, that layer's
+    early = 0.0 if ddp else 4.0 * (spec.vocab_size / lay.tp * spec.hidden_size + 2 * spec.hidden_size) + layer
+    peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, 0.0 if ddp else layer)
     return Estimate(params=n * 4.0, grads=n * 4.0, adam=n * 8.0,
-                    activations=acts, transient=_transient(spec, lay, s, b, early), comm_bytes=sum(comm.values()),
-                    grads_in_baseline=ddp, early_grads=early,
-                    comm_detail=comm)
+                    activations=kept, transient=max(peaks.values()) - kept, comm_bytes=sum(comm.values()),
+                    grads_in_baseline=ddp, early_grads=early, comm_detail=comm, host=host, phases=peaks,
+                    freed_grads=0.0 if ddp else n * 4.0)
 
 
 def _largest(fits, granularity: int, limit: int) -> int:

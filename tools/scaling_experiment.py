@@ -92,6 +92,10 @@ PRESETS = {
             "--vocab-size 1000 --position-embedding-type rope",
     "small": "--num-layers 8 --hidden-size 256 --num-attention-heads 8 --vocab-size 8000 "
              "--position-embedding-type rope",
+    # Llama-shaped (RMSNorm, SwiGLU, GQA, RoPE, untied) with a real vocabulary: the loss matters
+    "llama-32k": "--num-layers 4 --hidden-size 256 --num-attention-heads 8 --group-query-attention "
+                 "--num-query-groups 4 --ffn-hidden-size 704 --swiglu --normalization RMSNorm --disable-bias-linear "
+                 "--untie-embeddings-and-output-weights --vocab-size 32000 --position-embedding-type rope",
     "gpt-345m": "--num-layers 24 --hidden-size 1024 --num-attention-heads 16 --vocab-size 50257 "
                 "--position-embedding-type rope",
     "gpt-1.3b": "--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --vocab-size 50257 "
@@ -115,16 +119,28 @@ def build_argv(args, layout: Layout, seq: int, mbs: int) -> list:
              "--global-batch-size", str(mbs * layout.dp), "--train-iters", str(args.steps), "--seed", "1234"]
     if args.bf16:
         argv.append("--bf16")
+    return argv + memory_flags(args)
+
+
+def memory_flags(args) -> list:
+    """Recompute, chunked loss, tiled MLP and offload flags of the trials (the model reads the same)."""
+    argv = []
     if args.recompute_granularity:
         argv += ["--recompute-granularity", args.recompute_granularity]
         if args.recompute_granularity == "full":
             argv += ["--recompute-method", "uniform", "--recompute-num-layers", "1"]
+    if args.cross_entropy_chunk_size is not None:
+        argv += ["--cross-entropy-chunk-size", str(args.cross_entropy_chunk_size)]
+    if args.tiled_mlp_chunk_size:
+        argv += ["--tiled-mlp-chunk-size", str(args.tiled_mlp_chunk_size)]
+    if args.cpu_offloading_num_layers:
+        argv += ["--cpu-offloading", "--cpu-offloading-num-layers", str(args.cpu_offloading_num_layers)]
     return argv
 
 
 def model_config(args) -> mm.ModelSpec:
-    return mm.ModelSpec.from_flags(model_flags(args).split(), bf16=args.bf16,
-                                   recompute=args.recompute_granularity)
+    return mm.ModelSpec.from_flags(model_flags(args).split() + memory_flags(args), bf16=args.bf16,
+                                   device=args.device)
 
 
 def model_layout(layout: Layout) -> mm.LayoutSpec:
@@ -242,7 +258,13 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch-size", type=int, default=1, help="fixed micro-batch for max-seq")
     p.add_argument("--seq-length", type=int, default=2048, help="fixed sequence length for max-batch")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
+    p.add_argument("--recompute-granularity", choices=["full", "selective"], default=None,
+                   help="full: uniform, one layer per checkpoint")
+    p.add_argument("--cross-entropy-chunk-size", type=int, default=None, metavar="TOKENS",
+                   help="pretrain_gpt.py's flag (default: its default, 2048; 0: full logits)")
+    p.add_argument("--tiled-mlp-chunk-size", type=int, default=0, metavar="TOKENS", help="tiled MLP (0: off)")
+    p.add_argument("--cpu-offloading-num-layers", type=int, default=0,
+                   help="--cpu-offloading of that many layers (0: off); a no-op for memory on CPU")
     p.add_argument("--steps", type=int, default=2, help="training steps per trial (peak over all, last timed)")
     p.add_argument("--start", type=int, default=None, help="first value tried (default: the model's prediction)")
     p.add_argument("--max-value", type=int, default=None, help="upper limit of the search")

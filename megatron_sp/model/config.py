@@ -30,6 +30,13 @@ class GPTConfig:
     recompute_granularity: Optional[str] = None  # None, "full", "selective"
     recompute_method: Optional[str] = None  # "uniform" or "block" (full only)
     recompute_num_layers: int = 1
+    # long-sequence memory (megatron_sp/activations): tokens per chunk of the fused output layer +
+    # cross entropy (0: full logits), the fused path even at one chunk, tokens per MLP tile (0: untiled),
+    # layers whose saved activations wait in host memory
+    cross_entropy_chunk_size: int = 2048
+    cross_entropy_loss_fusion: bool = False
+    tiled_mlp_chunk_size: int = 0
+    cpu_offloading_num_layers: int = 0
 
     def __post_init__(self):
         if self.ffn_hidden_size is None:
@@ -51,6 +58,9 @@ class GPTConfig:
             raise ValueError(f"--normalization {self.normalization!r}: choose LayerNorm or RMSNorm")
         if self.recompute_granularity not in (None, "full", "selective"):
             raise ValueError(f"--recompute-granularity {self.recompute_granularity!r}: choose full or selective")
+        if self.cross_entropy_chunk_size < 0 or self.tiled_mlp_chunk_size < 0:
+            raise ValueError(f"--cross-entropy-chunk-size {self.cross_entropy_chunk_size} / --tiled-mlp-chunk-size "
+                             f"{self.tiled_mlp_chunk_size}: a chunk is a number of tokens >= 0 (0: off)")
         if self.recompute_granularity == "full" and self.recompute_method not in ("uniform", "block"):
             raise ValueError("--recompute-granularity full needs --recompute-method uniform or block "
                              f"(got {self.recompute_method!r})")

@@ -53,6 +53,34 @@ def _parallel(p):
     g.add_argument("--distributed-timeout-minutes", type=float, default=10.0)
 
 
+def _memory(p):
+    g = p.add_argument_group("long-sequence memory (chunked loss, tiled MLP, activation offload)")
+    g.add_argument("--cross-entropy-chunk-size", type=int, default=2048, metavar="TOKENS",
+                   help="the output layer and the cross entropy run fused over chunks of this many local "
+                        "tokens, recomputed in backward, whenever there are more (0: full logits, unfused)")
+    g.add_argument("--cross-entropy-loss-fusion", action="store_true",
+                   help="Megatron's flag: the fused output layer + cross entropy even for one chunk")
+    g.add_argument("--tiled-mlp-chunk-size", type=int, default=0, metavar="TOKENS",
+                   help="MLP over chunks of this many tokens, recomputed in backward (ALST's tiled MLP; 0: off)")
+    g.add_argument("--cpu-offloading", action="store_true",
+                   help="keep what the first --cpu-offloading-num-layers layers save for backward in host memory")
+    g.add_argument("--cpu-offloading-num-layers", type=int, default=0)
+
+
+def _check_memory(args):
+    for flag in ("cross_entropy_chunk_size", "tiled_mlp_chunk_size"):
+        if getattr(args, flag) < 0:
+            _fail(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give a number of tokens, or 0 for off")
+    if args.cross_entropy_loss_fusion and args.cross_entropy_chunk_size == 0:
+        _fail("--cross-entropy-loss-fusion needs chunks: drop --cross-entropy-chunk-size 0")
+    n = args.cpu_offloading_num_layers
+    if args.cpu_offloading and not 1 <= n < args.num_layers:
+        _fail(f"--cpu-offloading-num-layers {n}: offload between 1 and --num-layers - 1 = {args.num_layers - 1} "
+              "layers (the last layer's backward comes first: offloading it saves nothing)")
+    if n and not args.cpu_offloading:
+        _fail(f"--cpu-offloading-num-layers {n} does nothing without --cpu-offloading: add it")
+
+
 def _training(p):
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, required=True)
@@ -126,7 +154,7 @@ def _checkpoint_and_logging(p):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Pretrain a GPT with TP x CP x DP (megatron_sp)",
                                 allow_abbrev=False)
-    for add in (_model, _parallel, _training, _data, _checkpoint_and_logging):
+    for add in (_model, _parallel, _memory, _training, _data, _checkpoint_and_logging):
         add(p)
     return p
 
@@ -193,6 +221,7 @@ def validate_args(args, world_size: int):
         args.lr_warmup_iters = int(args.lr_warmup_fraction * args.lr_decay_iters)
     if args.save_interval is not None and args.save is None:
         _fail("--save-interval needs --save DIR")
+    _check_memory(args)
     return args
 
 
