@@ -21,7 +21,9 @@ storage, as ``tests/test_memory_model.py`` checks against ``saved_tensors_hooks`
     dropout masks                                             2 m h/sp (m: 1 byte on CUDA, 4 on CPU)
     rsa with P > 1: score rows                                4 b (a/T) s N / tok
 
-Full recompute keeps only each checkpointed run's input (``r h/sp``).  Outside the layers:
+Full recompute keeps only each checkpointed run's input (``r h/sp``).  Under bf16/fp16
+autocast the linears also keep the 2-byte copies of their weights (``weight_copies``),
+which autocast caches for the whole forward anyway.  Outside the layers:
 the final norm (its input and internals), the output-layer input ``e h``, RoPE's cos and sin
 ``2 d`` fp32, the embedding's dropout mask and, with the unfused loss, the fp32 softmax
 ``4 V/T`` (fused: the int64 labels and the per-token loss).  RMSNorm is counted as torch's
@@ -88,6 +90,20 @@ def layer_kept(spec, lay, s: float, b: int, selective: bool = False) -> float:
     if lay.mode == "rsa" and lay.cp > 1 and not selective:
         byts += b * (a / T) * s * (s * lay.cp) * 4  # full score rows, fp32
     return byts
+
+
+def weight_copies(spec, lay):
+    """Under bf16/fp16 autocast (fp32 weights) every matmul uses a 2-byte copy of its weight (and a
+    column-parallel bias), cached until forward ends and saved for backward by the linear that
+    used it.  Returns (attention, MLP) bytes of one layer and the output layer's; 0 in fp32."""
+    if not spec.bf16:
+        return 0.0, 0.0, 0.0
+    h, f, a, g, d, V, T = (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads,
+                           spec.num_query_groups, spec.kv_channels, spec.vocab_size, lay.tp)
+    fc1 = f * (2 if spec.swiglu else 1)
+    attn = (h * (a + 2 * g) * d + a * d * h + ((a + 2 * g) * d if spec.bias else 0)) / T
+    mlp = (h * fc1 + f * h + (fc1 if spec.bias else 0)) / T
+    return 2.0 * attn, 2.0 * mlp, 2.0 * V / T * h
 
 
 def runs(spec):
@@ -163,29 +179,36 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float):
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
     selective = spec.recompute == "selective"
     full_layer = layer_kept(spec, lay, s, b, selective)
+    attn_w, mlp_w, out_w = weight_copies(spec, lay)
+    saved_w = attn_w + (0.0 if spec.mlp_chunk else mlp_w)  # copies a layer's linears save (tiles: none)
     offload = spec.offload_layers if spec.device != "cpu" else 0  # CPU: one memory, nothing moves
     run_list = runs(spec)
     run_kept = [tok * 4 * h / sp if checkpointed else full_layer * (end - start)
                 for start, end, checkpointed in run_list]
+    run_copies = [0.0 if checkpointed else saved_w * (end - start) for start, end, checkpointed in run_list]
     moved = [start < offload for start, _, _ in run_list]
-    kept = [0.0 if m else k for k, m in zip(run_kept, moved)]
+    kept = [c + (0.0 if m else k) for k, c, m in zip(run_kept, run_copies, moved)]  # weights never move
     host = sum(k for k, m in zip(run_kept, moved) if m)
-    device_kept = sum(kept) + outside_kept(spec, lay, s, b)
+    fused = fused_loss(spec, tok)
+    device_kept = sum(kept) + outside_kept(spec, lay, s, b) + (0.0 if fused else out_w)
+    cached = spec.num_layers * (attn_w + mlp_w) + out_w - sum(run_copies) - (0.0 if fused else out_w)
     loss_fwd, loss_bwd = loss_transients(spec, lay, s, b)
-    t_layer = layer_backward_transient(spec, lay, s, b)
+    t_layer = layer_backward_transient(spec, lay, s, b) + (mlp_w if spec.mlp_chunk else 0.0)
     if selective and lay.mode == "rsa" and lay.cp > 1:  # the recomputed core: one layer's score rows
         t_layer += b * (a / T) * s * (s * lay.cp) * 4
     stream = tok * 4 * h / sp  # the residual-stream gradient
-    working = full_layer * (run_list[-1][1] - run_list[-1][0])  # the last run, recomputed if checkpointed
-    out = {"forward_end": device_kept + loss_fwd,
-           "loss_backward": device_kept + loss_bwd,
+    last, first = run_list[-1][1] - run_list[-1][0], run_list[0][1] - run_list[0][0]
+    working = (full_layer + saved_w) * last  # the last run, recomputed if checkpointed
+    out = {"forward_end": device_kept + cached + loss_fwd,  # autocast's cache is cleared after the loss
+           "loss_backward": device_kept + loss_bwd + (out_w if fused else 0.0),
            "layer_backward": sum(kept[:-1]) + working + t_layer + early_grads + stream,
            # the first run's backward: every gradient but the embedding's is made by then
-           "first_backward": full_layer * (run_list[0][1] - run_list[0][0]) + t_layer + stream
+           "first_backward": (full_layer + saved_w) * first + t_layer + stream
            + early_grads + layer_grads * (spec.num_layers - 1)}
     if host:  # the last offloaded run's backward: it is back, the one before it on its way
         on_host = [k for k, m in zip(run_kept, moved) if m]
         prefetched = on_host[-2] if len(on_host) > 1 else 0.0
         grads_then = early_grads + layer_grads * (spec.num_layers - offload)
-        out["offloaded_backward"] = working + prefetched + t_layer + grads_then + stream
+        below = sum(c for c, m in zip(run_copies, moved) if m)  # weight copies of the offloaded runs
+        out["offloaded_backward"] = working + prefetched + below + t_layer + grads_then + stream
     return out, device_kept, host

@@ -3,40 +3,34 @@
     spec = ModelSpec.from_flags("--num-layers 4 --hidden-size 128 ...".split())
     est = estimate(spec, LayoutSpec(tp=1, cp=4, mode="p2p"), seq_length=8192, micro_batch=1)
     est.step_peak        # bytes the step adds above the post-setup baseline (what the scaling tool measures)
-    est.breakdown()      # params / grads / adam / activations / transients / comm
+    est.breakdown()      # params / grads / adam / activations / transients / phases / host / comm
+    est.host             # activation bytes offloaded to pinned host memory (--cpu-offloading, CUDA)
 
-The model counts the tensors this code base keeps, not a generic transformer:
-the per-layer terms below are the tensors autograd saves in ``model/transformer.py``
-(Korthikanti et al. 2022 give the same accounting for Megatron: ``sbh(34 + 5as/h)`` bytes
-per layer in fp16; ours differs because of RoPE, fused QKV, flash attention and fp32).
+The model counts the tensors this code base keeps, not a generic transformer: the
+per-layer terms are the tensors autograd saves in ``model/transformer.py`` (Korthikanti et
+al. 2022 give the same accounting for Megatron: ``sbh(34 + 5as/h)`` bytes per layer in fp16;
+ours differs because of RoPE, fused QKV, flash attention and fp32).
 Notation: ``s`` tokens of this CP rank (N/P), ``b`` micro-batch, ``h`` hidden, ``f`` FFN
 width, ``a``/``g`` query heads / query groups, ``d`` head dim, ``T`` TP size, ``V`` padded
 vocabulary, ``e`` bytes per activation element (4 fp32, 2 under bf16/fp16 autocast).
 Tensors in the Megatron-SP region (norms, residual) are divided by ``T`` under
 ``--sequence-parallel``; everything after the column-parallel linears is divided by ``T``.
 
-Saved per layer (elements per token and sample)::
-
-    norm inputs (2) + linear inputs (qkv, fc1)       4h        (/T with SP; the gathered input of a
-                                                               column linear is saved whole: h)
-    fused qkv output (kept alive by the RoPE views)  (a+2g)d/T
-    RoPE: rotated copies of q, k + their outputs     2(a+g)d/T
-    v made contiguous                                g d/T
-    attention output + proj input copy               2 a d/T   (+ lse a/T, fp32)
-    fc1 output (GELU input), fc2 input               2f/T      (SwiGLU: 2f + 2f ... see code)
-    dropout masks (bool), if --hidden-dropout > 0   2h bytes  (/T with SP)
-
-Attention scores exist only for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]`` in fp32
-saved per layer, plus two more copies at the backward peak of a layer (``d_probs`` and the
-softmax-backward product).  P = 1 runs the flash kernel for every mode.  Ring modes keep
-double-buffered K/V blocks and travelling dK/dV accumulators (a transient of the layer in
-backward).  Outside the layers: the logits (kept as the softmax by the cross entropy),
-the final norm and output-layer inputs, and the output layer's gradient in backward.
+Activations (``activation_memory.py``) are counted phase by phase: what each layer keeps
+for backward (by recompute mode; the tiled MLP keeps no intermediate; offloaded layers keep
+theirs in host memory on CUDA), the final norm and the loss (the fp32 softmax unfused,
+nothing chunk-sized once chunked), and the transients of the loss, a layer's backward (MLP
+gradients or one tile, attention's dq/dk/dv, the CP buffers and RSA's score copies) and the
+optimizer step.  Attention scores exist only for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]``
+in fp32 per layer.  ``tests/test_memory_model.py`` checks that the bytes a forward keeps are
+exactly what autograd saves, and the step peak against measured steps.
 
 Static memory is ``4 + 4 + 8`` bytes per local parameter (fp32 weight, gradient, Adam m and
 v); parameters of the TP-sharded linears and the vocabulary are divided by ``T``.  The
 weights and Adam state exist before the measured step (the scaling tool takes its baseline
 after a warm-up step), so the step's peak counts gradients, activations and transients.
+Without DDP the previous step's gradients are in that baseline and ``zero_grad`` frees them
+first (``freed_grads``); on CPU the foreach AdamW makes one ``sqrt(v)`` temporary per parameter.
 
 Communication per step and rank (bytes sent, forward + backward):
 
@@ -240,6 +234,9 @@ def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int
     # made before the last layer's backward peaks: the output weight's, the final norm's, that layer's
     early = 0.0 if ddp else 4.0 * (spec.vocab_size / lay.tp * spec.hidden_size + 2 * spec.hidden_size) + layer
     peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, 0.0 if ddp else layer)
+    # the optimizer step: every gradient again, and on CPU the foreach AdamW's sqrt(v) temporaries
+    # (one per parameter; CUDA runs the fused kernel, which makes none)
+    peaks["optimizer_step"] = (0.0 if ddp else n * 4.0) + (n * 4.0 if spec.device == "cpu" else 0.0)
     return Estimate(params=n * 4.0, grads=n * 4.0, adam=n * 8.0,
                     activations=kept, transient=max(peaks.values()) - kept, comm_bytes=sum(comm.values()),
                     grads_in_baseline=ddp, early_grads=early, comm_detail=comm, host=host, phases=peaks,

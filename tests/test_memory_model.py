@@ -240,3 +240,22 @@ def test_chunked_loss_and_tiled_mlp_terms():
     assert mm.max_seq_length(spec, lay, 1, 2 ** 30, 64) > 4 * mm.max_seq_length(
         mm.ModelSpec.from_flags(("--num-layers 4 --hidden-size 256 --num-attention-heads 8 --ffn-hidden-size 704 "
                                  "--swiglu --vocab-size 32000 --cross-entropy-chunk-size 0").split()), lay, 1, 2 ** 30, 64)
+
+
+def test_llama_features_agree_with_a_measured_step():
+    """Vocabulary 32000, chunked loss + tiled MLP + full recompute, and the same without: the
+    measured peak of a real step (the scaling tool's trial) within 10% of the model."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+    import scaling_experiment as se
+    for extra in (["--cross-entropy-chunk-size", "0"],
+                  ["--cross-entropy-chunk-size", "256", "--tiled-mlp-chunk-size", "256",
+                   "--recompute-granularity", "full"]):
+        args = se.parse_args(["--memory-budget-gb", "1", "--device", "cpu", "--model", "llama-32k",
+                              "--model-args", "--num-layers 2", *extra])
+        layout = se.make_layout("p2p", 1)
+        argv = se.build_argv(args, layout, 2048, 1)
+        assert all(flag in argv for flag in extra if flag.startswith("--"))
+        r = se.run_trial(argv, 1, 1 << 30, steps=2, timeout=300)
+        assert r.status == "ok", r.error
+        model = mm.estimate(se.model_config(args), se.model_layout(layout), 2048, 1).step_peak
+        assert abs(model / r.peak_bytes - 1) < 0.1, (extra, model / MiB, r.peak_bytes / MiB)
