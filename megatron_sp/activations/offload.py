@@ -16,7 +16,7 @@ context of layer ``i`` (one *group*).  On CUDA the device-to-host copy runs on a
 (the device tensor is released to the allocator once the copy is done, ``record_stream``),
 and in backward the first unpack of a group brings that group back and starts bringing back
 the previous group on the side stream, so the copy of layer ``i - 1`` overlaps the backward
-of layer ``i``.  On CPU host and device are one memory: a handle keeps the tensor itself, so
+of layer ``i``.  On CPU host and device are one memory: a handle keeps the storage itself, so
 offload runs the same bookkeeping, changes nothing and costs nothing.
 
 Weights are never moved: parameters, their views and their autocast copies stay where they
