@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pretrain a GPT with tensor, sequence (context) and data parallelism.
+"""Pretrain a GPT with tensor, sequence (context), pipeline and data parallelism.
 
     torchrun --nproc-per-node N pretrain_gpt.py <Megatron-LM flags>
 
@@ -7,6 +7,7 @@ See README.md for the flags; ``--help`` lists them all.
 """
 import sys
 
+from megatron_sp.collective_errors import explain as explain_collective_failure
 from megatron_sp.training.loop import pretrain
 
 
@@ -22,9 +23,15 @@ def main(argv=None) -> int:
     except ValueError as exc:  # bad flags, layout, data or checkpoint: one clear line, on every rank
         _error_line(exc)
         return 2
-    except FloatingPointError as exc:  # NaN/inf loss (--check-for-nan-in-loss-and-grad)
+    except FloatingPointError as exc:  # NaN/inf loss (--check-for-nan-in-loss-and-grad), diverged fp16
         _error_line(exc)
         return 3
+    except RuntimeError as exc:  # a collective that timed out or lost a peer: name it, in one line
+        message = explain_collective_failure(exc)
+        if message is None:
+            raise
+        _error_line(message)
+        return 4
     return 0
 
 

@@ -6,7 +6,7 @@
 #   DATA_PATH=/data/corpus_text_document CHECKPOINT_DIR=/shared/ckpt bash examples/multinode_torchrun.sh
 #
 # What it trains: the model of examples/$MODEL.sh with its flags and memory needs (see its header).
-# Layout: world = NNODES x NPROC_PER_NODE = DP x CP x TP; TP varies fastest so a TP group stays inside a node.
+# Layout: world = NNODES x NPROC_PER_NODE = PP x DP x CP x TP; TP varies fastest so a TP group stays inside a node.
 # Rendezvous: torchrun c10d at $MASTER_ADDR:$MASTER_PORT with one RUN_ID for the job; nodes may start in any
 #   order.  CHECKPOINT_DIR must be on storage every node sees.
 set -euo pipefail

@@ -4,10 +4,10 @@
 #   MODEL=gpt_7b DATA_PATH=/data/corpus_text_document TOKENIZER_MODEL=/data/tokenizer.model \
 #   CHECKPOINT_DIR=/ckpt/gpt_7b TP=8 CP=8 SEQ_LENGTH=262144 sbatch --nodes 8 examples/slurm_gpt.sh
 #
-# What it trains: the model of examples/$MODEL.sh (gpt_345m, gpt_1.3b or gpt_7b) with its flags;
-#   every variable that script reads (TP, CP, CP_COMM_TYPE, HCP, SEQ_LENGTH, MICRO_BATCH, GLOBAL_BATCH,
+# What it trains: the model of examples/$MODEL.sh (gpt_345m, gpt_1.3b, gpt_7b or gpt_70b) with its flags;
+#   every variable that script reads (TP, CP, PP, VPP, CP_COMM_TYPE, HCP, SEQ_LENGTH, MICRO_BATCH, GLOBAL_BATCH,
 #   DATA_PATH, TOKENIZER_*, CHECKPOINT_DIR, EXTRA_ARGS) passes through the environment.
-# Layout: world = nodes x GPUS_PER_NODE = DP x CP x TP; keep TP inside a node (TP <= GPUS_PER_NODE),
+# Layout: world = nodes x GPUS_PER_NODE = PP x DP x CP x TP; keep TP inside a node (TP <= GPUS_PER_NODE),
 #   CP across nodes (ring P2P and all-to-all traffic, see BENCHMARKS.md for volumes).
 # Memory: as in the chosen script's header (per GPU, set by TP and CP, not by the node count).
 # Rendezvous: torchrun's c10d rendezvous on the first node of the allocation; SIGTERM

@@ -21,16 +21,44 @@ for backward (by recompute mode; the tiled MLP keeps no intermediate; offloaded 
 theirs in host memory on CUDA), the final norm and the loss (the fp32 softmax unfused,
 nothing chunk-sized once chunked), and the transients of the loss, a layer's backward (MLP
 gradients or one tile, attention's dq/dk/dv, the CP buffers and RSA's score copies) and the
-optimizer step.  Attention scores exist only for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]``
-in fp32 per layer.  ``tests/test_memory_model.py`` checks that the bytes a forward keeps are
-exactly what autograd saves, and the step peak against measured steps.
+optimizer step.  ``tests/test_memory_model.py`` checks that the bytes a forward keeps are exactly
+what autograd saves, and the step peak against measured steps.
 
-Static memory is ``4 + 4 + 8`` bytes per local parameter (fp32 weight, gradient, Adam m and
-v); parameters of the TP-sharded linears and the vocabulary are divided by ``T``.  The
-weights and Adam state exist before the measured step (the scaling tool takes its baseline
-after a warm-up step), so the step's peak counts gradients, activations and transients.
-Without DDP the previous step's gradients are in that baseline and ``zero_grad`` frees them
-first (``freed_grads``); on CPU the foreach AdamW makes one ``sqrt(v)`` temporary per parameter.
+Attention scores exist for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]`` in fp32
+saved per layer, plus two more copies at the backward peak of a layer (``d_probs`` and the
+softmax-backward product).  With the flash kernels (``--attention-backend auto`` / ``flash``)
+no other mode materialises scores.  ``--attention-backend unfused`` (or ``local``) does, see
+``activation_memory.probs_bytes`` and ``unfused_transient``: where attention is a ring of one (CP 1,
+and Ulysses after its all-to-all) it keeps the fp32 probabilities ``[b, a/(T U), sU, sU]``
+of every layer, exactly RSA's algorithm over a ring of one (same two extra copies in a layer's
+backward); inside a ring of R > 1 it materialises each block's scores transiently.  Ring modes keep
+double-buffered K/V blocks and travelling dK/dV accumulators (a transient of the layer in
+backward).  Outside the layers: the logits (kept as the softmax by the cross entropy),
+the final norm and output-layer inputs, and the output layer's gradient in backward.
+
+Model state, per local parameter (parameters of the TP-sharded linears and the vocabulary
+are divided by ``T``; ``D`` = DP x CP, ``c`` = bytes of a compute weight: 2 under
+bf16/fp16, else 4; :func:`model_state`)::
+
+    replicated (DDP)        4 weight + 4 gradient + 8 Adam m, v            = 16
+    --use-distributed-opt.  (4 + 4 + 8) / D, all layers' gathered compute weights (c) in the
+                            step, and with gradient accumulation the unsharded fp32
+                            gradients (4) from the first micro-batch's backward to the last
+    --use-torch-fsdp2       (4 + 4 + 8) / D, the root's weights (embeddings, output layer)
+                            gathered (c) in the step, plus two layers gathered (c) and two
+                            layers' unsharded fp32 gradients (4) at a time
+    --optimizer-cpu-offload the (4 + 4 + 8) / D shards live in host memory instead
+
+The persistent state exists before the measured step (the scaling tool takes its baseline
+after a warm-up step), so the step's peak counts gradients, activations and transients;
+``device_peak`` adds the persistent device state, and ``host`` is the host memory a rank
+holds for the model state.  On CPU the foreach AdamW makes one ``sqrt(v)`` temporary per
+parameter in the optimizer step (CUDA's fused kernel none); with DDP's buckets (DP x CP > 1) or
+sharded state the gradients are in the baseline, otherwise backward makes them again.
+
+Host memory per rank (``Estimate.host_total``): the model state under
+``--optimizer-cpu-offload`` (``host``) plus the activations ``--cpu-offloading`` moves
+(``host_activations``; 0 on CPU, where host and device are one memory).
 
 Communication per step and rank (bytes sent, forward + backward):
 
@@ -41,6 +69,10 @@ Communication per step and rank (bytes sent, forward + backward):
 * TP: 2 all-reduces of ``[s, b, h]`` per layer forward and 2 backward (ring all-reduce sends
   ``2(T-1)/T`` of it); with SP all-gather + reduce-scatter pairs (``(T-1)/T`` each);
 * gradients: a ring all-reduce over DP x CP of the local gradients, ``2(n-1)/n`` of them.
+
+Pipeline parallelism (``LayoutSpec.pp > 1``): a stage holds only its layers, and the
+activations of the micro-batches its schedule keeps in flight; ``pipeline_parallel/memory.py``
+builds the per-stage estimate from the pieces here, and :func:`estimate` returns its largest stage.
 """
 from __future__ import annotations
 
@@ -50,6 +82,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import activation_memory
+from .activation_memory import UNFUSED_BACKENDS, unfused_transient as _unfused_transient  # noqa: F401
+from .activation_memory import probs_bytes as _probs_bytes  # noqa: F401
+from .model.config import default_ffn_hidden_size
 
 
 @dataclass
@@ -77,9 +112,10 @@ class ModelSpec:
     mlp_chunk: int = 0  # --tiled-mlp-chunk-size (0: untiled)
     offload_layers: int = 0  # --cpu-offloading-num-layers (with --cpu-offloading)
     device: str = "cuda"  # "cpu": host and device are one memory (offload moves nothing)
+    attention_backend: str = "auto"  # --attention-backend: unfused/local materialise scores (see module doc)
 
     def __post_init__(self):
-        self.ffn_hidden_size = self.ffn_hidden_size or 4 * self.hidden_size
+        self.ffn_hidden_size = self.ffn_hidden_size or default_ffn_hidden_size(self.hidden_size, self.swiglu)
         self.num_query_groups = self.num_query_groups or self.num_attention_heads
         self.kv_channels = self.kv_channels or self.hidden_size // self.num_attention_heads
 
@@ -103,9 +139,10 @@ class ModelSpec:
             p.add_argument(flag, action="store_true")
         p.add_argument("--position-embedding-type", default="learned_absolute")
         p.add_argument("--normalization", default="LayerNorm")
+        p.add_argument("--attention-backend", default="auto")
         a, _ = p.parse_known_args(argv)
         div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
-        vocab = int(math.ceil((a.vocab_size + 1) / div) * div)  # NullTokenizer adds EOD
+        vocab = int(math.ceil(a.vocab_size / div) * div)  # NullTokenizer: EOD is the last of the V ids
         recompute = recompute or a.recompute_granularity or ("selective" if a.recompute_activations else None)
         return cls(a.num_layers, a.hidden_size, a.num_attention_heads, vocab, a.ffn_hidden_size,
                    a.num_query_groups if a.group_query_attention else None, a.kv_channels, a.swiglu,
@@ -113,10 +150,12 @@ class ModelSpec:
                    0 if a.position_embedding_type == "rope" else (a.max_position_embeddings or 0),
                    not a.untie_embeddings_and_output_weights,
                    a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16 or a.bf16, recompute,
-                   rmsnorm=a.normalization == "RMSNorm", recompute_method=a.recompute_method or "uniform", recompute_num_layers=a.recompute_num_layers or 1,
+                   rmsnorm=a.normalization == "RMSNorm", recompute_method=a.recompute_method or "uniform",
+                   recompute_num_layers=a.recompute_num_layers or 1,
                    loss_chunk=2048 if a.cross_entropy_chunk_size is None else a.cross_entropy_chunk_size,
                    loss_fusion=a.cross_entropy_loss_fusion, mlp_chunk=a.tiled_mlp_chunk_size or 0,
-                   offload_layers=(a.cpu_offloading_num_layers or 0) if a.cpu_offloading else 0, device=device)
+                   offload_layers=(a.cpu_offloading_num_layers or 0) if a.cpu_offloading else 0, device=device,
+                   attention_backend=a.attention_backend)
 
 
 @dataclass(frozen=True)
@@ -127,6 +166,12 @@ class LayoutSpec:
     mode: str = "p2p"  # rsa | p2p | a2a | a2a+p2p
     sp: bool = False
     ulysses: int = 1  # Ulysses degree (a2a: = cp)
+    sharding: str = "none"  # none (DDP) | dist-opt | fsdp2
+    offload: bool = False   # --optimizer-cpu-offload
+    micro_batches: int = 1  # gradient accumulation steps per global batch
+    pp: int = 1             # pipeline stages (pipeline_parallel/memory.py)
+    virtual: int = 1        # virtual stages (model chunks) per pipeline rank
+    schedule: str = "1F1B"  # --pipeline-schedule
 
     @property
     def ulysses_degree(self) -> int:
@@ -150,28 +195,43 @@ class Estimate:
     early_grads: float     # gradients already allocated when the last layer's backward peaks (no DDP)
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
-    host: float = 0.0      # activations offloaded to (pinned) host memory at the end of forward
-    phases: dict = None    # peak bytes of each phase (activation_memory.phases), before freed_grads
-    freed_grads: float = 0.0  # the previous step's gradients, freed by zero_grad (no DDP)
+    host: float = 0.0      # host bytes of the model state (--optimizer-cpu-offload)
+    buffers: float = 0.0   # persistent pipeline receive buffers (pipeline_parallel/memory.py)
+    optimizer: float = 0.0  # peak of the optimizer step (activations freed by then)
+    host_activations: float = 0.0  # activations offloaded to (pinned) host memory (--cpu-offloading, CUDA)
+    phases: dict = None    # peak bytes of each phase of the step (activation_memory.phases)
+
+    @property
+    def host_total(self) -> float:
+        """Host bytes this rank needs: offloaded model state and offloaded activations."""
+        return self.host + self.host_activations
+
+    @property
+    def device_peak(self) -> float:
+        """Everything on the device at the step's peak: the persistent state and the step peak."""
+        on_device = 0.0 if self.host else self.params + self.adam + (self.grads if self.grads_in_baseline else 0)
+        return on_device + self.buffers + self.step_peak
 
     @property
     def step_peak(self) -> float:
-        """Device bytes the step needs above the baseline taken after a warm-up step: the largest
-        phase (kept activations + that phase's transient).  Weights, Adam state and the previous
-        step's gradients are in the baseline; without DDP (DP x CP = 1) ``zero_grad`` frees those
-        gradients first and backward makes them again (a phase counts those made before it), with
-        DDP they are buckets that never leave."""
-        return self.activations + self.transient - self.freed_grads
+        """Bytes the step needs above the baseline taken after a warm-up step (the previous step's
+        gradients freed): the largest phase (kept activations + that phase's transient), or the
+        optimizer step's peak if larger.  Weights, Adam state and (under DDP, DP x CP > 1, or sharded
+        state) the gradients are persistent and in the baseline; without DDP backward makes the
+        gradients, and each phase counts those made before it."""
+        return max(self.activations + self.transient, self.optimizer)
 
     @property
     def total_peak(self) -> float:
-        return self.params + self.adam + self.grads + self.step_peak
+        return self.params + self.adam + (self.grads if self.grads_in_baseline else 0) + self.buffers + self.step_peak
 
     def breakdown(self) -> dict:
         mib = 2 ** 20
         return {"params_mib": self.params / mib, "grads_mib": self.grads / mib, "adam_mib": self.adam / mib,
+                "host_mib": self.host / mib, "buffers_mib": self.buffers / mib,
+                "device_peak_mib": self.device_peak / mib,
                 "activations_mib": self.activations / mib, "transient_mib": self.transient / mib,
-                "step_peak_mib": self.step_peak / mib, "host_activations_mib": self.host / mib,
+                "step_peak_mib": self.step_peak / mib, "host_activations_mib": self.host_activations / mib,
                 "comm_mib_per_step": self.comm_bytes / mib,
                 **{f"phase_{k}_mib": v / mib for k, v in (self.phases or {}).items()},
                 **{f"comm_{k}_mib": v / mib for k, v in self.comm_detail.items()}}
@@ -185,12 +245,71 @@ def _layer_parameters(spec: ModelSpec, tp: int) -> float:
     return sharded / tp + 2 * h * 2 + (2 * h if spec.bias else 0)
 
 
+def model_state(spec: ModelSpec, lay: LayoutSpec, n: Optional[float] = None) -> dict:
+    """Bytes of the model state per rank by sharding mode (module doc): the persistent
+    ``params``/``grads``/``adam`` (on the device, or in ``host`` memory with offload), the
+    ``gathered`` compute weights and ``unsharded_grads`` alive at the step's peak.  ``n``:
+    the rank's parameters if not the whole model's (a pipeline stage, of ``spec.num_layers``)."""
+    n = local_parameters(spec, lay.tp) if n is None else n
+    if lay.sharding == "none":
+        return dict(params=4.0 * n, grads=4.0 * n, adam=8.0 * n, host=0.0, gathered=0.0, unsharded_grads=0.0)
+    if lay.sharding not in ("dist-opt", "fsdp2"):
+        raise ValueError(f"sharding {lay.sharding!r}: choose none, dist-opt or fsdp2")
+    shards = lay.dp * lay.cp
+    c = 2 if spec.bf16 else 4
+    layer = _layer_parameters(spec, lay.tp)
+    root = n - spec.num_layers * layer
+    if lay.sharding == "dist-opt":
+        gathered = c * n
+        unsharded = 4.0 * n if lay.micro_batches > 1 else 2 * 4.0 * layer
+    else:
+        gathered = c * (root + 2 * layer)
+        unsharded = 2 * 4.0 * layer
+    state = dict(params=4.0 * n / shards, grads=4.0 * n / shards, adam=8.0 * n / shards)
+    host = sum(state.values()) if lay.offload else 0.0
+    return dict(state, host=host, gathered=gathered, unsharded_grads=unsharded)
+
+
 def local_parameters(spec: ModelSpec, tp: int) -> int:
     """Parameters on one TP rank (the same on every CP/DP rank)."""
     h, L, V = spec.hidden_size, spec.num_layers, spec.vocab_size
     per_layer = _layer_parameters(spec, tp)  # linears (sharded) + two norms and row biases (replicated)
     embed = V * h / tp * (1 if spec.tied else 2) + spec.max_position_embeddings * h
     return int(L * per_layer + embed + 2 * h)  # final norm
+
+
+def _optimizer_peak(spec: ModelSpec, lay: LayoutSpec, n_params: float, ddp: bool) -> float:
+    """The optimizer step, after backward freed the activations: every gradient when they are not
+    DDP buckets or shards (in the baseline), and on CPU the foreach AdamW's ``sqrt(v)`` temporaries,
+    one per local (sharded) parameter (CUDA's fused kernel makes none; offloaded state steps on the host)."""
+    grads = 0.0 if ddp else 4.0 * n_params
+    if lay.sharding != "none":
+        n_params /= lay.dp * lay.cp
+    return grads + (4.0 * n_params if spec.device == "cpu" and not lay.offload else 0.0)
+
+
+def _layer_activations(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, seq_length: int = 0) -> tuple:
+    """``(kept per layer, once)`` on the device (pipeline stages multiply the first by their layers):
+    the mean of what the layers keep until backward (by recompute mode, offload), and the longest
+    checkpointed run recomputed in backward."""
+    device, _, recomputed = activation_memory.chunk_kept(spec, lay, s, b, 0, spec.num_layers)
+    return device / spec.num_layers, recomputed
+
+
+def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+    """What the head keeps (final norm, output-layer input, the loss's tensors, RoPE's tables)."""
+    out_w = activation_memory.weight_copies(spec, lay)[2]
+    fused = activation_memory.fused_loss(spec, s * b)
+    return activation_memory.outside_kept(spec, lay, s, b) + (0.0 if fused else out_w)
+
+
+def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: float = 0.0,
+               outside: float = 0.0, head: bool = True) -> float:
+    """The larger of the loss's transients (``head``: this rank computes the loss) and a layer's
+    backward transient (plus ``early_grads``, less ``outside`` freed by then)."""
+    loss = max(activation_memory.loss_transients(spec, lay, s, b)) if head else 0.0
+    layer = activation_memory.layer_backward_transient(spec, lay, s, b)
+    return max(loss, layer + early_grads - outside)
 
 
 def _comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> dict:
@@ -224,23 +343,32 @@ def _comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> di
 
 
 def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int) -> Estimate:
-    """Memory (bytes, per rank) and communication of one training step (see module doc)."""
+    """Memory (bytes, per rank) and communication of one training step (see module doc); under
+    pipeline parallelism the stage with the largest step peak (pipeline_parallel/memory.py)."""
+    if lay.pp > 1:
+        from .pipeline_parallel.memory import stage_estimates
+        return max(stage_estimates(spec, lay, seq_length, micro_batch), key=lambda e: e.step_peak)
     s = seq_length / lay.cp
     b = micro_batch
     n = local_parameters(spec, lay.tp)
     comm = _comm(spec, lay, seq_length, b, n)
-    ddp = lay.dp * lay.cp > 1
+    state = model_state(spec, lay)
     layer = 4.0 * _layer_parameters(spec, lay.tp)
-    # made before the last layer's backward peaks: the output weight's, the final norm's, that layer's
-    early = 0.0 if ddp else 4.0 * (spec.vocab_size / lay.tp * spec.hidden_size + 2 * spec.hidden_size) + layer
-    peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, 0.0 if ddp else layer)
-    # the optimizer step: every gradient again, and on CPU the foreach AdamW's sqrt(v) temporaries
-    # (one per parameter; CUDA runs the fused kernel, which makes none)
-    peaks["optimizer_step"] = (0.0 if ddp else n * 4.0) + (n * 4.0 if spec.device == "cpu" else 0.0)
-    return Estimate(params=n * 4.0, grads=n * 4.0, adam=n * 8.0,
+    if lay.sharding == "none":
+        ddp = lay.dp * lay.cp > 1
+        # made before the last layer's backward peaks: the output weight's, the final norm's, that layer's
+        early = 0.0 if ddp else 4.0 * (spec.vocab_size / lay.tp * spec.hidden_size + 2 * spec.hidden_size) + layer
+        peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, 0.0 if ddp else layer)
+    else:  # sharded gradients persist between steps; gathered weights and unsharded gradients do not
+        ddp, early = True, 0.0
+        peaks, kept, host = activation_memory.phases(spec, lay, s, b, 0.0, 0.0, state["gathered"],
+                                                     state["unsharded_grads"])
+    optimizer = _optimizer_peak(spec, lay, n, ddp)
+    peaks["optimizer_step"] = optimizer
+    return Estimate(params=state["params"], grads=state["grads"], adam=state["adam"],
                     activations=kept, transient=max(peaks.values()) - kept, comm_bytes=sum(comm.values()),
-                    grads_in_baseline=ddp, early_grads=early, comm_detail=comm, host=host, phases=peaks,
-                    freed_grads=0.0 if ddp else n * 4.0)
+                    grads_in_baseline=ddp, early_grads=early, comm_detail=comm, host=state["host"],
+                    optimizer=optimizer, host_activations=host, phases=peaks)
 
 
 def _largest(fits, granularity: int, limit: int) -> int:
@@ -259,9 +387,13 @@ def _largest(fits, granularity: int, limit: int) -> int:
 
 
 def max_seq_length(spec: ModelSpec, lay: LayoutSpec, micro_batch: int, budget_bytes: float,
-                   granularity: int = 1, limit: int = 1 << 24) -> int:
-    """The longest sequence (a multiple of ``granularity``) whose step peak fits the budget."""
-    return _largest(lambda n: estimate(spec, lay, n, micro_batch).step_peak <= budget_bytes, granularity, limit)
+                   granularity: int = 1, limit: int = 1 << 24, device: bool = False) -> int:
+    """The longest sequence (a multiple of ``granularity``) whose step peak fits the budget
+    (with ``device``: whose whole device footprint, persistent state included, fits it)."""
+    def fits(n):
+        est = estimate(spec, lay, n, micro_batch)
+        return (est.device_peak if device else est.step_peak) <= budget_bytes
+    return _largest(fits, granularity, limit)
 
 
 def max_micro_batch(spec: ModelSpec, lay: LayoutSpec, seq_length: int, budget_bytes: float,

@@ -7,6 +7,7 @@ import torch
 
 from dist_utils import run_distributed
 from megatron_sp import checkpointing as ckpt
+from megatron_sp.checkpointing import torch_dist
 from megatron_sp.training.loop import pretrain
 
 TINY = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 128 --num-layers 2 --hidden-size 32 "
@@ -62,22 +63,24 @@ def test_keep_last_n_and_load_flags(tmp_path):
     assert sorted(os.listdir(save)) == ["iter_0000003", "iter_0000004", ckpt.TRACKER]
     meta = ckpt.read_metadata(os.path.join(save, "iter_0000004"))
     assert meta["iteration"] == 4 and meta["consumed_samples"] == 16 and meta["layout"]["tp"] == 1
-    full = ckpt.load_full_state(os.path.join(save, "iter_0000004"))
-    assert full["model"]["embedding.weight"].shape == (256, 32)  # global shape, by name
-    assert set(full["optimizer"]["embedding.weight"]) >= {"exp_avg", "exp_avg_sq", "step"}
+    model = ckpt.read_full_model(os.path.join(save, "iter_0000004"))
+    assert model["embedding.weight"].shape == (128, 32)  # global shape, by name (NullTokenizer: V ids)
+    keys = torch_dist.saved_keys(os.path.join(save, "iter_0000004"))
+    assert {f"optimizer.embedding.weight.{k}" for k in ("exp_avg", "exp_avg_sq", "step")} <= set(keys)
 
     _, ctx = _single(tmp_path, "--load", save, "--finetune", iters=0)
     assert ctx.state.iteration == 0 and ctx.state.consumed_samples == 0
     assert all(not s for s in ctx.optimizer.optimizer.state.values())  # model only
     torch.testing.assert_close(dict(ctx.model.named_parameters())["embedding.weight"].detach(),
-                               full["model"]["embedding.weight"], rtol=0, atol=0)
+                               model["embedding.weight"], rtol=0, atol=0)
     _, ctx = _single(tmp_path, "--load", save, "--no-load-optim", "--no-load-rng", iters=4)
     assert ctx.state.iteration == 4 and not ctx.optimizer.optimizer.state
 
 
-def test_corrupt_or_incomplete_checkpoints_give_clear_errors(tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["torch_dist", "torch"])
+def test_corrupt_or_incomplete_checkpoints_give_clear_errors(tmp_path, capsys, fmt):
     save = str(tmp_path / "ck")
-    _single(tmp_path, "--save", save, iters=1)
+    _single(tmp_path, "--save", save, "--ckpt-format", fmt, iters=1)
     good = os.path.join(save, "iter_0000001")
 
     # no tracker at all: a fresh start with a warning (as Megatron)
@@ -97,16 +100,19 @@ def test_corrupt_or_incomplete_checkpoints_give_clear_errors(tmp_path, capsys):
         pretrain(TINY[:TINY.index("--hidden-size")] + ["--hidden-size", "64"] + TINY[TINY.index("--hidden-size") + 2:]
                  + ["--train-iters", "2", "--load", save])
 
-    model_file = os.path.join(good, ckpt.MODEL_FILE)
-    data = open(model_file, "rb").read()
-    with open(model_file, "wb") as f:  # truncated, as by a full disk
+    name = ckpt.MODEL_FILE if fmt == "torch" else "__0_0.distcp"
+    data_file = os.path.join(good, name)
+    data = open(data_file, "rb").read()
+    with open(data_file, "wb") as f:  # truncated, as by a full disk
         f.write(data[: len(data) // 2])
-    with pytest.raises(ckpt.CheckpointError, match="model_optim.pt has .* bytes"):
+    with pytest.raises(ckpt.CheckpointError, match=f"{name} has .* bytes"):
         _single(tmp_path, "--load", save)
-    with open(model_file, "wb") as f:  # same size, garbage bytes
-        f.write(b"\0" * len(data))
-    with pytest.raises(ckpt.CheckpointError, match="cannot be read"):
+    with open(data_file, "wb") as f:  # same size, one byte flipped: only the checksum sees it
+        f.write(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    with pytest.raises(ckpt.CheckpointError, match=f"corrupt: {name} has CRC-32"):
         _single(tmp_path, "--load", save)
+    with open(data_file, "wb") as f:
+        f.write(data)
 
     os.remove(os.path.join(good, ckpt.METADATA))
     with pytest.raises(ckpt.CheckpointError, match="incomplete: metadata.json"):
@@ -125,7 +131,9 @@ def test_stale_tmp_and_unreferenced_dirs_are_replaced(tmp_path):
     os.rename(os.path.join(save, "iter_0000002"), os.path.join(save, "iter_0000003.tmp"))  # half-written
     ckpt.write_text_atomic(os.path.join(save, ckpt.TRACKER), "1\n")
     os.makedirs(os.path.join(save, "iter_0000002"))  # renamed but tracker never updated (here: junk)
-    losses, ctx = _single(tmp_path, "--load", save, "--save", save, "--save-interval", "1", iters=3)
+    # 3 iterations instead of 2 change the default --lr-decay-iters: say which schedule wins (as Megatron)
+    losses, ctx = _single(tmp_path, "--load", save, "--save", save, "--save-interval", "1",
+                          "--override-opt_param-scheduler", iters=3)
     assert len(losses) == 2 and ckpt.read_tracker(save) == 3
     assert sorted(os.listdir(save)) == ["iter_0000001", "iter_0000002", "iter_0000003", ckpt.TRACKER]
     for it in (2, 3):
@@ -145,5 +153,6 @@ def test_a_run_that_would_overwrite_checkpoints_it_did_not_resume_from_stops(tmp
                                                        r"starts at iteration 0.*Resume with --load"):
             pretrain(run + extra)
         assert {n: os.path.getmtime(os.path.join(save, n)) for n in os.listdir(save)} == before
-    losses = pretrain(TINY + NO_DROPOUT + ["--train-iters", "3", "--save", save, "--load", save])  # resuming is fine
+    losses = pretrain(TINY + NO_DROPOUT + ["--train-iters", "3", "--save", save, "--load", save,  # resuming is fine
+                                           "--override-opt_param-scheduler"])  # (a longer run: new decay length)
     assert len(losses) == 1 and ckpt.read_tracker(save) == 3

@@ -102,7 +102,7 @@ def test_plain_text_multiple_keys_and_null_tokenizer(tmp_path):
     assert rc == 0
     dtype, got = read_megatron_pair(str(tmp_path / "n_text_document"))
     assert dtype == np.int32  # vocab >= 65500
-    assert [d.tolist() for d in got] == [[1, 2, 3, 70000], [4, 5, 70000]]
+    assert [d.tolist() for d in got] == [[1, 2, 3, 69999], [4, 5, 69999]]  # NullTokenizer EOD: V - 1
     src = tmp_path / "two.jsonl"
     src.write_text(json.dumps({"q": "1 2", "a": "3"}) + "\n")
     rc = tool("preprocess_data").main(["--input", str(src), "--json-keys", "q", "a",

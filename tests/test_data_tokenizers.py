@@ -15,11 +15,11 @@ def sp_model(tmp_path_factory):
 
 def test_null_tokenizer_matches_megatron():
     tok = build_tokenizer("NullTokenizer", vocab_size=100)
-    assert tok.vocab_size == 101 and tok.eod == 100  # Megatron: EOD is the extra id V
+    assert tok.vocab_size == 100 and tok.eod == 99  # current Megatron-LM: V ids, EOD the last one
     assert tok.tokenize("3 1 4 1 5") == [3, 1, 4, 1, 5]
     assert tok.detokenize([3, 1, 4]) == "3 1 4"
     with pytest.raises(ValueError, match="outside"):
-        tok.tokenize("3 101")
+        tok.tokenize("3 100")
 
 
 def test_sentencepiece_round_trip_is_exact(sp_model):
@@ -54,7 +54,8 @@ def test_foreign_sentencepiece_model_gets_extra_special_ids(tmp_path):
 
 
 @pytest.mark.parametrize("kind,kwargs,match", [
-    ("GPT2BPETokenizer", {}, r"--tokenizer-type 'GPT2BPETokenizer'"),
+    ("BertWordPieceLowerCase", {}, r"--tokenizer-type 'BertWordPieceLowerCase' is not supported"),
+    ("GPT2BPETokenizer", {}, "needs --vocab-file"),
     ("SentencePieceTokenizer", {}, "needs --tokenizer-model"),
     ("SentencePieceTokenizer", {"tokenizer_model": "/no/such.model"},
      r"--tokenizer-model '/no/such.model'"),

@@ -145,7 +145,7 @@ BASE = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 100 --num-layer
     ("--cpu-offloading-num-layers 1", "does nothing without --cpu-offloading"),
     ("--cpu-offloading --cpu-offloading-num-layers 2", "--cpu-offloading-num-layers 2"),
     ("--cpu-offloading", "--cpu-offloading-num-layers 0"),
-    ("--tiled-mlp-chunk-size -1", "--tiled-mlp-chunk-size -1"),
+    ("--tiled-mlp-chunk-size -1", "--tiled-mlp-chunk-size: -1 is not an integer >= 0"),
     ("--cross-entropy-loss-fusion --cross-entropy-chunk-size 0", "--cross-entropy-loss-fusion"),
 ])
 def test_bad_memory_flags_fail_in_one_line(flags, needle):
@@ -202,3 +202,32 @@ def _check_layouts(rank, world):
 def test_all_features_exact_under_tp_sp_and_cp():
     for layout in run_distributed(_check_layouts, 2)[0]:
         assert layout[0] <= 1e-6 and layout[1] <= 1e-5, layout
+
+
+# --- composed with sharded model state and pipeline parallelism ---------------------------
+COMPOSE = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 100 --num-layers 2 --hidden-size 32 "
+           "--num-attention-heads 4 --group-query-attention --num-query-groups 2 --position-embedding-type rope "
+           "--swiglu --normalization RMSNorm --seq-length 32 --micro-batch-size 1 --global-batch-size 4 "
+           "--lr 5e-3 --hidden-dropout 0 --attention-dropout 0 --log-interval 100 --eval-interval 0 --seed 7 "
+           "--train-iters 4").split()
+# chunks smaller than the local tokens of every layout, so that the loss and the MLP are really tiled
+FEATURES = "--cross-entropy-chunk-size 5 --tiled-mlp-chunk-size 6 --cpu-offloading --cpu-offloading-num-layers 1"
+
+
+def _pretrain(rank, world, argv):
+    from megatron_sp.training.loop import pretrain
+    return pretrain(argv)
+
+
+@pytest.mark.parametrize("layout", ["--context-parallel-size 2 --use-torch-fsdp2",
+                                    "--use-distributed-optimizer",
+                                    "--pipeline-model-parallel-size 2"])  # the loss on the last stage
+def test_features_compose_with_sharded_state_and_pipeline(layout):
+    """Chunked loss, tiled MLP and offload on FSDP2 (CP 2), the distributed optimizer (DP 2) and
+    PP 2 train the plain one-rank model: first loss within 1e-5, the next within 1e-4."""
+    ref = run_distributed(_pretrain, 1, COMPOSE)[0]
+    losses = run_distributed(_pretrain, 2, COMPOSE + FEATURES.split() + layout.split(), timeout=300)[-1]
+    assert len(losses) == len(ref) == 4
+    assert abs(losses[0] - ref[0]) <= 1e-5 * abs(ref[0]), (losses, ref)
+    for mine, theirs in zip(losses, ref):
+        assert abs(mine - theirs) <= 1e-4 * abs(theirs), (losses, ref)

@@ -30,6 +30,13 @@ def test_layouts_and_granularity():
     assert se.make_layout("tp", 1).key() == se.make_layout("a2a", 1).key()  # one program at world 1
     with pytest.raises(ValueError, match="unknown layout"):
         se.make_layout("ring", 2)
+    state = se.make_layout("tp2+sp+p2p+distopt+offload", 8)
+    assert (state.tp, state.cp, state.sharding, state.offload) == (2, 4, "dist-opt", True)
+    assert {"--use-distributed-optimizer", "--optimizer-cpu-offload", "--sequence-parallel"} <= set(state.flags())
+    assert se.make_layout("dp+fsdp2", 4).flags()[-1] == "--use-torch-fsdp2"
+    assert se.make_layout("p2p+fsdp2", 2).key() != se.make_layout("p2p", 2).key()
+    with pytest.raises(ValueError, match="offload needs"):
+        se.make_layout("p2p+offload", 2)
 
 
 # --- the search with a fake trial ------------------------------------------------------

@@ -36,7 +36,7 @@ def test_generate_from_tp2_checkpoint(tmp_path, capsys):
     run_distributed(_train, 2, save)
     model, stored = generate_text.load_model(save)
     assert stored.tensor_model_parallel_size == 2 and model.mesh.tp_size == 1
-    full = generate_text.ckpt.load_full_state(os.path.join(save, "iter_0000002"))["model"]
+    full = generate_text.ckpt.read_full_model(os.path.join(save, "iter_0000002"))
     for name, p in model.named_parameters():
         assert torch.equal(p.detach(), full[name]), name
     prompt = [5, 6, 7, 5, 6, 7, 5]  # odd length: any prompt length works

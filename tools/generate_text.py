@@ -6,7 +6,7 @@
 
 The model is rebuilt from the flags stored in the checkpoint (metadata.json) on a
 single-rank mesh, and its full (layout-free) tensors are loaded as they are, so a
-checkpoint written at any TP/CP/DP layout works.  Tokenizer flags default to the
+checkpoint written at any TP/CP/PP/DP layout works (layer names are global).  Tokenizer flags default to the
 checkpoint's; pass ``--tokenizer-model`` if the file has moved.  No KV cache: each
 new token recomputes the (at most ``--seq-length``) context, fine for demos.
 """
@@ -21,7 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from megatron_sp.data.tokenizers import build_tokenizer  # noqa: E402
+from megatron_sp.data.tokenizers import build_tokenizer_from_args  # noqa: E402
+from megatron_sp.flag_types import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, SEED,  # noqa: E402
+                                    ArgumentParser, in_range)
 from megatron_sp.model import GPTModel  # noqa: E402
 from megatron_sp.parallel_state import single_rank_mesh  # noqa: E402
 from megatron_sp.tensor_parallel import RNGTracker  # noqa: E402
@@ -43,7 +45,7 @@ def load_model(load_dir: str, iteration: int | None = None, device: str = "cpu")
     mesh = single_rank_mesh()
     rng = RNGTracker(stored.seed, device=device)
     model = GPTModel(model_config(stored, stored.padded_vocab_size), mesh, rng)
-    tensors = ckpt.load_full_state(path)["model"]
+    tensors = ckpt.read_full_model(path)
     params = dict(model.named_parameters())
     if set(params) != set(tensors):
         raise ckpt.CheckpointError(f"checkpoint {path}: parameter names differ from the model built from its "
@@ -96,36 +98,50 @@ def generate(model, prompt_ids: list, max_new_tokens: int, *, real_vocab: int, e
     return ids
 
 
+def device_type(text: str) -> str:
+    """argparse type of ``--device``: a torch device this machine has."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1 ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text}: only cpu and cuda devices are supported")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Sample text from a megatron_sp checkpoint (any layout).")
+    p = ArgumentParser(description="Sample text from a megatron_sp checkpoint (any layout).")
     p.add_argument("--load", required=True, help="checkpoint directory (the one holding the tracker file)")
-    p.add_argument("--iteration", type=int, default=None, help="default: the tracker's iteration")
+    p.add_argument("--iteration", type=NON_NEGATIVE_INT, default=None, help="default: the tracker's iteration")
     p.add_argument("--prompt", default=None, help="text to continue (NullTokenizer: space-separated ids)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=NON_NEGATIVE_INT, default=32)
+    p.add_argument("--num-samples", type=POSITIVE_INT, default=1)
     p.add_argument("--greedy", action="store_true")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--temperature", type=NON_NEGATIVE, default=1.0)
+    p.add_argument("--top-k", type=NON_NEGATIVE_INT, default=0)
+    p.add_argument("--top-p", type=in_range(0, 1, lo_open=True), default=1.0)
+    p.add_argument("--seed", type=SEED, default=1234)
     p.add_argument("--ignore-eod", action="store_true", help="keep sampling past the end-of-document token")
     p.add_argument("--tokenizer-type", default=None, help="default: the checkpoint's")
     p.add_argument("--tokenizer-model", default=None, help="default: the checkpoint's")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_type, default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    if not 0.0 < a.top_p <= 1.0:
-        print(f"error: --top-p {a.top_p} must be in (0, 1]", file=sys.stderr)
-        return 2
     try:
         model, stored = load_model(a.load, a.iteration, a.device)
-        tok = build_tokenizer(a.tokenizer_type or stored.tokenizer_type,
-                              a.tokenizer_model or stored.tokenizer_model, stored.vocab_size)
+        stored.tokenizer_type = a.tokenizer_type or stored.tokenizer_type
+        stored.tokenizer_model = a.tokenizer_model or stored.tokenizer_model
+        tok = build_tokenizer_from_args(stored)
         prompt = a.prompt if a.prompt is not None else ""
-        prompt_ids = tok.tokenize(prompt) if prompt else [tok.eod]
+        try:
+            prompt_ids = tok.tokenize(prompt) if prompt else [tok.eod]
+        except ValueError as exc:
+            raise ValueError(f"--prompt: {exc}") from None
         gen = torch.Generator().manual_seed(a.seed)
         for i in range(a.num_samples):
             ids = generate(model, prompt_ids, a.max_new_tokens, real_vocab=tok.vocab_size,

@@ -33,10 +33,12 @@ from megatron_sp.data.document_reader import (SkipLog, expand_inputs, is_json_fi
                                               iter_lines)
 from megatron_sp.data.indexed_dataset import (IndexedDatasetBuilder, best_dtype,  # noqa: E402
                                               data_file_path, index_file_path)
-from megatron_sp.data.tokenizers import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
+from megatron_sp.data.tokenizers import (add_tokenizer_arguments, build_tokenizer_from_args,  # noqa: E402
+                                         resolve_tokenizer_type, tokenizer_options)
+from megatron_sp.flag_types import POSITIVE, POSITIVE_INT, ArgumentParser  # noqa: E402
 
-def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     g = p.add_argument_group("input data")
     g.add_argument("--input", nargs="+", required=True,
                    help="JSONL (.jsonl/.json/.ndjson, one document per line) or plain text "
@@ -45,25 +47,22 @@ def get_args(argv=None):
                    help="keys to extract from each JSON line; one output per key")
     g.add_argument("--strict", action="store_true", help="a bad input line is fatal")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    g.add_argument("--tokenizer-model", default=None, help="SentencePiece model / HF json")
-    g.add_argument("--vocab-size", type=int, default=None, help="for NullTokenizer")
+    add_tokenizer_arguments(g)
     g.add_argument("--append-eod", action="store_true",
                    help="append the tokenizer's end-of-document id to every document")
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True,
                    help="writes PREFIX_{key}_document.bin/.idx for each --json-keys key")
     g = p.add_argument_group("runtime")
-    g.add_argument("--workers", type=int, default=1, help="tokenizer processes")
-    g.add_argument("--partitions", type=int, default=1,
+    g.add_argument("--workers", type=POSITIVE_INT, default=1, help="tokenizer processes")
+    g.add_argument("--partitions", type=POSITIVE_INT, default=1,
                    help="write the input in this many parts, then merge them")
-    g.add_argument("--log-interval", type=float, default=1.0, help="seconds between progress")
-    args = p.parse_args(argv)
-    if args.workers < 1:
-        p.error(f"--workers must be >= 1, got {args.workers}")
-    if args.partitions < 1:
-        p.error(f"--partitions must be >= 1, got {args.partitions}")
-    return args
+    g.add_argument("--log-interval", type=POSITIVE, default=1.0, help="seconds between progress")
+    return p
+
+
+def get_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 class Progress:
@@ -96,7 +95,8 @@ def run(args) -> dict:
     if not all(json_flags) and len(args.json_keys) > 1:
         raise ValueError(f"--json-keys {' '.join(args.json_keys)}: plain-text inputs have one "
                          "document per line, so give a single key (or JSONL input)")
-    tok = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    args.tokenizer_type = resolve_tokenizer_type(args.tokenizer_type, args.vocab_file)
+    tok = build_tokenizer_from_args(args)
     dtype = best_dtype(tok.vocab_size)
     finals = [f"{args.output_prefix}_{k}_document" for k in args.json_keys]
     os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
@@ -104,7 +104,7 @@ def run(args) -> dict:
     part_prefixes = [[f"{t}.part{i}" for t in tmp] for i in range(args.partitions)]
     created: list[str] = []
     init = (args.tokenizer_type, args.tokenizer_model, args.vocab_size, args.json_keys,
-            args.append_eod, json_flags, dtype)
+            args.append_eod, json_flags, dtype, tokenizer_options(args))
     skips, progress = SkipLog(files), Progress(args.log_interval)
     pool = mp.get_context("fork").Pool(args.workers, init_encoder, init) \
         if args.workers > 1 else None
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     args = get_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: an unreadable input, an unwritable --output-prefix
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -5,15 +5,19 @@ so tools (generate_text.py) can validate and read a checkpoint without a process
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import signal
+import tempfile
+import zlib
 
 import torch
 import torch.distributed as dist
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: torch_dist or torch format, with checksums; 1: torch format without
+READABLE_VERSIONS = (1, 2)
 TRACKER = "latest_checkpointed_iteration.txt"
 METADATA = "metadata.json"
 MODEL_FILE = "model_optim.pt"
@@ -64,12 +68,53 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def maybe_fault(iteration: int, point: str) -> None:
+    """Fault injection for tests: ``MEGATRON_SP_CHECKPOINT_FAULT="<iteration>:<rank>:<point>"``.
+
+    Points: ``files`` (SIGKILL after this rank's files are written, before the rename),
+    ``rename`` (SIGKILL after the rename, before the tracker update), ``enospc`` (the
+    rank's write fails as on a full disk)."""
     spec = os.environ.get("MEGATRON_SP_CHECKPOINT_FAULT")
     if not spec:
         return
     it, victim, where = spec.split(":")
     if int(it) == iteration and int(victim) == _global_rank() and where == point:
+        if point == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crc32_file(path: str, block: int = 1 << 20) -> str:
+    """CRC-32 of a file's bytes as 8 hex digits, streamed through one 1 MiB buffer."""
+    crc, buf = 0, bytearray(block)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                return f"{crc & 0xFFFFFFFF:08x}"
+            crc = zlib.crc32(view[:n], crc)
+
+
+def verify_checksums(path: str, checksums: dict, mine=lambda i: True) -> str | None:
+    """The first mismatch among the files ``mine(i)`` selects (i: index in sorted order), or None."""
+    for i, rel in enumerate(sorted(checksums)):
+        if not mine(i):
+            continue
+        got = crc32_file(os.path.join(path, rel))
+        if got != checksums[rel]:
+            return (f"checkpoint {path} is corrupt: {rel} has CRC-32 {got}, {checksums[rel]} was written; "
+                    "use an earlier iter_* directory")
+    return None
+
+
+def free_bytes(path: str) -> int | None:
+    while path and not os.path.isdir(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path or ".")
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return None
 
 
 def list_files(root: str) -> dict:
@@ -114,12 +159,44 @@ def read_tracker(load_dir: str) -> int | None:
                               f"(the checkpoints are the {iter_dir_name(0)[:5]}* directories next to it)") from None
 
 
+def _probe_writable(save_dir: str) -> None:
+    """Create ``save_dir`` (as the first save would) and a file in it, then remove the file."""
+    os.makedirs(save_dir, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=f".write_probe.{os.getpid()}.", dir=save_dir)
+    os.close(fd)
+    os.remove(probe)
+
+
+def check_save_writable(save_dir: str) -> None:
+    """Every rank writes files under ``--save`` at each save: each probes it now, and if any
+    rank cannot write, every rank raises the same line naming that rank (collective when
+    ``torch.distributed`` is initialised)."""
+    try:
+        _probe_writable(save_dir)
+        mine = None
+    except OSError as exc:
+        mine = f"{type(exc).__name__}: {exc}"
+    failures = [mine]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        failures = [None] * dist.get_world_size()
+        dist.all_gather_object(failures, mine)
+    bad = [(r, f) for r, f in enumerate(failures) if f]
+    if bad:
+        rank, cause = bad[0]
+        where = f" on rank {rank}" + (f" (and {len(bad) - 1} other ranks)" if len(bad) > 1 else "") \
+            if len(failures) > 1 else ""
+        raise CheckpointError(f"--save {save_dir} is not writable{where} ({cause}); every rank writes its "
+                              "files there at each save: give a directory all ranks can write")
+
+
 def check_save_dir(save_dir: str, start_iteration: int) -> None:
-    """Refuse a run whose saves would replace complete checkpoints it did not resume from.
+    """Refuse, before the first iteration, a ``--save`` that cannot be written (:func:`check_save_writable`)
+    and a run whose saves would replace complete checkpoints it did not resume from.
 
     E.g. the same command rerun without ``--load``, or ``--finetune`` saving into the
     directory of the checkpoint it starts from: the tracker is ahead of the run.
     """
+    check_save_writable(save_dir)
     tracked = read_tracker(save_dir) if os.path.isdir(save_dir) else None
     if tracked is not None and tracked > start_iteration:
         raise CheckpointError(
@@ -145,9 +222,9 @@ def checkpoint_dir(load_dir: str, iteration: int) -> str:
             meta = json.load(f)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt: {METADATA} cannot be read ({exc})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')}, this code "
-                              f"reads version {FORMAT_VERSION}")
+                              f"reads versions {READABLE_VERSIONS}")
     for rel, size in meta.get("files", {}).items():
         full = os.path.join(path, rel)
         if not os.path.isfile(full):
@@ -163,11 +240,6 @@ def read_metadata(path: str) -> dict:
         return json.load(f)
 
 
-def load_full_state(path: str) -> dict:
-    """The rank-independent part of a checkpoint (full tensors by name), read with mmap."""
-    file = os.path.join(path, MODEL_FILE)
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise CheckpointError(f"checkpoint file {file} cannot be read ({type(exc).__name__}: {exc}); "
-                              f"the checkpoint is corrupt, use an earlier iter_* directory") from None
+def ckpt_format(meta: dict) -> str:
+    """``torch_dist`` or ``torch`` (checkpoints of format version 1 are all ``torch``)."""
+    return meta.get("ckpt_format", "torch")

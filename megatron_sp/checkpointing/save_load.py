@@ -1,34 +1,34 @@
-"""Layout-free, atomic checkpoints: save in one TP/CP/DP layout, load into any other.
+"""Atomic, layout-free checkpoints: save in one layout and sharding mode, load into any other.
 
 On disk (``--save DIR``)::
 
-    DIR/latest_checkpointed_iteration.txt      "10"   (replaced atomically, after the rename)
+    DIR/latest_checkpointed_iteration.txt   "10"   (replaced atomically, after the rename)
     DIR/iter_0000010/
-        model_optim.pt     full (unsharded) tensors keyed by parameter NAME:
-                           {"model": {name: tensor}, "optimizer": {name: {"exp_avg": .., "exp_avg_sq": .., "step": ..}},
-                            "scheduler": {..}, "loss_scaler": {..}, "train_state": {iteration, consumed_samples, ..}}
-        rng/rank_00003.pt  every rank's RNG streams with its (tp, cp, dp) coordinates
-        metadata.json      written LAST: format version, iteration, layout, args, every file with its size
+        __0_0.distcp, __1_0.distcp ...       --ckpt-format torch_dist (default): every rank's chunks,
+        .metadata                            written by the ranks in parallel (torch_dist.py)
+        model_optim.pt                       --ckpt-format torch: full tensors, written by rank 0
+        rng/rank_00003.pt                    every rank's RNG streams with its (tp, cp, dp) coordinates
+        metadata.json                        written LAST: format, iteration, layout, flags, data
+                                             position, scheduler and loss scaler (torch_dist), every
+                                             file with its size and CRC-32
 
-Why full tensors: parameters are replicated over DP x CP and sharded only over TP,
-so the first TP group (cp = dp = 0) gathers each parameter and each Adam state
-tensor with ``full_of`` and global rank 0 writes them.  Loading cuts this rank's
-shard with ``shard_of``, whatever the new TP size; the global shape is the
-contract, not the layout.  RNG streams are restored only when the layout is the
-same (else every rank reseeds from ``--seed`` and the iteration, and says so).
+Tensors are keyed by global parameter name and global shape (state.py), so a
+checkpoint saved at TP2 x CP2 with FSDP2 loads at CP 4 without it, on one rank, or
+in any other layout and mode.  RNG streams are restored only in the same layout (else
+every rank reseeds from ``--seed`` and the iteration, and says so).
 
-Atomic writes: every rank writes under ``iter_0000010.tmp/``; after a barrier rank 0
-fsyncs, writes ``metadata.json``, renames the directory to ``iter_0000010/`` and only
-then replaces the tracker file (temp file + ``os.replace``).  A kill -9 at any
-moment therefore leaves the tracker pointing at the previous complete checkpoint;
-leftover ``*.tmp`` directories are ignored and cleaned up by the next save.
-``--keep-last-n-checkpoints`` deletes older complete checkpoints after the tracker
-update.
+The protocol: every rank writes under ``iter_0000010.tmp/`` and checksums the files it
+wrote; the ranks agree that every write succeeded (a failure, such as a full disk,
+stops every rank with one line naming the path and the free space); rank 0 writes
+``metadata.json``, fsyncs, renames the directory to ``iter_0000010/`` and only then
+replaces the tracker.  A kill -9 at any moment therefore leaves the tracker at the
+previous complete checkpoint; ``*.tmp`` leftovers are removed by the next save.
+``--async-save`` runs the torch_dist write in the background from a host copy of the
+pieces; the rename and tracker update happen once every rank's write is done (checked
+each iteration, and before the next save or the end of training).
 
-Fault injection for tests: ``MEGATRON_SP_CHECKPOINT_FAULT="<iteration>:<rank>:<point>"``
-makes that rank SIGKILL itself at ``point`` (``files``: after writing its files,
-before the rename; ``rename``: after the rename, before the tracker update) of the
-save at that iteration.
+Loading verifies the checksums first, each rank a share of the files, so a damaged
+file is named before anything is read into the model.
 """
 from __future__ import annotations
 
@@ -36,21 +36,23 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from ..tensor_parallel.sharding import full_of, shard_of
-from .files import (FORMAT_VERSION, METADATA, MODEL_FILE, TRACKER, CheckpointError,  # noqa: F401
-                               check_save_dir, checkpoint_dir, fsync_dir, iter_dir_name, list_files,
-                               load_full_state, maybe_fault, prune, read_metadata, read_tracker,
-                               torch_save, write_text_atomic)
-
+from . import torch_dist, torch_legacy
+from .files import (FORMAT_VERSION, METADATA, TRACKER, CheckpointError, check_save_dir,  # noqa: F401
+                    checkpoint_dir, ckpt_format, crc32_file, free_bytes, fsync_dir, iter_dir_name, list_files,
+                    maybe_fault, prune, read_metadata, read_tracker, torch_save, verify_checksums,
+                    write_text_atomic)
+from .state import ensure_optimizer_state, model_entries, optimizer_entries
 
 # Flags that fix the shapes (and meaning) of the weights: they must match on load.
 MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
                      "kv_channels", "position_embedding_type", "max_position_embeddings", "normalization",
-                     "swiglu", "disable_bias_linear", "untie_embeddings_and_output_weights", "padded_vocab_size")
+                     "swiglu", "disable_bias_linear", "untie_embeddings_and_output_weights", "padded_vocab_size",
+                     "add_qkv_bias", "apply_layernorm_1p", "openai_gelu")
 
 
 def _barrier():
@@ -66,82 +68,69 @@ def _jsonable(value):
     return str(value)
 
 
-# --- gather and shard ------------------------------------------------------------------
-def _gather_full(model, optimizer, mesh, writer: bool):
-    """Full model and optimizer tensors keyed by name (on the writer; ``None`` elsewhere).
-
-    Collective over the first TP group only (cp = dp = 0): the other groups hold copies.
-    """
-    if mesh.cp_rank != 0 or mesh.dp_rank != 0:
-        return None, None
-    inner = optimizer.optimizer
-    model_sd, optim_sd = {}, {}
-    for name, p in model.named_parameters():
-        full = full_of(p.detach(), p, mesh.tp_group, mesh.tp_size)
-        if writer:
-            model_sd[name] = full.cpu().clone()
-        state = inner.state.get(p, {})
-        entry = {}
-        for key in sorted(state):
-            value = state[key]
-            if torch.is_tensor(value) and value.shape == p.shape:
-                value = full_of(value, p, mesh.tp_group, mesh.tp_size)
-            if writer:
-                entry[key] = value.cpu().clone() if torch.is_tensor(value) else value
-        if writer and entry:
-            optim_sd[name] = entry
-    return (model_sd, optim_sd) if writer else (None, None)
+def _layout(mesh) -> dict:
+    return {"world_size": mesh.world_size, "tp": mesh.tp_size, "cp": mesh.cp_size, "dp": mesh.dp_size,
+            "ulysses": mesh.ulysses_size, "ring": mesh.ring_size, "pp": getattr(mesh, "pp_size", 1)}
 
 
-def _shard_into(model, optimizer, mesh, model_sd, optim_sd, load_optim: bool, path: str) -> None:
-    params = dict(model.named_parameters())
-    missing = sorted(set(params) - set(model_sd))
-    unexpected = sorted(set(model_sd) - set(params))
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} does not match this model: missing {missing[:5]}, unexpected "
-                              f"{unexpected[:5]}; check --num-layers, --untie-embeddings-and-output-weights, "
-                              "--disable-bias-linear, --position-embedding-type, --normalization")
-    inner = optimizer.optimizer
-    states = {}
-    with torch.no_grad():
-        for name, p in params.items():
-            full = model_sd[name]
-            expected = list(p.shape)
-            if getattr(p, "partition_dim", None) is not None:
-                expected[p.partition_dim] *= mesh.tp_size
-            if list(full.shape) != expected:
-                raise CheckpointError(f"checkpoint {path}: parameter {name} has shape {tuple(full.shape)}, this "
-                                      f"model expects {tuple(expected)}; the model flags differ")
-            p.copy_(shard_of(full, p, mesh.tp_rank, mesh.tp_size).to(p.device, p.dtype))
-            entry = optim_sd.get(name) if load_optim else None
-            if entry:
-                states[p] = {k: (shard_of(v, p, mesh.tp_rank, mesh.tp_size).clone()
-                                 if torch.is_tensor(v) and list(v.shape) == expected
-                                 else v.clone() if torch.is_tensor(v) else v) for k, v in entry.items()}
-    if load_optim:
-        # Through the optimizer's own load_state_dict (by index), so it moves and casts each
-        # state tensor the way its implementation (foreach, fused, apex) wants.
-        sd = inner.state_dict()
-        order = [p for g in inner.param_groups for p in g["params"]]
-        sd["state"] = {i: states[p] for i, p in enumerate(order) if p in states}
-        inner.load_state_dict(sd)
+def _group(mesh):
+    return getattr(mesh, "checkpoint_group", None) if dist.is_initialized() else None
+
+
+def _all_gather(obj, group) -> list:
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def _agree(error, group) -> None:
+    """Every rank raises the first rank's error, or none does (no rank waits for a dead one)."""
+    errors = [e for e in _all_gather(error, group) if e]
+    if errors:
+        raise CheckpointError(errors[0])
+
+
+def _failure(exc, iteration: int, tmp: str, save_dir: str, rank: int) -> str:
+    failures = getattr(exc, "failures", None)  # DCP's CheckpointException: {rank: exception}
+    if failures:
+        rank, exc = next(iter(failures.items()))
+        exc = exc[0] if isinstance(exc, tuple) else exc
+    free = free_bytes(save_dir)
+    space = f"{free / 2 ** 30:.2f} GiB free on {save_dir}" if free is not None else f"free space of {save_dir} unknown"
+    return (f"saving the checkpoint of iteration {iteration} to {tmp} failed on rank {rank}: "
+            f"{type(exc).__name__}: {exc} ({space}); nothing was renamed, the tracker still names the previous "
+            "checkpoint")
 
 
 # --- save ------------------------------------------------------------------------------
-def _layout(mesh) -> dict:
-    return {"world_size": mesh.world_size, "tp": mesh.tp_size, "cp": mesh.cp_size, "dp": mesh.dp_size,
-            "ulysses": mesh.ulysses_size, "ring": mesh.ring_size}
+@dataclass
+class PendingSave:
+    """A save whose files are being written; finalised (rename, tracker) by :func:`finish_pending_save`."""
+    iteration: int
+    save_dir: str
+    tmp: str
+    files: list
+    meta: dict
+    start: float
+    writer: object = None
+    future: object = None
+    errors: list = field(default_factory=list)
 
 
 def save_checkpoint(ctx, save_dir: str | None = None) -> str:
     """Save model, optimizer, scheduler, loss scaler, RNG of every rank and the data position.
 
-    Collective: every rank calls it.  Returns the final directory.
+    Collective: every rank calls it.  Returns the final directory (with ``--async-save``
+    the directory it will have once the background write is finalised).
     """
-    save_dir = save_dir or ctx.args.save
-    mesh, state = ctx.mesh, ctx.state
-    iteration = state.iteration
-    rank = mesh.rank
+    finish_pending_save(ctx)
+    args, mesh, state = ctx.args, ctx.mesh, ctx.state
+    save_dir = save_dir or args.save
+    fmt = getattr(args, "ckpt_format", "torch_dist")
+    async_save = bool(getattr(args, "async_save", False)) and fmt == "torch_dist"
+    iteration, rank, group = state.iteration, mesh.rank, _group(mesh)
     final = os.path.join(save_dir, iter_dir_name(iteration))
     tmp = final + ".tmp"
     start = time.perf_counter()
@@ -153,58 +142,124 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
         os.makedirs(os.path.join(tmp, "rng"))
     _barrier()
 
-    model_sd, optim_sd = _gather_full(ctx.model, ctx.optimizer, mesh, writer=rank == 0)
-    if rank == 0:
-        torch_save({"model": model_sd, "optimizer": optim_sd,
-                     "scheduler": ctx.scheduler.state_dict(),
-                     "loss_scaler": ctx.optimizer.scaler.state_dict(),
-                     "train_state": dict(vars(state))}, os.path.join(tmp, MODEL_FILE))
-    torch_save({"layout": _layout(mesh), "coords": {"tp": mesh.tp_rank, "cp": mesh.cp_rank, "dp": mesh.dp_rank},
-                 "states": ctx.rng.get_states()}, os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
-    maybe_fault(iteration, "files")
-    _barrier()  # every rank's files are on disk
+    rng_file = os.path.join("rng", f"rank_{rank:05d}.pt")
+    error = None
+    try:  # local writes first: a failing rank must not leave the others in a collective
+        maybe_fault(iteration, "enospc")
+        torch_save({"layout": _layout(mesh), "coords": {"tp": mesh.tp_rank, "cp": mesh.cp_rank,
+                                                                     "dp": mesh.dp_rank, "pp": mesh.pp_rank},
+                                 "states": ctx.rng.get_states()}, os.path.join(tmp, rng_file))
+    except OSError as exc:
+        error = _failure(exc, iteration, tmp, save_dir, rank)
+    _agree(error, group)
 
+    ensure_optimizer_state(ctx.optimizer)
+    model_e, optim_e = model_entries(ctx.model, mesh), optimizer_entries(ctx.optimizer, ctx.model, mesh)
+    small = {"scheduler": ctx.scheduler.state_dict(), "loss_scaler": ctx.optimizer.scaler.state_dict(),
+             "train_state": dict(vars(state))}
+    meta = {"format_version": FORMAT_VERSION, "ckpt_format": fmt, "iteration": iteration,
+            "consumed_samples": state.consumed_samples, "layout": _layout(mesh),
+            "sharding": _sharding(args), "model_shape": {k: _jsonable(getattr(args, k, None))
+                                                          for k in MODEL_SHAPE_FLAGS},
+            "args": {k: _jsonable(v) for k, v in sorted(vars(args).items())}}
+    pending = PendingSave(iteration, save_dir, tmp, [rng_file], meta, start)
+    error = None
+    try:
+        if fmt == "torch":
+            pending.files += torch_legacy.save(model_e, optim_e, small, tmp, group, rank)
+        else:
+            meta.update(small)
+            sd = torch_dist.state_dict(model_e, optim_e, staged=async_save)
+            pending.writer, pending.future = torch_dist.save(sd, tmp, group, async_save)
+    except Exception as exc:  # noqa: BLE001 - DCP raises the same CheckpointException on every rank
+        error = _failure(exc, iteration, tmp, save_dir, rank)
+    if pending.future is None:
+        _agree(error, group)
+        _finalize(ctx, pending)
+    else:
+        ctx.pending_save = pending
+        if rank == mesh.world_size - 1:
+            print(f"  checkpoint of iteration {iteration:7d} is being written to {tmp} in the background "
+                  f"(--async-save) [ staged in {time.perf_counter() - start:.2f}s ]", flush=True)
+    return final
+
+
+def _sharding(args) -> str:
+    return ("fsdp2" if getattr(args, "use_torch_fsdp2", False) else
+            "dist-opt" if getattr(args, "use_distributed_optimizer", False) else "replicated")
+
+
+def finish_pending_save(ctx, blocking: bool = True) -> None:
+    """Finalise an ``--async-save`` whose files every rank has written (wait for it if ``blocking``).
+
+    Collective when a save is pending (every rank has one, the same)."""
+    pending = getattr(ctx, "pending_save", None)
+    if pending is None:
+        return
+    if not blocking and dist.is_initialized():
+        done = torch.tensor(float(pending.future.done()), device=ctx.device)
+        dist.all_reduce(done, op=dist.ReduceOp.MIN)  # main-thread collectives stay off the checkpoint group
+        if not done.item():
+            return
+    ctx.pending_save = None
+    error = None
+    try:
+        pending.future.result()
+    except Exception as exc:  # noqa: BLE001
+        error = _failure(exc, pending.iteration, pending.tmp, pending.save_dir, ctx.mesh.rank)
+    _agree(error, _group(ctx.mesh))
+    _finalize(ctx, pending)
+
+
+def _finalize(ctx, pending: PendingSave) -> None:
+    """Checksums, metadata.json, rename, tracker: the steps that make a written checkpoint the latest."""
+    mesh, rank, group = ctx.mesh, ctx.mesh.rank, _group(ctx.mesh)
+    files = list(pending.files) + (list(pending.writer.written) if pending.writer is not None else [])
+    mine = {rel: crc32_file(os.path.join(pending.tmp, rel)) for rel in files}
+    maybe_fault(pending.iteration, "files")
+    checksums = {}
+    for part in _all_gather(mine, group):
+        checksums.update(part)
     if rank == 0:
-        meta = {"format_version": FORMAT_VERSION, "iteration": iteration,
-                "consumed_samples": state.consumed_samples, "layout": _layout(mesh),
-                "model_shape": {k: _jsonable(getattr(ctx.args, k, None)) for k in MODEL_SHAPE_FLAGS},
-                "args": {k: _jsonable(v) for k, v in sorted(vars(ctx.args).items())},
-                "files": list_files(tmp), "saved_at": time.time()}
-        meta_path = os.path.join(tmp, METADATA)
-        with open(meta_path, "w") as f:
+        listed = list_files(pending.tmp)
+        for rel in sorted(set(listed) - set(checksums)):  # DCP's .metadata, written by the coordinator
+            checksums[rel] = crc32_file(os.path.join(pending.tmp, rel))
+        meta = dict(pending.meta, files=listed, checksums=checksums, saved_at=time.time())
+        with open(os.path.join(pending.tmp, METADATA), "w") as f:
             json.dump(meta, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        fsync_dir(os.path.join(tmp, "rng"))
-        fsync_dir(tmp)
+        fsync_dir(os.path.join(pending.tmp, "rng"))
+        fsync_dir(pending.tmp)
+        final = pending.tmp[:-len(".tmp")]
         if os.path.exists(final):  # a checkpoint of this iteration the tracker no longer points at
             stale = final + ".old.tmp"
             shutil.rmtree(stale, ignore_errors=True)
             os.rename(final, stale)
             shutil.rmtree(stale, ignore_errors=True)
-        os.rename(tmp, final)
-        fsync_dir(save_dir)
-    maybe_fault(iteration, "rename")
+        os.rename(pending.tmp, final)
+        fsync_dir(pending.save_dir)
+    maybe_fault(pending.iteration, "rename")
     if rank == 0:
-        write_text_atomic(os.path.join(save_dir, TRACKER), f"{iteration}\n")
+        write_text_atomic(os.path.join(pending.save_dir, TRACKER), f"{pending.iteration}\n")
         keep = getattr(ctx.args, "keep_last_n_checkpoints", None)
         if keep:
-            prune(save_dir, keep, iteration)
+            prune(pending.save_dir, keep, pending.iteration)
     _barrier()
     if rank == mesh.world_size - 1:
-        print(f"  successfully saved checkpoint at iteration {iteration:7d} to {save_dir} "
-              f"[ {time.perf_counter() - start:.2f}s ]", flush=True)
-    return final
+        print(f"  successfully saved checkpoint at iteration {pending.iteration:7d} to {pending.save_dir} "
+              f"[ {time.perf_counter() - pending.start:.2f}s ]", flush=True)
 
 
 # --- load ------------------------------------------------------------------------------
-
-
 def check_model_args(meta: dict, args, path: str) -> None:
     saved = meta.get("model_shape", {})
     for key in MODEL_SHAPE_FLAGS:
         if key not in saved:
             continue
+        if key == "max_position_embeddings" and saved.get("position_embedding_type") == "rope" == \
+                getattr(args, "position_embedding_type", None):
+            continue  # RoPE has no position weights: a longer context loads the same checkpoint
         mine = _jsonable(getattr(args, key, None))
         if saved[key] != mine:
             flag = "--" + key.replace("_", "-")
@@ -214,18 +269,56 @@ def check_model_args(meta: dict, args, path: str) -> None:
                                   f"use the checkpoint's value to load it")
 
 
+def _verify(path: str, meta: dict, mesh) -> None:
+    """Each rank checks a share of the files' checksums; every rank stops on a mismatch."""
+    sums = meta.get("checksums") or {}
+    rank, world = (mesh.rank, mesh.world_size) if dist.is_initialized() else (0, 1)
+    _agree(verify_checksums(path, sums, lambda i: i % world == rank), _group(mesh))
+
+
 def _reseed(ctx, iteration: int) -> None:
     from ..tensor_parallel import RNGTracker
     m = ctx.mesh
-    fresh = RNGTracker(ctx.args.seed + iteration, m.tp_rank, m.cp_rank, m.dp_rank, ctx.device)
+    fresh = RNGTracker(ctx.args.seed + iteration, m.tp_rank, m.cp_rank, m.dp_rank, ctx.device, m.pp_rank)
     ctx.rng.set_states(fresh.get_states())
+
+
+def _load_tensors(path: str, meta: dict, ctx, load_optim: bool) -> dict:
+    """Fill this rank's pieces of the model (and optimizer); return the small state (scheduler ...)."""
+    mesh = ctx.mesh
+    if load_optim:
+        ensure_optimizer_state(ctx.optimizer)
+    model_e = model_entries(ctx.model, mesh)
+    optim_e = optimizer_entries(ctx.optimizer, ctx.model, mesh) if load_optim else {}
+    if ckpt_format(meta) == "torch":
+        full = torch_legacy.load_full_state(path)
+        torch_legacy.load(full, model_e, optim_e, path, exact_names=getattr(mesh, "pp_size", 1) == 1)
+        return full
+    saved = torch_dist.saved_keys(path)
+    for name, (_, shape, _) in model_e.items():
+        if f"model.{name}" not in saved:
+            raise CheckpointError(f"checkpoint {path} does not match this model: it has no {name}; check "
+                                  "--num-layers, --untie-embeddings-and-output-weights, --disable-bias-linear, "
+                                  "--position-embedding-type, --normalization")
+        if saved[f"model.{name}"] != tuple(shape):
+            raise CheckpointError(f"checkpoint {path}: parameter {name} has shape {saved[f'model.{name}']}, this "
+                                  f"model expects {tuple(shape)}; the model flags differ")
+    if optim_e and not any(k.startswith("optimizer.") for k in saved):
+        raise CheckpointError(f"checkpoint {path} holds no optimizer state (a weights-only checkpoint); pass "
+                              "--finetune, or --no-load-optim to keep its iteration")
+    try:
+        torch_dist.load(torch_dist.state_dict(model_e, optim_e), path, _group(mesh))
+    except Exception as exc:  # noqa: BLE001 - DCP raises the same CheckpointException on every rank
+        raise CheckpointError(f"checkpoint {path} cannot be read: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return meta
 
 
 def load_checkpoint(ctx, load_dir: str | None = None) -> int:
     """Restore what ``--load`` (and ``--no-load-optim``, ``--no-load-rng``, ``--finetune``) ask for.
 
     Returns the iteration loaded (0 when there is nothing to load).  Every rank reads the
-    full tensors and keeps its shard, so any TP/CP/DP layout loads any checkpoint.
+    pieces it holds, so any TP/CP/PP/DP layout and sharding mode loads any checkpoint.
     """
     args, mesh = ctx.args, ctx.mesh
     load_dir = load_dir or args.load
@@ -240,21 +333,21 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
     path = checkpoint_dir(load_dir, iteration)
     meta = read_metadata(path)
     check_model_args(meta, args, path)
-    full = load_full_state(path)
+    _verify(path, meta, mesh)
     finetune = args.finetune
     load_optim = not (args.no_load_optim or finetune)
-    _shard_into(ctx.model, ctx.optimizer, mesh, full["model"], full.get("optimizer") or {}, load_optim, path)
+    small = _load_tensors(path, meta, ctx, load_optim)
     if load_optim:
-        ctx.optimizer.scaler.load_state_dict(full["loss_scaler"])
-        ctx.scheduler.load_state_dict(full["scheduler"])
+        ctx.optimizer.scaler.load_state_dict(small["loss_scaler"])
+        ctx.scheduler.load_state_dict(small["scheduler"])
     if not finetune:
-        for key, value in full["train_state"].items():
+        for key, value in small["train_state"].items():
             setattr(ctx.state, key, value)
         if not load_optim:  # --no-load-optim: Megatron keeps the iteration, the schedule restarts from it
             ctx.scheduler.num_steps = ctx.state.iteration
             ctx.scheduler.step(0)
     resumed = 0 if finetune else ctx.state.iteration
-    same_layout = meta.get("layout") == _layout(mesh)
+    same_layout = {"pp": 1, **(meta.get("layout") or {})} == _layout(mesh)  # checkpoints before PP: no "pp"
     if not (finetune or args.no_load_rng):
         if same_layout:
             rng_file = os.path.join(path, "rng", f"rank_{mesh.rank:05d}.pt")
@@ -268,7 +361,8 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
             _reseed(ctx, resumed)
             if last:
                 lay = meta.get("layout", {})
-                print(f"> checkpoint layout TP {lay.get('tp')} x CP {lay.get('cp')} x DP {lay.get('dp')} differs "
+                print(f"> checkpoint layout TP {lay.get('tp')} x CP {lay.get('cp')} x PP {lay.get('pp', 1)} x DP "
+                      f"{lay.get('dp')} differs "
                       f"from this run's: RNG streams reseeded from --seed and iteration {resumed} "
                       "(as --no-load-rng)", flush=True)
     elif args.no_load_rng or finetune:
@@ -277,7 +371,7 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
     if last:
         what = "model only (--finetune)" if finetune else (
             "model (--no-load-optim)" if not load_optim else "model, optimizer, scheduler, loss scaler")
-        print(f"  loaded checkpoint {path} at iteration {iteration}: {what}; continuing from iteration "
-              f"{ctx.state.iteration}, consumed samples {ctx.state.consumed_samples} "
-              f"[ {time.perf_counter() - start:.2f}s ]", flush=True)
+        print(f"  loaded checkpoint {path} ({ckpt_format(meta)}, saved {meta.get('sharding', 'replicated')}) at "
+              f"iteration {iteration}: {what}; continuing from iteration {ctx.state.iteration}, consumed samples "
+              f"{ctx.state.consumed_samples} [ {time.perf_counter() - start:.2f}s ]", flush=True)
     return resumed

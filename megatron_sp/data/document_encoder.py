@@ -16,9 +16,10 @@ _STATE: dict = {}
 
 
 def init_encoder(tokenizer_type, tokenizer_model, vocab_size, keys, append_eod, json_flags,
-                 dtype) -> None:
+                 dtype, tokenizer_options=None) -> None:
     """Set up this process: the tokenizer and how to parse lines of each input file."""
-    _STATE.update(tok=build_tokenizer(tokenizer_type, tokenizer_model, vocab_size), keys=keys,
+    tok = build_tokenizer(tokenizer_type, tokenizer_model, vocab_size, **(tokenizer_options or {}))
+    _STATE.update(tok=tok, keys=keys,
                   append_eod=append_eod, json_flags=json_flags, dtype=dtype)
 
 

@@ -36,15 +36,19 @@ import torch
 from .blended_dataset import BlendedDataset, _open, blend_schedule, parse_data_path
 from .index_cache import cached_arrays
 from .indexed_dataset import IndexedDataset  # noqa: F401  (re-exported for callers)
-from .mock_dataset import sample_dict
+from .mock_dataset import MockDocuments, sample_dict
 
 SPLIT_NAMES = ("train", "valid", "test")
 
 
 def parse_split(split: str) -> list[float]:
-    """``"969,30,1"`` -> normalised ``[0.969, 0.03, 0.001]`` (missing parts are 0)."""
+    """``"969,30,1"`` -> normalised ``[0.969, 0.03, 0.001]`` (missing parts are 0).
+
+    Quotes around the value are dropped: launch scripts that keep ``"--split '99,1,0'"`` in a
+    bash array pass the quotes through to the program."""
+    split = str(split).strip().strip("'\"")
     try:
-        parts = [float(x) for x in str(split).replace("/", ",").split(",") if x.strip()]
+        parts = [float(x) for x in split.replace("/", ",").split(",") if x.strip()]
     except ValueError:
         parts = []
     if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
@@ -106,7 +110,8 @@ class GPTDataset(torch.utils.data.Dataset):
                              "--split (train,valid,test weights)" + (
                                  "" if name == "train" else " or turn evaluation off with --eval-iters 0"))
         description = {
-            "class": "GPTDataset", "version": 2, "prefix": os.path.abspath(indexed.prefix),
+            "class": "GPTDataset", "version": 2,
+            "prefix": getattr(indexed, "cache_key", None) or os.path.abspath(indexed.prefix),
             "split": name, "first_doc": int(doc_ids[0]), "num_docs": len(doc_ids),
             "sizes_crc32": zlib.crc32(np.ascontiguousarray(sizes[doc_ids]).tobytes()),
             "seq_length": seq_length, "num_samples": num_samples, "seed": seed}
@@ -143,9 +148,8 @@ def default_cache_dir(prefix: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(prefix)), "cache", "GPTDataset_indices")
 
 
-def _split_datasets(prefix, fractions, seq_length, seed, counts, eod, eod_mask_loss, cache_dir):
-    """The three GPTDatasets (or None) of one prefix, with ``counts[i]`` samples each."""
-    indexed = _open(prefix)
+def _split_datasets(indexed, fractions, seq_length, seed, counts, eod, eod_mask_loss, cache_dir):
+    """The three GPTDatasets (or None) of one indexed dataset, with ``counts[i]`` samples each."""
     bounds = split_bounds(len(indexed), fractions)
     out = []
     for i, name in enumerate(SPLIT_NAMES):
@@ -154,8 +158,16 @@ def _split_datasets(prefix, fractions, seq_length, seed, counts, eod, eod_mask_l
             continue
         doc_ids = np.arange(bounds[i], bounds[i + 1], dtype=np.int64)
         out.append(GPTDataset(indexed, doc_ids, seq_length, int(counts[i]), seed, eod,
-                              eod_mask_loss, cache_dir or default_cache_dir(prefix), name))
+                              eod_mask_loss, cache_dir, name))
     return out
+
+
+def _counts(num_samples, fractions) -> tuple:
+    """Samples asked of each split; 0 where its ``--split`` weight is 0 (as Megatron: no dataset)."""
+    if len(num_samples) != 3 or any(int(n) < 0 for n in num_samples):
+        raise ValueError(f"num_samples {num_samples!r} must be three counts >= 0 "
+                         "(train, valid, test)")
+    return tuple(int(n) if f > 0 else 0 for n, f in zip(num_samples, fractions))
 
 
 def build_gpt_datasets(data_path: list[str], split: str, seq_length: int, seed: int,
@@ -170,19 +182,25 @@ def build_gpt_datasets(data_path: list[str], split: str, seq_length: int, seed: 
     """
     prefixes, weights = parse_data_path(data_path)
     fractions = parse_split(split)
-    if len(num_samples) != 3 or any(int(n) < 0 for n in num_samples):
-        raise ValueError(f"num_samples {num_samples!r} must be three counts >= 0 "
-                         "(train, valid, test)")
-    num_samples = tuple(int(n) if f > 0 else 0 for n, f in zip(num_samples, fractions))
+    num_samples = _counts(num_samples, fractions)
+
+    def of_prefix(prefix, counts):
+        return _split_datasets(_open(prefix), fractions, seq_length, seed, counts, eod, eod_mask_loss,
+                               cache_dir or default_cache_dir(prefix))
+
     if len(prefixes) == 1:
-        return tuple(_split_datasets(prefixes[0], fractions, seq_length, seed, num_samples,
-                                     eod, eod_mask_loss, cache_dir))
+        return tuple(of_prefix(prefixes[0], num_samples))
     schedules = [blend_schedule(weights, int(n)) for n in num_samples]
-    per_prefix = []
-    for d, prefix in enumerate(prefixes):
-        counts = [int((s == d).sum()) for s in schedules]
-        per_prefix.append(_split_datasets(prefix, fractions, seq_length, seed, counts, eod,
-                                          eod_mask_loss, cache_dir))
+    per_prefix = [of_prefix(prefix, [int((s == d).sum()) for s in schedules]) for d, prefix in enumerate(prefixes)]
     return tuple(
         BlendedDataset([per_prefix[d][i] for d in range(len(prefixes))], schedules[i])
         if num_samples[i] > 0 else None for i in range(3))
+
+
+def build_mock_gpt_datasets(split: str, seq_length: int, seed: int, num_samples: tuple[int, int, int],
+                            vocab_size: int, eod: int, eod_mask_loss: bool = False, cache_dir: str | None = None):
+    """``--mock-data``: the same splits, packing and index cache over generated documents
+    (mock_dataset.MockDocuments); the index is cached only under ``--data-cache-path``."""
+    fractions = parse_split(split)
+    return tuple(_split_datasets(MockDocuments(seq_length, vocab_size, eod, seed), fractions, seq_length, seed,
+                                 _counts(num_samples, fractions), eod, eod_mask_loss, cache_dir))

@@ -1,12 +1,23 @@
-"""Synthetic GPT samples for ``--mock-data``: a function of (seed, sample index) only.
+"""Synthetic documents for ``--mock-data``, packed into samples exactly as real data is.
 
-Tokens are not uniform noise: each sample repeats a short random motif with
-noise, so a model has something to learn and the loss visibly falls.  Nothing
-depends on the parallel layout, so every layout sees the same global batch.
+As in Megatron-LM, mock data is a low-level dataset of generated *documents* (each ending
+with EOD) that the ordinary GPT dataset splits (``--split``), orders, packs and shuffles, with
+its index cached under ``--data-cache-path`` when one is given.  So ``--split``,
+``--data-cache-path``, ``--eod-mask-loss`` and ``--seed`` mean on mock data what they mean
+on real data.
+
+The documents are not uniform noise: token ids follow a Zipf law (id k with weight
+1 / (k + 1), as word frequencies do) and each document repeats a short motif with 10% noise,
+so a model has something to learn at once (frequencies) and later (copying).  ``MOCK_DOCUMENTS`` documents of
+1 .. 2 x seq_length tokens each; document ``i`` is a function of ``(seed, i)`` only, so
+nothing depends on the parallel layout.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+MOCK_DOCUMENTS = 100_000  # as Megatron-LM's mock dataset: every split has many documents
 
 
 def sample_dict(text: torch.Tensor, eod: int | None = None, eod_mask_loss: bool = False) -> dict:
@@ -19,23 +30,41 @@ def sample_dict(text: torch.Tensor, eod: int | None = None, eod_mask_loss: bool 
             "position_ids": torch.arange(tokens.numel(), dtype=torch.long)}
 
 
-class MockGPTDataset(torch.utils.data.Dataset):
-    def __init__(self, num_samples: int, seq_length: int, vocab_size: int, seed: int = 1234,
-                 split_offset: int = 0):
-        self.num_samples, self.seq_length, self.vocab_size = num_samples, seq_length, vocab_size
-        self.seed, self.split_offset = seed, split_offset
+class MockDocuments:
+    """The indexed-dataset interface (``sizes``, ``get``, ``prefix``) over generated documents."""
+
+    def __init__(self, seq_length: int, vocab_size: int, eod: int, seed: int = 1234,
+                 num_documents: int = MOCK_DOCUMENTS):
+        if vocab_size < 2:
+            raise ValueError(f"--mock-data needs a vocabulary of at least 2 ids (got {vocab_size})")
+        self.vocab_size, self.eod, self.seed = int(vocab_size), int(eod), int(seed)
+        rng = np.random.RandomState([self.seed % 2**32, 0x6D6F636B])
+        self.sizes = rng.randint(1, 2 * seq_length + 1, size=num_documents).astype(np.int32)
+        self.prefix = "mock"
+        # what the cached index depends on besides the sizes (GPTDataset hashes it)
+        self.cache_key = "mock-documents-v1"
+        self.num_tokens = int(self.sizes.sum(dtype=np.int64))
+        weights = 1.0 / np.arange(1, self.vocab_size, dtype=np.float64)
+        self._cdf = np.cumsum(weights) / weights.sum()
+
+    def _draw(self, rng, n: int) -> np.ndarray:
+        """``n`` ids in ``[0, vocab_size - 1)``, Zipf-distributed."""
+        return np.minimum(np.searchsorted(self._cdf, rng.rand(n), side="right"), self.vocab_size - 2)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return len(self.sizes)
 
-    def __getitem__(self, idx: int) -> dict:
-        if not 0 <= idx < self.num_samples:
-            raise IndexError(idx)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.split_offset * 7_919 + idx)
-        n = self.seq_length + 1
-        motif_len = int(torch.randint(3, 17, (1,), generator=g))
-        motif = torch.randint(0, self.vocab_size, (motif_len,), generator=g)
-        text = motif.repeat(n // motif_len + 1)[:n]
-        noise = torch.rand(n, generator=g) < 0.1
-        text[noise] = torch.randint(0, self.vocab_size, (int(noise.sum()),), generator=g)
-        return sample_dict(text)
+    def document(self, idx: int) -> np.ndarray:
+        n = int(self.sizes[idx])
+        rng = np.random.RandomState([self.seed % 2**32, 1 + idx])
+        motif = self._draw(rng, rng.randint(3, 17))
+        text = np.resize(motif, n)
+        noise = rng.rand(n) < 0.1
+        text[noise] = self._draw(rng, int(noise.sum()))
+        text[text >= self.eod] += 1  # ids other than EOD, so EOD marks document ends only
+        text[-1] = self.eod
+        return text.astype(np.int64)
+
+    def get(self, idx: int, offset: int = 0, length: int | None = None) -> np.ndarray:
+        doc = self.document(idx)
+        return doc[offset:] if length is None else doc[offset:offset + length]

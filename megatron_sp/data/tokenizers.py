@@ -7,34 +7,111 @@
 Types (the names Megatron-LM uses, so data and checkpoints line up):
 
 * ``NullTokenizer`` -- the text *is* space-separated ids.  ``--vocab-size V`` gives
-  ids ``0..V-1``; EOD is the extra id ``V`` and ``vocab_size`` is ``V + 1``.
+  ids ``0..V-1``, ``vocab_size`` V, and EOD the last id ``V - 1`` (``--null-tokenizer-eod-id``
+  picks another), as current Megatron-LM.
+* ``GPT2BPETokenizer`` -- GPT-2's byte-level BPE from ``--vocab-file`` (vocab.json) and
+  ``--merge-file`` (merges.txt); EOD is ``<|endoftext|>`` (gpt2_bpe.py).
 * ``SentencePieceTokenizer`` -- a SentencePiece model plus Megatron's special tokens
   ``<CLS> <SEP> <EOD> <MASK>`` (and pad/bos/eos).  A special token missing from the
   model gets the next free id, so ``vocab_size`` may exceed the model's size;
   ``tools/train_tokenizer.py`` puts them all in the model.  EOD is ``<EOD>``.
 * ``GPTSentencePieceTokenizer`` -- the plain SentencePiece model; EOD is its ``</s>``.
-* ``HuggingFaceTokenizer`` -- a Hugging Face ``tokenizers`` JSON file, only if the
-  ``tokenizers`` package is installed (it is not a requirement).  EOD is the first of
-  ``<|endoftext|>``, ``</s>``, ``<eos>``, ``<EOD>`` found in its vocabulary.
+* ``Llama2Tokenizer`` -- the plain SentencePiece model with its BOS put before every
+  document, as Megatron-LM's Llama-2 tokenizer does; EOD is its ``</s>``.
+* ``HuggingFaceTokenizer`` -- a directory saved by ``save_pretrained`` (``tokenizer.json`` +
+  ``tokenizer_config.json``) or a ``tokenizer.json`` file; EOD is the eos token
+  (hf_tokenizer.py).  Needs the ``tokenizers`` package.
+* ``TikTokenizer`` -- a tiktoken vocabulary JSON with ``--tiktoken-pattern v1|v2``
+  (hf_tokenizer.py).  Needs the ``tiktoken`` package.
 """
 from __future__ import annotations
 
+import json
 import os
 
-TOKENIZER_TYPES = ("NullTokenizer", "SentencePieceTokenizer", "GPTSentencePieceTokenizer",
-                   "HuggingFaceTokenizer")
+from ..flag_types import NON_NEGATIVE_INT, POSITIVE_INT
+
+TOKENIZER_TYPES = ("NullTokenizer", "GPT2BPETokenizer", "SentencePieceTokenizer", "GPTSentencePieceTokenizer",
+                   "Llama2Tokenizer", "HuggingFaceTokenizer", "TikTokenizer")
+# Megatron-DeepSpeed's name of the Hugging Face tokenizer
+TOKENIZER_ALIASES = {"HFTokenizer": "HuggingFaceTokenizer"}
+# The options build_tokenizer takes besides type, model and vocabulary size (flag dests).
+TOKENIZER_OPTIONS = ("vocab_file", "merge_file", "tiktoken_pattern", "tiktoken_num_special_tokens",
+                     "null_tokenizer_eod_id")
+
+
+def add_tokenizer_arguments(group, default_type: str | None = None) -> None:
+    """The tokenizer flags, shared by pretrain_gpt.py and the data tools."""
+    group.add_argument("--tokenizer-type", default=default_type,
+                       choices=list(TOKENIZER_TYPES) + list(TOKENIZER_ALIASES),
+                       help="default: GPT2BPETokenizer with --vocab-file (Megatron's default), else NullTokenizer")
+    group.add_argument("--tokenizer-model", default=None,
+                       help="SentencePiece model, Hugging Face directory or tokenizer.json, tiktoken JSON")
+    group.add_argument("--vocab-size", type=POSITIVE_INT, default=None,
+                       help="NullTokenizer: ids 0..V-1 (EOD V-1); TikTokenizer: vocabulary size")
+    group.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer: vocab.json")
+    group.add_argument("--merge-file", default=None, help="GPT2BPETokenizer: merges.txt")
+    group.add_argument("--tiktoken-pattern", choices=["v1", "v2"], default=None,
+                       help="TikTokenizer: the split pattern (default v2)")
+    group.add_argument("--tiktoken-num-special-tokens", type=NON_NEGATIVE_INT, default=1000)
+    group.add_argument("--null-tokenizer-eod-id", type=NON_NEGATIVE_INT, default=None,
+                       help="NullTokenizer: the EOD id (default --vocab-size - 1)")
+
+
+def resolve_tokenizer_type(tokenizer_type: str | None, vocab_file: str | None = None) -> str:
+    """``None`` (not given) -> Megatron's pretrain_gpt default GPT2BPETokenizer when a
+    ``--vocab-file`` is given, else NullTokenizer; Megatron-DeepSpeed aliases -> our names."""
+    if tokenizer_type is None:
+        return "GPT2BPETokenizer" if vocab_file else "NullTokenizer"
+    return TOKENIZER_ALIASES.get(tokenizer_type, tokenizer_type)
+
+
+def tokenizer_options(args) -> dict:
+    """The build_tokenizer keyword options held by a parsed ``args`` (missing ones left out)."""
+    return {k: getattr(args, k) for k in TOKENIZER_OPTIONS if getattr(args, k, None) is not None}
+
+
+# Which tokenizer types read each option flag (the others ignore it, as Megatron-LM's do).
+_READ_BY = {"tokenizer_model": ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer",
+                                "HuggingFaceTokenizer", "TikTokenizer"),
+            "vocab_size": ("NullTokenizer", "TikTokenizer"), "vocab_file": ("GPT2BPETokenizer",),
+            "merge_file": ("GPT2BPETokenizer",), "tiktoken_pattern": ("TikTokenizer",),
+            "null_tokenizer_eod_id": ("NullTokenizer",)}
+
+
+def unused_tokenizer_flags(args) -> list:
+    """One note per tokenizer flag given that the chosen ``--tokenizer-type`` does not read."""
+    kind = resolve_tokenizer_type(args.tokenizer_type, getattr(args, "vocab_file", None))
+    notes = []
+    for dest, readers in _READ_BY.items():
+        value = getattr(args, dest, None)
+        if value is not None and kind not in readers:
+            extra = (" (the vocabulary is the tokenizer's; --padded-vocab-size sets the model's rows)"
+                     if dest == "vocab_size" else "")
+            notes.append(f"--{dest.replace('_', '-')} {value} has no effect with --tokenizer-type {kind}{extra}")
+    return notes
+
+
+def build_tokenizer_from_args(args):
+    return build_tokenizer(resolve_tokenizer_type(args.tokenizer_type, getattr(args, "vocab_file", None)),
+                           getattr(args, "tokenizer_model", None), getattr(args, "vocab_size", None),
+                           **tokenizer_options(args))
 
 
 class NullTokenizer:
-    """Ids in, ids out: ``"3 1 4"`` -> ``[3, 1, 4]``; EOD is ``vocab_size - 1``."""
+    """Ids in, ids out: ``"3 1 4"`` -> ``[3, 1, 4]``; ``vocab_size`` V, EOD ``V - 1`` by default."""
 
-    def __init__(self, vocab_size: int):
-        self._n = int(vocab_size)
-        self.vocab_size = self._n + 1
-        self.eod = self._n
+    def __init__(self, vocab_size: int, eod_id: int | None = None):
+        self.vocab_size = int(vocab_size)
+        self.eod = self.vocab_size - 1 if eod_id is None else int(eod_id)
+        if not 0 <= self.eod < self.vocab_size:
+            raise ValueError(f"--null-tokenizer-eod-id {self.eod} is outside [0, --vocab-size {self.vocab_size})")
 
     def tokenize(self, text: str) -> list[int]:
-        ids = [int(x) for x in text.split()]
+        try:
+            ids = [int(x) for x in text.split()]
+        except ValueError:
+            raise ValueError(f"NullTokenizer: {text[:40]!r} is not space-separated token ids") from None
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"NullTokenizer: id {bad[0]} outside [0, {self.vocab_size})")
@@ -68,6 +145,21 @@ class GPTSentencePieceTokenizer(_SentencePieceBase):
 
     def detokenize(self, ids) -> str:
         return self.sp.decode_ids([int(i) for i in ids])
+
+
+class Llama2Tokenizer(GPTSentencePieceTokenizer):
+    """Plain SentencePiece with the model's BOS before every document, as Megatron-LM's Llama-2
+    tokenizer (``tokenize(text)`` = ``[bos] + encode(text)``); EOD is ``</s>``."""
+
+    def __init__(self, model_file: str):
+        super().__init__(model_file)
+        self.bos = self.sp.bos_id()
+        if self.bos < 0:
+            raise ValueError(f"--tokenizer-model {model_file}: the model has no bos piece, which "
+                             "Llama2Tokenizer puts first; use GPTSentencePieceTokenizer")
+
+    def tokenize(self, text: str) -> list[int]:
+        return [self.bos] + self.sp.encode_as_ids(text)
 
 
 class SentencePieceTokenizer(_SentencePieceBase):
@@ -122,56 +214,53 @@ class SentencePieceTokenizer(_SentencePieceBase):
         return out + self.sp.decode_ids(ids[start:])
 
 
-class HuggingFaceTokenizer:
-    """A ``tokenizers`` JSON file (e.g. ``tokenizer.json``)."""
-
-    EOD_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<EOD>")
-
-    def __init__(self, model_file: str):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError as e:
-            raise ValueError("--tokenizer-type HuggingFaceTokenizer needs the optional "
-                             "'tokenizers' package: pip install tokenizers") from e
-        self.tok = Tokenizer.from_file(model_file)
-        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-        vocab = self.tok.get_vocab(with_added_tokens=True)
-        found = [vocab[p] for p in self.EOD_CANDIDATES if p in vocab]
-        if not found:
-            raise ValueError(f"--tokenizer-model {model_file}: no end-of-document token "
-                             f"(one of {self.EOD_CANDIDATES}) in the vocabulary")
-        self.eod = found[0]
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def detokenize(self, ids) -> str:
-        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-
-def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None,
-                    vocab_size: int | None = None):
+def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, vocab_size: int | None = None,
+                    *, vocab_file: str | None = None, merge_file: str | None = None,
+                    tiktoken_pattern: str | None = None, tiktoken_num_special_tokens: int = 1000,
+                    null_tokenizer_eod_id: int | None = None):
     """Build the tokenizer named by ``--tokenizer-type`` (see the module docstring)."""
+    tokenizer_type = resolve_tokenizer_type(tokenizer_type, vocab_file)
     if tokenizer_type == "NullTokenizer":
         if vocab_size is None or int(vocab_size) <= 0:
             raise ValueError(f"--tokenizer-type NullTokenizer needs --vocab-size > 0 "
-                             f"(got {vocab_size!r}): ids are 0..V-1 and EOD is V")
-        return NullTokenizer(vocab_size)
+                             f"(got {vocab_size!r}): ids are 0..V-1 and EOD is V-1")
+        return NullTokenizer(vocab_size, null_tokenizer_eod_id)
     if tokenizer_type not in TOKENIZER_TYPES:
         raise ValueError(f"--tokenizer-type {tokenizer_type!r} is not supported; "
                          f"choose one of {', '.join(TOKENIZER_TYPES)}")
+    if tokenizer_type == "GPT2BPETokenizer":
+        for flag, path in (("--vocab-file", vocab_file), ("--merge-file", merge_file)):
+            if not path or not os.path.isfile(path):
+                raise ValueError(f"--tokenizer-type GPT2BPETokenizer needs {flag} (GPT-2's "
+                                 f"{'vocab.json' if flag == '--vocab-file' else 'merges.txt'}); got {path!r}")
+        from .gpt2_bpe import GPT2BPETokenizer
+        return _load(GPT2BPETokenizer, tokenizer_type, vocab_file, vocab_file, merge_file)
     if not tokenizer_model:
         raise ValueError(f"--tokenizer-type {tokenizer_type} needs --tokenizer-model PATH "
                          "(tools/train_tokenizer.py makes a SentencePiece model)")
+    if tokenizer_type == "HuggingFaceTokenizer":
+        if not os.path.exists(tokenizer_model):
+            raise ValueError(f"--tokenizer-model {tokenizer_model!r}: no such directory or file")
+        from .hf_tokenizer import HuggingFaceTokenizer
+        return _load(HuggingFaceTokenizer, tokenizer_type, tokenizer_model, tokenizer_model)
     if not os.path.isfile(tokenizer_model):
         raise ValueError(f"--tokenizer-model {tokenizer_model!r}: no such file")
-    cls = {"SentencePieceTokenizer": SentencePieceTokenizer,
-           "GPTSentencePieceTokenizer": GPTSentencePieceTokenizer,
-           "HuggingFaceTokenizer": HuggingFaceTokenizer}[tokenizer_type]
+    if tokenizer_type == "TikTokenizer":
+        from .hf_tokenizer import TikTokenizer
+        return _load(TikTokenizer, tokenizer_type, tokenizer_model, tokenizer_model, tiktoken_pattern,
+                     vocab_size, tiktoken_num_special_tokens)
+    cls = {"SentencePieceTokenizer": SentencePieceTokenizer, "GPTSentencePieceTokenizer": GPTSentencePieceTokenizer,
+           "Llama2Tokenizer": Llama2Tokenizer}[tokenizer_type]
+    return _load(cls, tokenizer_type, tokenizer_model, tokenizer_model)
+
+
+def _load(cls, tokenizer_type, path, *args):
     try:
-        return cls(tokenizer_model)
+        return cls(*args)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--tokenizer-model {path!r} could not be loaded as a {tokenizer_type} model: {e}") from e
     except ValueError:
         raise
-    except Exception as e:  # sentencepiece raises OSError/RuntimeError on a bad file
-        raise ValueError(f"--tokenizer-model {tokenizer_model!r} could not be loaded as a "
+    except Exception as e:  # sentencepiece raises OSError/RuntimeError, tokenizers an Exception, on a bad file
+        raise ValueError(f"--tokenizer-model {path!r} could not be loaded as a "
                          f"{tokenizer_type} model: {e}") from e

@@ -5,6 +5,18 @@ from dataclasses import dataclass
 from typing import Optional
 
 
+def default_ffn_hidden_size(hidden_size: int, swiglu: bool) -> int:
+    """Megatron-LM's default MLP width: ``4 h``, or with SwiGLU (two input projections)
+    ``int(8 h / 3 / 64) * 64``, so the parameter count stays near the GELU model's."""
+    if not swiglu:
+        return 4 * hidden_size
+    width = int((4 * hidden_size * 2 / 3) / 64) * 64
+    if width == 0:
+        raise ValueError(f"--swiglu without --ffn-hidden-size gives Megatron's int(8 h / 3 / 64) * 64 = 0 for "
+                         f"--hidden-size {hidden_size}; pass --ffn-hidden-size")
+    return width
+
+
 @dataclass
 class GPTConfig:
     num_layers: int
@@ -27,6 +39,7 @@ class GPTConfig:
     init_method_std: float = 0.02
     sequence_parallel: bool = False
     cp_comm_type: str = "p2p"
+    attention_backend: str = "auto"  # --attention-backend (sequence_parallel/backends.py)
     recompute_granularity: Optional[str] = None  # None, "full", "selective"
     recompute_method: Optional[str] = None  # "uniform" or "block" (full only)
     recompute_num_layers: int = 1
@@ -37,10 +50,17 @@ class GPTConfig:
     cross_entropy_loss_fusion: bool = False
     tiled_mlp_chunk_size: int = 0
     cpu_offloading_num_layers: int = 0
+    # Megatron-LM interop (issue 13)
+    rotary_percent: float = 1.0  # fraction of each head's channels RoPE rotates
+    rotary_interpolation_factor: Optional[float] = None  # positions / factor
+    rope_scaling_factor: Optional[float] = None  # Llama-3.1 frequency scaling (--use-rope-scaling)
+    apply_layernorm_1p: bool = False  # norm weight stored as gamma - 1
+    add_qkv_bias: bool = False  # bias in linear_qkv even without add_bias_linear (Qwen2)
+    openai_gelu: bool = False  # tanh-approximated GELU
 
     def __post_init__(self):
         if self.ffn_hidden_size is None:
-            self.ffn_hidden_size = 4 * self.hidden_size
+            self.ffn_hidden_size = default_ffn_hidden_size(self.hidden_size, self.swiglu)
         if self.num_query_groups is None:
             self.num_query_groups = self.num_attention_heads
         if self.kv_channels is None:
@@ -56,6 +76,10 @@ class GPTConfig:
                              "choose learned_absolute or rope")
         if self.normalization not in ("LayerNorm", "RMSNorm"):
             raise ValueError(f"--normalization {self.normalization!r}: choose LayerNorm or RMSNorm")
+        rot = int(self.kv_channels * self.rotary_percent)
+        if self.position_embedding_type == "rope" and (rot < 2 or rot % 2):
+            raise ValueError(f"--rotary-percent {self.rotary_percent} rotates {rot} of --kv-channels "
+                             f"{self.kv_channels} channels; it must be an even number >= 2")
         if self.recompute_granularity not in (None, "full", "selective"):
             raise ValueError(f"--recompute-granularity {self.recompute_granularity!r}: choose full or selective")
         if self.cross_entropy_chunk_size < 0 or self.tiled_mlp_chunk_size < 0:
@@ -67,6 +91,10 @@ class GPTConfig:
 
     def check_tensor_parallel(self, tp: int) -> None:
         """Errors name the flags and the numbers (DESIGN.md section 6)."""
+        if tp > self.num_attention_heads:
+            raise ValueError(f"--tensor-model-parallel-size {tp} exceeds --num-attention-heads "
+                             f"{self.num_attention_heads}: tensor parallelism splits whole heads, so it stops at "
+                             f"the head count; use --context-parallel-size for the other devices")
         for value, flag in ((self.num_attention_heads, "--num-attention-heads"),
                             (self.num_query_groups, "--num-query-groups"),
                             (self.ffn_hidden_size, "--ffn-hidden-size"),

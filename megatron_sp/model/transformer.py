@@ -24,13 +24,31 @@ from .config import GPTConfig
 from .rope import apply_rotary
 
 
+class Norm1P(torch.nn.Module):
+    """Megatron's ``--apply-layernorm-1p``: the norm's weight is stored as ``gamma - 1``
+    (initialised to zeros, so weight decay pulls gamma towards 1, not 0)."""
+
+    def __init__(self, normalization: str, hidden_size: int, eps: float):
+        super().__init__()
+        self.normalization, self.eps = normalization, eps
+        self.weight = torch.nn.Parameter(torch.zeros(hidden_size))
+        self.bias = torch.nn.Parameter(torch.zeros(hidden_size)) if normalization == "LayerNorm" else None
+
+    def forward(self, x):
+        if self.normalization == "RMSNorm":
+            return F.rms_norm(x, x.shape[-1:], self.weight + 1, self.eps)
+        return F.layer_norm(x, x.shape[-1:], self.weight + 1, self.bias, self.eps)
+
+
 def build_norm(cfg: GPTConfig) -> torch.nn.Module:
-    if cfg.normalization == "RMSNorm":
+    if cfg.apply_layernorm_1p:
+        norm = Norm1P(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
+    elif cfg.normalization == "RMSNorm":
         norm = torch.nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_epsilon)
     else:
         norm = torch.nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_epsilon)
     for name, p in norm.named_parameters():
-        set_tp_attributes(p, None, 1, "ones" if name == "weight" else "zeros",
+        set_tp_attributes(p, None, 1, "ones" if name == "weight" and not cfg.apply_layernorm_1p else "zeros",
                           sequence_parallel=cfg.sequence_parallel)
     return norm
 
@@ -55,9 +73,10 @@ class SelfAttention(torch.nn.Module):
         d = cfg.kv_channels
         self.linear_qkv = ColumnParallelLinear(
             cfg.hidden_size, cfg.num_query_groups * (self.heads_per_group + 2) * d, mesh.tp_group,
-            bias=cfg.add_bias_linear, sequence_parallel=cfg.sequence_parallel)
+            bias=cfg.add_bias_linear or cfg.add_qkv_bias, sequence_parallel=cfg.sequence_parallel)
         self.core = build_cp_attention(cfg.cp_comm_type, mesh, causal=True,
-                                       attention_dropout=cfg.attention_dropout)
+                                       attention_dropout=cfg.attention_dropout,
+                                       attention_backend=cfg.attention_backend)
         self.linear_proj = RowParallelLinear(cfg.num_attention_heads * d, cfg.hidden_size, mesh.tp_group,
                                              bias=cfg.add_bias_linear,
                                              sequence_parallel=cfg.sequence_parallel)
@@ -96,6 +115,7 @@ class MLP(torch.nn.Module):
     def __init__(self, cfg: GPTConfig, mesh):
         super().__init__()
         self.swiglu, self.chunk_tokens = cfg.swiglu, cfg.tiled_mlp_chunk_size
+        self.gelu_approximate = "tanh" if cfg.openai_gelu else "none"
         width = cfg.ffn_hidden_size * (2 if cfg.swiglu else 1)
         self.linear_fc1 = ColumnParallelLinear(cfg.hidden_size, width, mesh.tp_group, bias=cfg.add_bias_linear,
                                                sequence_parallel=cfg.sequence_parallel,
@@ -108,7 +128,7 @@ class MLP(torch.nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             return F.silu(gate) * up
-        return F.gelu(h)
+        return F.gelu(h, approximate=self.gelu_approximate)
 
     def _local(self, x, *params):
         # x: [c, h] -> partial fc2 output [c, h] (summed over TP by the caller)
@@ -144,6 +164,12 @@ class TransformerLayer(torch.nn.Module):
 class TransformerBlock(torch.nn.Module):
     """The stack of layers, with Megatron's full-recompute methods and activation offload.
 
+    ``layers`` are the *global* indices this rank holds (all of them without pipeline
+    parallelism): ``self.layers`` is keyed by them, so parameter names are
+    ``layers.<global index>...`` in every pipeline layout (checkpoints and the
+    name-seeded initialisation depend on it).  ``forward(x, rope, keys)`` runs the
+    layers ``keys`` (one pipeline stage's; default all) in order.
+
     ``uniform``: layers are split into groups of ``recompute_num_layers`` and each
     group's input is the only activation kept.  ``block``: the first
     ``recompute_num_layers`` layers are recomputed one by one, the rest are not.
@@ -152,23 +178,25 @@ class TransformerBlock(torch.nn.Module):
     (``activations.offload``).
     """
 
-    def __init__(self, cfg: GPTConfig, mesh, rng):
+    def __init__(self, cfg: GPTConfig, mesh, rng, layers=None):
         super().__init__()
         self.cfg, self.rng = cfg, rng
-        self.layers = torch.nn.ModuleList(TransformerLayer(cfg, mesh, rng) for _ in range(cfg.num_layers))
-        # --cpu-offloading: what the first N layers keep for backward waits in host memory
+        ids = range(cfg.num_layers) if layers is None else layers
+        self.layers = torch.nn.ModuleDict({str(i): TransformerLayer(cfg, mesh, rng) for i in ids})
+        # --cpu-offloading: what the first N layers (global indices) keep for backward waits in host memory
         self.offloader = ActivationOffloader() if cfg.cpu_offloading_num_layers > 0 else None
 
-    def _run(self, start, end):
+    @staticmethod
+    def _run(layers):
         def run(x, *rope):
-            for layer in self.layers[start:end]:
+            for layer in layers:
                 x = layer(x, rope or None)
             return x
         return run
 
-    def segments(self):
-        """``(start, end, checkpointed)`` runs of layers, in order."""
-        cfg, n = self.cfg, len(self.layers)
+    def segments(self, n: int):
+        """``(start, end, checkpointed)`` runs of ``n`` layers (positions in the run list), in order."""
+        cfg = self.cfg
         if cfg.recompute_granularity != "full" or not self.training:
             return [(i, i + 1, False) for i in range(n)]
         step = max(1, cfg.recompute_num_layers)
@@ -176,15 +204,17 @@ class TransformerBlock(torch.nn.Module):
             return [(start, min(n, start + step), True) for start in range(0, n, step)]
         return [(i, i + 1, i < step) for i in range(n)]  # block
 
-    def forward(self, x, rope=None):
+    def forward(self, x, rope=None, keys=None):
+        keys = [int(k) for k in self.layers] if keys is None else list(keys)  # global layer indices
+        layers = [self.layers[str(k)] for k in keys]
         rope_args = tuple(rope) if rope is not None else ()
         offload = self.offloader if (self.offloader is not None and self.training
                                      and torch.is_grad_enabled()) else None
         if offload is not None:
             offload.begin()
-        for start, end, checkpointed in self.segments():
-            run = self._run(start, end)
-            with (offload.layer(start) if offload is not None and start < self.cfg.cpu_offloading_num_layers
+        for start, end, checkpointed in self.segments(len(layers)):
+            run = self._run(layers[start:end])
+            with (offload.layer(keys[start]) if offload is not None and keys[start] < self.cfg.cpu_offloading_num_layers
                   else contextlib.nullcontext()):
                 x = self.rng.checkpoint(run, x, *rope_args) if checkpointed else run(x, *rope_args)
         return x

@@ -5,10 +5,19 @@
     a2a+p2p   CP = W, Ulysses 2 x ring W/2 (ring only below W = 4)
     tp2+p2p   TP = 2 x CP = W/2 (p2p), likewise tp2+sp+p2p, tp2+a2a ...
     dp        DP = W (max batch only: every rank holds the whole model)
+
+Any of them may end in a model-state option: ``+fsdp2`` (--use-torch-fsdp2), ``+distopt``
+(--use-distributed-optimizer), and after either ``+offload`` (--optimizer-cpu-offload):
+``p2p+fsdp2``, ``tp2+sp+p2p+distopt+offload``, ``dp+fsdp2``.
+
+Any of them may start with a pipeline option ``ppK+`` (--pipeline-model-parallel-size K, 1F1B
+with K micro-batches per step): the rest of the name is the layout of the W / K ranks of each
+stage, e.g. ``pp2+p2p`` at W = 8 is PP 2 x CP 4, ``pp4+tp2+sp+p2p+distopt`` at W = 16 is
+PP 4 x TP 2 x CP 2; ``pp`` alone is PP = W.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 
@@ -22,6 +31,9 @@ class Layout:
     mode: str = "p2p"
     sp: bool = False
     ulysses: int = 1  # Ulysses degree U (a2a: U = CP; a2a+p2p: hierarchical U)
+    sharding: str = "none"  # none | dist-opt | fsdp2 (model state over DP x CP)
+    offload: bool = False
+    pp: int = 1  # pipeline stages (1F1B, pp micro-batches per step)
 
     @property
     def ring(self) -> int:
@@ -34,7 +46,15 @@ class Layout:
             f.append("--sequence-parallel")
         if self.mode == "a2a+p2p" and self.cp > 1:
             f += ["--hierarchical-context-parallel-sizes", str(self.ulysses), str(self.ring)]
-        return f
+        f += {"fsdp2": ["--use-torch-fsdp2"], "dist-opt": ["--use-distributed-optimizer"]}.get(self.sharding, [])
+        if self.pp > 1:
+            f += ["--pipeline-model-parallel-size", str(self.pp)]
+        return f + (["--optimizer-cpu-offload"] if self.offload else [])
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per step: 1, or one per pipeline stage (the fewest 1F1B accepts)."""
+        return self.pp
 
     def seq_granularity(self) -> int:
         """Sequence lengths must be multiples of this (zigzag 2P, else P; x TP under SP)."""
@@ -47,21 +67,47 @@ class Layout:
         mode = self.mode if self.cp > 1 else "-"
         if mode == "a2a+p2p" and self.ulysses in (1, self.cp):  # a pure ring or pure Ulysses in disguise
             mode = "p2p" if self.ulysses == 1 else "a2a"
-        return (self.tp, self.cp, self.dp, mode, self.sp and self.tp > 1, self.ulysses if self.cp > 1 else 1)
+        return (self.tp, self.cp, self.dp, mode, self.sp and self.tp > 1, self.ulysses if self.cp > 1 else 1,
+                self.sharding, self.offload, self.pp)
 
     def describe(self) -> str:
-        parts = [f"TP{self.tp}" + ("+SP" if self.sp else "")]
+        parts = ([f"PP{self.pp}"] if self.pp > 1 else []) + [f"TP{self.tp}" + ("+SP" if self.sp else "")]
         if self.cp > 1:
             parts.append(f"CP{self.cp} {self.mode}" + (f" (U{self.ulysses}xR{self.ring})" if self.mode == "a2a+p2p"
                                                         else ""))
         if self.dp > 1:
             parts.append(f"DP{self.dp}")
-        return " x ".join(parts)
+        state = {"fsdp2": " FSDP2", "dist-opt": " dist-opt"}.get(self.sharding, "")
+        return " x ".join(parts) + state + (" +offload" if self.offload else "")
+
+
+_STATE_SUFFIXES = {"+fsdp2": "fsdp2", "+distopt": "dist-opt"}
 
 
 def make_layout(name: str, world: int) -> Optional[Layout]:
     """The layout called ``name`` at ``world`` ranks, or None where it does not exist."""
-    rest, tp, sp = name, 1, False
+    rest, sharding, offload, pp = name, "none", False, 1
+    head, _, tail = rest.partition("+")
+    if head == "pp" and not tail:
+        return Layout(name, 1, 1, 1, pp=world)
+    if head.startswith("pp") and head[2:].isdigit() and tail:
+        pp, rest = int(head[2:]), tail
+        if world % pp or world // pp < 1:
+            return None
+        world //= pp
+    if rest.endswith("+offload"):
+        rest, offload = rest[:-len("+offload")], True
+    for suffix, mode in _STATE_SUFFIXES.items():
+        if rest.endswith(suffix):
+            rest, sharding = rest[:-len(suffix)], mode
+    if offload and sharding == "none":
+        raise ValueError(f"layout {name!r}: +offload needs +fsdp2 or +distopt before it")
+    layout = _make_parallel_layout(name, rest, world)
+    return replace(layout, sharding=sharding, offload=offload, pp=pp) if layout else None
+
+
+def _make_parallel_layout(name: str, rest: str, world: int) -> Optional[Layout]:
+    tp, sp = 1, False
     if rest == "dp":
         return Layout(name, 1, 1, world)
     if rest in ("tp", "tp+sp"):
@@ -73,7 +119,7 @@ def make_layout(name: str, world: int) -> Optional[Layout]:
             sp, rest = True, rest[3:]
     if rest not in ("rsa", "p2p", "a2a", "a2a+p2p"):
         raise ValueError(f"unknown layout {name!r}: use tp, tp+sp, rsa, p2p, a2a, a2a+p2p, tpN+<cp mode>, "
-                         f"tpN+sp+<cp mode>, dp")
+                         f"tpN+sp+<cp mode>, dp, each optionally ending in +fsdp2 or +distopt (then +offload)")
     if world % tp or (tp > 1 and world // tp < 2):
         return None
     cp = world // tp

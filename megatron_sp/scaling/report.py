@@ -37,6 +37,8 @@ def markdown_table(args, rows) -> str:
             r = cell.get((w, l))
             if r is None:
                 cells.append("n/a")
+            elif str(r.get("error", "")).startswith("refused"):
+                cells.append("refused")
             elif r.get("error"):
                 cells.append("error")
             elif not r["max_value"]:
@@ -55,11 +57,17 @@ def markdown_table(args, rows) -> str:
                 cells.append(f"{r['max_value'] / b['max_value']:.2f}x" if r and b and b["max_value"] and r["max_value"]
                              else "-")
             lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    refused = sorted({r["error"][len("refused: "):] for r in rows if str(r.get("error", "")).startswith("refused")})
+    if refused:
+        lines += ["", "Refused (pretrain_gpt.py's start-up error):", ""] + [f"- {m}" for m in refused]
     lines += ["", "Memory model vs measurement (max value: model / measured; step peak above baseline, MiB: "
               "model / measured; model communication per step and rank, MiB):", "",
               "| world | layout | max (model / measured) | peak MiB (model / measured) | comm MiB/step | trials |",
               "|---:|---|---:|---:|---:|---:|"]
     for r in rows:
+        if str(r.get("error", "")).startswith("refused"):
+            lines.append(f"| {r['world']} | {r['layout']} | refused | | | 0 |")
+            continue
         lines.append(f"| {r['world']} | {r['layout']} | {r['model_max_value']} / {r['max_value']}"
                      f" ({r['model_vs_measured']}) | {r['model_peak_mb']} / {r['peak_mb']} | "
                      f"{r['model_comm_mb_per_step']} | {r['trials']} |")

@@ -1,7 +1,8 @@
 """One trial of a scaling experiment: a real training step in fresh processes, and its peak memory.
 
 A rank builds the model, optimizer and batches (``loop.setup``), runs a warm-up step
-(Adam state, kernels), takes its baseline, and runs the measured step; the number
+(Adam state, kernels; under DDP, which reallocates its gradient buckets at the second forward,
+one more before it on the smallest batch), takes its baseline, and runs the measured step; the number
 compared with the budget is the step's peak above the baseline (CPU: the kernel's
 resident high-water mark, reset through ``/proc/self/clear_refs``; GPU:
 ``torch.cuda.max_memory_allocated``).  Trials never raise: an out-of-memory, an error
@@ -39,15 +40,24 @@ def proc_status_bytes(*keys) -> dict:
 
 
 def configure_malloc() -> None:
-    """Make RSS follow live tensor bytes: blocks >= 64 KiB get their own mmap, returned on free."""
+    """Make RSS follow live tensor bytes: blocks >= 16 KiB get their own mmap, returned on free."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-    libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+    libc.mallopt(M_MMAP_THRESHOLD, 16 * 1024)
     libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
     libc.mallopt(M_ARENA_MAX, 2)
+
+
+def release_free_memory() -> None:
+    """Give malloc's free memory back to the OS (``malloc_trim``): a block the step then takes from
+    malloc's free lists (every block under the 16 KiB mmap threshold) touches fresh pages and counts."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class PeakMeter:
@@ -63,6 +73,7 @@ class PeakMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
         else:
+            release_free_memory()
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset VmHWM to the current RSS
             self.base = proc_status_bytes("VmRSS")["VmRSS"]
@@ -80,6 +91,32 @@ def _is_oom(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
     return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text \
         or "cannot allocate memory" in text or "outofmemory" in text
+
+
+def _smallest_batch(ctx, args) -> list:
+    """The smallest global batch this layout can run: one sequence of 2 x CP x TP tokens per DP rank.
+
+    Under DDP the first warm-up step runs on it: DDP rebuilds its gradient buckets (in the order
+    the gradients arrived) at the second forward, which does not depend on the batch.  The
+    last warm-up step still runs on the measured batch, so the measured step finds a steady
+    process (the allocator's free lists and the kernels' caches as the step before left them).
+    """
+    from megatron_sp.training.batches import micro_batches
+    if not args.mock_data:  # the scaling tool's data; otherwise warm up on a measured-size batch
+        return micro_batches(ctx.datasets[0], 0, args, ctx.mesh, ctx.device)
+    import copy
+
+    import torch
+
+    from megatron_sp.data.mock_dataset import sample_dict
+    small = copy.copy(args)
+    small.seq_length = 2 * args.context_parallel_size * args.tensor_model_parallel_size
+    small.micro_batch_size = 1  # as many micro-batches as the step (a pipeline schedule expects them)
+    small.global_batch_size = ctx.mesh.dp_size * args.num_micro_batches
+    g = torch.Generator().manual_seed(args.seed)  # tiny samples (any ids: a warm-up)
+    data = [sample_dict(torch.randint(0, ctx.tokenizer.vocab_size, (small.seq_length + 1,), generator=g))
+            for _ in range(small.global_batch_size)]
+    return micro_batches(data, 0, small, ctx.mesh, ctx.device)
 
 
 def _trial_rank(rank, world, store_path, argv, budget_bytes, steps, threads, backend, out):
@@ -106,6 +143,11 @@ def _trial_rank(rank, world, store_path, argv, budget_bytes, steps, threads, bac
         ctx = setup(args)
         batches = [micro_batches(ctx.datasets[0], i * args.global_batch_size, args, ctx.mesh, ctx.device)
                    for i in range(steps)]
+        # DDP reallocates its gradient buckets at the second forward: one more warm-up first, on the
+        # smallest batch (not under PP: the stages' buffers are shaped for --seq-length)
+        if ctx.ddp_model is not ctx.model and not getattr(ctx.ddp_model, "is_pipeline", False):
+            batches.insert(0, _smallest_batch(ctx, args))
+            steps += 1
         import gc
         if ctx.device.type == "cpu" and budget_bytes:  # safety net for the shared host (see module doc)
             data = proc_status_bytes("VmData")["VmData"]
@@ -114,6 +156,7 @@ def _trial_rank(rank, world, store_path, argv, budget_bytes, steps, threads, bac
         meter = PeakMeter(ctx.device)
         for i in range(steps):
             if i == steps - 1:  # the measured step: baseline after the warm-up steps
+                ctx.optimizer.zero_grad()  # the previous step's gradients (DDP's buckets stay) are not in it
                 gc.collect()
                 dist.barrier()
                 base = meter.start()
@@ -133,7 +176,9 @@ def _trial_rank(rank, world, store_path, argv, budget_bytes, steps, threads, bac
             step_time, peak_t = step_time.cuda(), peak_t.cuda()
         dist.all_reduce(step_time, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
         dist.all_reduce(peak_t, op=dist.ReduceOp.MAX)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         result.update(status="ok", peak_bytes=int(peak_t.item()), rank_peak_bytes=int(peak), baseline_bytes=base,
+                      cpu_s=usage.ru_utime + usage.ru_stime,
                       step_time=float(step_time.item()), loss=stats["loss"],
                       flops=flops_per_iteration(args, ctx.model.cfg.vocab_size),
                       tokens=args.global_batch_size * args.seq_length,
@@ -166,6 +211,7 @@ class TrialResult:
     loss: float = float("nan")
     wall_s: float = 0.0
     error: str = ""
+    cpu_s: float = 0.0  # CPU time of all ranks (set-up included): the trial's cost on an idle machine
 
     @property
     def fits(self) -> bool:
@@ -179,7 +225,7 @@ def _mp_context(device: str):
     if device == "cuda":
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "megatron_sp.training.loop"])
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "megatron_sp.training.loop", "megatron_sp.data.tokenizers"])
     return ctx
 
 
@@ -230,7 +276,8 @@ def run_trial(argv: list, world: int, budget_bytes: Optional[int], steps: int = 
     tokens_per_s = r0["tokens"] / r0["step_time"]
     res = TrialResult("ok", peak_bytes=r0["peak_bytes"], baseline_bytes=max(r["baseline_bytes"] for r in results),
                       step_time=r0["step_time"], tokens_per_s=tokens_per_s,
-                      tflops_per_device=r0["flops"] / r0["step_time"] / world / 1e12, loss=r0["loss"], wall_s=wall)
+                      tflops_per_device=r0["flops"] / r0["step_time"] / world / 1e12, loss=r0["loss"], wall_s=wall,
+                      cpu_s=sum(r.get("cpu_s", 0.0) for r in results))
     if budget_bytes and res.peak_bytes > budget_bytes:
         res.status = "over"
     return res

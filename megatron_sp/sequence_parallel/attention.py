@@ -9,8 +9,8 @@ Dispatch::
     rsa                 rsa.py (ring over the CP group, contiguous layout)
     p2p / a2a / a2a+p2p usp.py with (U, R) = (1, P) / (P, 1) / hierarchical sizes
 
-The block kernel is chosen per call from the tensors' device and dtype
-(kernels.select_kernel); dropout (training mode only) draws one base seed per
+The block kernel is chosen per call from ``--attention-backend`` and the tensors'
+device and dtype (backends.resolve_backend; ``auto``: kernels.select_kernel); dropout (training mode only) draws one base seed per
 call from torch's default generator, identical on all CP ranks, and every
 (rank, block) derives its own seed from it.
 """
@@ -24,7 +24,7 @@ from torch import nn
 
 from .comm import Ring
 from .config import check_cp_config, cp_sizes, mesh_layout, uses_zigzag
-from .kernels import select_kernel
+from .backends import UNFUSED_BACKENDS, check_backend_for_mode, resolve_backend
 from .rsa import RingSelfAttentionFunction
 from .usp import usp_attention
 
@@ -33,14 +33,17 @@ class ContextParallelAttention(nn.Module):
     """Attention over a sequence split across the CP group (no parameters)."""
 
     def __init__(self, mode: str, mesh, causal: bool = True, attention_dropout: float = 0.0,
-                 softmax_scale: Optional[float] = None, kernel: Optional[str] = None):
+                 softmax_scale: Optional[float] = None, kernel: Optional[str] = None,
+                 attention_backend: str = "auto"):
         super().__init__()
         self.p, self.u_size, self.r_size = cp_sizes(mode, mesh)
         self.mode, self.mesh, self.causal = mode, mesh, causal
         self.attention_dropout, self.softmax_scale, self.kernel_name = (
             attention_dropout, softmax_scale, kernel)
-        # mode, sizes and dropout now; lengths and heads at each call
+        self.attention_backend = attention_backend
+        # mode, sizes and dropout now; lengths and heads at each call; the backend's device at the first
         check_cp_config(2 * self.p, self.u_size, self.u_size, mode, causal, mesh, attention_dropout)
+        check_backend_for_mode(attention_backend, mode, self.p)
         _, self.u_index, _, self.r_index = mesh_layout(mode, mesh)
         if self.p == 1:
             self.ulysses_group, self.ring = None, Ring([mesh.rank], 0)
@@ -54,7 +57,7 @@ class ContextParallelAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode}, cp={self.p} (ulysses {self.u_size} x ring {self.r_size}), "
-                f"causal={self.causal}, dropout={self.attention_dropout}")
+                f"causal={self.causal}, dropout={self.attention_dropout}, backend={self.attention_backend}")
 
     def forward(self, q, k, v):
         # q: [s_local, b, hq, d]   k, v: [s_local, b, hkv, d]
@@ -71,7 +74,7 @@ class ContextParallelAttention(nn.Module):
             out = RingSelfAttentionFunction.apply(*(x.permute(1, 2, 0, 3) for x in (q, k, v)),
                                                   self.ring, self.causal, scale, dropout_p, seed)
             return out.permute(2, 0, 1, 3)
-        kernel = select_kernel(q.device, q.dtype, dropout_p, self.kernel_name)
+        kernel = resolve_backend(self.attention_backend, q.device, q.dtype, dropout_p, self.kernel_name)
         u_size = self.u_size if self.p > 1 else 1
         return usp_attention(q, k, v, self.ulysses_group, u_size, self.u_index, self.ring, kernel,
                              self.causal, uses_zigzag(self.mode, self.causal) and self.r_size > 1,
@@ -79,20 +82,34 @@ class ContextParallelAttention(nn.Module):
 
 
 def attention_summary(mode: str, cp_size: int, device, dtype, attention_dropout: float,
-                      kernel: Optional[str] = None) -> tuple[str, Optional[str]]:
+                      kernel: Optional[str] = None, attention_backend: str = "auto",
+                      ring_size: Optional[int] = None) -> tuple[str, Optional[str]]:
     """``(line, warning)`` describing what the attention of a run will execute.
 
-    ``warning`` is set when the choice costs memory quadratic in the block length
-    without the user having asked for it: attention dropout on a backend that
-    cannot apply it falls back to the reference kernel, which materialises the
-    fp32 ``[s_block, s_block]`` scores of every head.
+    ``ring_size`` is the ring degree R (default: from ``mode`` and ``cp_size``; give it for
+    a2a+p2p).  ``warning`` is set when the choice costs memory quadratic in the block length
+    without the user having asked for it: attention dropout under ``auto`` on a backend that
+    cannot apply it falls back to the reference kernel, which materialises the fp32
+    ``[s_block, s_block]`` scores of every head.
     """
     what = f"--cp-comm-type {mode} over CP {cp_size}"
     if mode == "rsa" and cp_size > 1:
         return f"{what}: full score rows [s/{cp_size} x s] per head (the paper's RSA)", None
-    chosen = select_kernel(device, dtype, attention_dropout, kernel)
-    line = f"{what}: block kernel {chosen.name}"
-    if attention_dropout > 0 and chosen.name == "reference" and not kernel:
+    ring = ring_size if ring_size is not None else (1 if mode == "a2a" else cp_size)
+    chosen = resolve_backend(attention_backend, device, dtype, attention_dropout, kernel)
+    backend = f"--attention-backend {attention_backend}" + (" (= unfused)" if attention_backend == "local" else "")
+    if chosen.keeps_probs and ring == 1:
+        heads = "per head" if cp_size == 1 else f"per head of the heads/{cp_size} after the all-to-all"
+        line = (f"{what}, {backend}: scores materialised, fp32 probabilities [s x s] {heads} kept for "
+                f"backward (plain matmuls)")
+    elif chosen.keeps_probs:
+        line = (f"{what}, {backend}: reference block kernel inside the ring (each block's scores "
+                f"materialised, recomputed in backward)")
+    else:
+        line = f"{what}: block kernel {chosen.name}" + (
+            "" if attention_backend == "auto" else f" (--attention-backend {attention_backend})")
+    if (attention_dropout > 0 and chosen.name == "reference" and not kernel
+            and attention_backend not in UNFUSED_BACKENDS):
         return line, (f"--attention-dropout {attention_dropout} > 0 runs attention through the reference "
                       "kernel (the flash kernels here cannot apply it), which materialises fp32 scores "
                       "[s_block x s_block] per head: memory quadratic in the sequence. Pass "
@@ -102,9 +119,11 @@ def attention_summary(mode: str, cp_size: int, device, dtype, attention_dropout:
 
 def build_cp_attention(mode: str, mesh, causal: bool = True, attention_dropout: float = 0.0,
                        softmax_scale: Optional[float] = None,
-                       kernel: Optional[str] = None) -> ContextParallelAttention:
+                       kernel: Optional[str] = None, attention_backend: str = "auto") -> ContextParallelAttention:
     """The CP attention layer for ``--cp-comm-type mode`` on ``mesh`` (see module doc).
 
-    ``kernel`` forces a block-kernel backend by name (default: by device and dtype).
+    ``attention_backend`` is ``--attention-backend`` (backends.py); ``kernel`` forces a
+    block-kernel backend by name under ``auto`` (default: by device and dtype).
     """
-    return ContextParallelAttention(mode, mesh, causal, attention_dropout, softmax_scale, kernel)
+    return ContextParallelAttention(mode, mesh, causal, attention_dropout, softmax_scale, kernel,
+                                    attention_backend)

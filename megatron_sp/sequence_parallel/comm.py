@@ -29,6 +29,8 @@ from typing import List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from ..collective_errors import raise_named
+
 _RECORDS: Optional[list] = None
 
 
@@ -79,18 +81,22 @@ class Ring:
             ops.append(dist.P2POp(dist.irecv, buf, self.prev, self.group))
             sent.append(base)
             recv.append(buf.permute([order.index(i) for i in range(t.dim())]))
-        return Pending(sent, dist.batch_isend_irecv(ops), recv)
+        return Pending(sent, dist.batch_isend_irecv(ops), recv, self.group)
 
 
 class Pending:
     """In-flight ring exchange; keeps the sent tensors alive until :meth:`wait`."""
 
-    def __init__(self, sent, works, recv):
-        self.sent, self.works, self.recv = sent, works, recv
+    def __init__(self, sent, works, recv, group=None):
+        self.sent, self.works, self.recv, self.group = sent, works, recv, group
 
     def wait(self) -> List[torch.Tensor]:
         for w in self.works:
-            w.wait()
+            try:
+                w.wait()
+            except RuntimeError as exc:  # a hung or dead peer: name the exchange and the group
+                raise_named(exc, "send/recv (ring P2P)", self.group)
+                raise
         self.sent = self.works = None
         return self.recv
 

@@ -69,6 +69,7 @@ class BlockKernel:
     """Base: GQA expansion and reduction around a backend's ``_fwd``/``_bwd``."""
     name = "base"
     supports_dropout = False
+    keeps_probs = False  # backends.UnfusedKernel: keep probabilities where attention is a ring of one
 
     def forward(self, q, k, v, causal: bool, scale: float, dropout_p: float = 0.0,
                 seed: Optional[int] = None):

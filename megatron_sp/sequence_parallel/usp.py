@@ -18,11 +18,16 @@ P = 4 = U 2 x R 2, sequence of 8 tokens in 4 zigzag chunks of 2::
 
 Dropout seeds are salted with the Ulysses rank (its heads differ from the
 others') and with the ring block ids (ring.py).
+
+With the unfused kernel (``--attention-backend unfused``) and a ring of one (CP 1, or pure
+Ulysses) the attention of the whole portion is RSA's algorithm over that ring of one: scores
+materialised and the probabilities kept for backward (backends.py).
 """
 from __future__ import annotations
 
 from .comm import Ring
-from .ring import RingAttentionFunction
+from .ring import RingAttentionFunction, block_seed
+from .rsa import RingSelfAttentionFunction
 from .ulysses import heads_to_seq, kv_heads_for_degree, seq_to_heads
 
 
@@ -33,7 +38,12 @@ def usp_attention(q, k, v, ulysses_group, ulysses_size: int, ulysses_index: int,
     k, v = kv_heads_for_degree(k, ulysses_size), kv_heads_for_degree(v, ulysses_size)
     q, k, v = (seq_to_heads(x, ulysses_group) for x in (q, k, v))
     # q: [s_ring, b, hq / U, d] with s_ring = U * s_local: the ring portion, in order
-    out = RingAttentionFunction.apply(*(x.permute(1, 2, 0, 3) for x in (q, k, v)), ring, kernel,
-                                      causal, zigzag, scale, dropout_p, seed, ulysses_index)
+    q, k, v = (x.permute(1, 2, 0, 3) for x in (q, k, v))
+    if kernel.keeps_probs and ring.size == 1:  # unfused: probabilities [b, hq / U, s_ring, s_ring] kept
+        out = RingSelfAttentionFunction.apply(q, k, v, ring, causal, scale, dropout_p,
+                                              block_seed(seed, ulysses_index))
+    else:
+        out = RingAttentionFunction.apply(q, k, v, ring, kernel, causal, zigzag, scale, dropout_p, seed,
+                                          ulysses_index)
     # out: [b, hq / U, s_ring, d] -> [s_ring, b, hq / U, d] -> [s_local, b, hq, d]
     return heads_to_seq(out.permute(2, 0, 1, 3), ulysses_group)

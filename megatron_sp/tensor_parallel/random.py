@@ -4,7 +4,8 @@ Two streams per rank:
 
 * the *default* generator, seeded identically across the TP group (activations
   outside Megatron-SP regions are replicated over TP, so their dropout masks must
-  agree) and differently across CP and DP ranks (they hold different tokens);
+  agree) and differently across CP and DP ranks (they hold different tokens) and
+  pipeline stages (they hold different layers);
 * a *tensor-parallel* stream (``fork()``), seeded differently on every TP rank too,
   for dropout on sharded activations: attention heads split by TP, and the
   sequence shards of Megatron-SP regions.
@@ -30,9 +31,10 @@ def _device_rng(device: torch.device):
 
 class RNGTracker:
     def __init__(self, seed: int, tp_rank: int = 0, cp_rank: int = 0, dp_rank: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", pp_rank: int = 0):
         self.device = torch.device(device)
-        self.default_seed = seed + 1009 * cp_rank + 100_003 * dp_rank
+        # pipeline stages hold different layers: their dropout masks must not repeat each other
+        self.default_seed = seed + 1009 * cp_rank + 100_003 * dp_rank + 10_000_019 * pp_rank
         self.tp_seed = self.default_seed + _TP_OFFSET + tp_rank
         torch.manual_seed(self.default_seed)
         self._tp_state = self._seeded_state(self.tp_seed)

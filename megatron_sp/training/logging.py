@@ -45,8 +45,17 @@ def memory_mb(device: torch.device) -> str:
     return f"max rss (MB): {rss:.1f}"
 
 
+def memory_bytes(device: torch.device) -> dict:
+    """Memory scalars of ``--log-memory-to-tensorboard``."""
+    if device.type == "cuda":
+        return {"mem-allocated-bytes": torch.cuda.memory_allocated(device),
+                "mem-max-allocated-bytes": torch.cuda.max_memory_allocated(device),
+                "mem-reserved-bytes": torch.cuda.memory_reserved(device)}
+    return {"mem-max-rss-bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def log_line(*, iteration, train_iters, consumed, elapsed_ms, lr, global_batch, loss, loss_scale, grad_norm,
-             skipped, nans, tokens_per_s, tflops, mfu, memory) -> str:
+             skipped, nans, tokens_per_s, tflops, mfu, memory, num_zeros=None, params_norm=None) -> str:
     parts = [
         f" iteration {iteration:8d}/{train_iters:8d}",
         f"consumed samples: {consumed:12d}",
@@ -59,6 +68,10 @@ def log_line(*, iteration, train_iters, consumed, elapsed_ms, lr, global_batch, 
     parts.append(f"loss scale: {loss_scale:.1f}")
     if grad_norm is not None:
         parts.append(f"grad norm: {grad_norm:.3f}")
+    if num_zeros is not None:  # --log-num-zeros-in-grad
+        parts.append(f"num zeros: {num_zeros}")
+    if params_norm is not None:  # --log-params-norm
+        parts.append(f"params norm: {params_norm:.3f}")
     parts += [f"number of skipped iterations: {skipped:3d}", f"number of nan iterations: {nans:3d}",
               f"throughput (tokens/s): {tokens_per_s:.1f}", f"TFLOP/s per device: {tflops:.3f}"]
     if mfu is not None:
@@ -92,8 +105,14 @@ class MetricsWriter:
     before training starts.
     """
 
+    # Megatron's TensorBoard switches: scalar names each one turns off when it is off (or not given)
+    SWITCHES = {"log_learning_rate_to_tensorboard": ("learning-rate",),
+                "log_loss_scale_to_tensorboard": ("loss-scale",),
+                "log_validation_ppl_to_tensorboard": ("validation lm loss PPL", "test lm loss PPL")}
+
     def __init__(self, args, is_writer: bool):
         self.tb = self.wandb = None
+        self.off = {name for flag, names in self.SWITCHES.items() if not getattr(args, flag, True) for name in names}
         if args.tensorboard_dir:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -101,7 +120,8 @@ class MetricsWriter:
                 raise ValueError(f"--tensorboard-dir {args.tensorboard_dir} needs the tensorboard package: "
                                  "pip install tensorboard (or drop the flag)") from None
             if is_writer:
-                self.tb = SummaryWriter(log_dir=args.tensorboard_dir, max_queue=1000)
+                self.tb = SummaryWriter(log_dir=args.tensorboard_dir,
+                                        max_queue=getattr(args, "tensorboard_queue_size", 1000))
         if args.wandb_project:
             try:
                 import wandb
@@ -115,11 +135,13 @@ class MetricsWriter:
                 if save_dir:
                     os.makedirs(save_dir, exist_ok=True)
                 self.wandb = wandb.init(project=args.wandb_project, name=args.wandb_exp_name, dir=save_dir,
+                                        entity=getattr(args, "wandb_entity", None),
                                         config={k: v for k, v in vars(args).items()
                                                 if isinstance(v, (int, float, str, bool, list, type(None)))})
 
     def scalars(self, iteration: int, values: dict) -> None:
-        values = {k: v for k, v in values.items() if v is not None}
+        """Write ``values`` (None values and the ones Megatron's switches turn off are left out)."""
+        values = {k: v for k, v in values.items() if v is not None and k not in self.off}
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, iteration)

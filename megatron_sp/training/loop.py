@@ -6,6 +6,10 @@ One iteration on a rank::
       -> for each micro-batch: forward (autocast), loss = sum(mask * loss) / tokens of the
          whole global batch, backward (DDP sums gradients over DP x CP on the last one)
       -> TP all-reduce of Megatron-SP gradients -> overflow check, clip, AdamW step, LR step
+
+Under pipeline parallelism (``--pipeline-model-parallel-size K``) each rank builds only its
+stages' layers (pipeline_parallel/) and the micro-batches run through a
+``torch.distributed.pipelining`` schedule instead of the loop above; the rest is the same.
 """
 from __future__ import annotations
 
@@ -19,18 +23,23 @@ import torch.distributed as dist
 
 from ..model import GPTConfig, GPTModel
 from ..parallel_state import init_distributed, initialize_model_parallel
-from ..sequence_parallel import attention_summary, check_cp_config
+from ..pipeline_parallel import Pipeline, layout_from_args, stage_modules
+from ..sequence_parallel import attention_summary, check_backend, check_cp_config
 from ..tensor_parallel import RNGTracker
+from ..tensor_parallel.sharding import keeping_tp_attributes
 from .arguments import build_parser, padded_vocab_size, validate_args
-from .batches import build_datasets, build_tokenizer, evaluation_on, micro_batches
-from ..checkpointing import check_save_dir, load_checkpoint, save_checkpoint
+from .batches import build_datasets, build_tokenizer, datasets_for_resume, evaluation_on, global_batches
+from ..checkpointing import check_save_dir, finish_pending_save, load_checkpoint, save_checkpoint
+from .divergence import DivergenceGuard
 from .exit_conditions import ExitSignal, should_exit
-from ..distributed import wrap_data_parallel
+from .faults import install_stop_fault
+from ..distributed import describe_model_state, ensure_process_group, shard_model, sharding_mode, wrap_data_parallel
+from .log_stats import log_extras
 from .logging import (MetricsWriter, eval_line, flops_per_iteration, log_line, memory_mb, peak_tflops,
                       print_rank_last)
-from .lr_scheduler import LRScheduler
+from .lr_scheduler import LRScheduler, build_scheduler
 from .optimizer import MixedPrecisionOptimizer
-from .step import forward_backward, train_step
+from .step import autocast_context, forward_backward, masked_loss, train_step
 
 @dataclass
 class TrainState:
@@ -51,11 +60,34 @@ def model_config(args, vocab_size: int) -> GPTConfig:
         untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
         hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
         init_method_std=args.init_method_std, sequence_parallel=args.sequence_parallel,
-        cp_comm_type=args.cp_comm_type, recompute_granularity=args.recompute_granularity,
+        cp_comm_type=args.cp_comm_type, attention_backend=args.attention_backend,
+        recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
         cross_entropy_chunk_size=args.cross_entropy_chunk_size,
         cross_entropy_loss_fusion=args.cross_entropy_loss_fusion, tiled_mlp_chunk_size=args.tiled_mlp_chunk_size,
-        cpu_offloading_num_layers=args.cpu_offloading_num_layers if args.cpu_offloading else 0)
+        cpu_offloading_num_layers=args.cpu_offloading_num_layers if args.cpu_offloading else 0,
+        **interop_model_config(args))
+
+
+def model_vocab_size(args, tokenizer_vocab: int) -> int:
+    """The embedding's rows: ``--padded-vocab-size`` (or a checkpoint's, by --use-checkpoint-args),
+    else the tokenizer's vocabulary padded (``padded_vocab_size``)."""
+    given = getattr(args, "padded_vocab_size", None)
+    if given is None:
+        return padded_vocab_size(tokenizer_vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+    if given < tokenizer_vocab:
+        raise ValueError(f"--padded-vocab-size {given} is smaller than the tokenizer's vocabulary of {tokenizer_vocab}")
+    return given
+
+
+def interop_model_config(args) -> dict:
+    """The GPTConfig fields of the Megatron-LM interop flags (defaults for flags an older checkpoint lacks)."""
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    return dict(rotary_percent=get("rotary_percent", 1.0),
+                rotary_interpolation_factor=get("rotary_seq_len_interpolation_factor"),
+                rope_scaling_factor=get("rope_scaling_factor") if get("use_rope_scaling") else None,
+                apply_layernorm_1p=bool(get("apply_layernorm_1p")), add_qkv_bias=bool(get("add_qkv_bias")),
+                openai_gelu=bool(get("openai_gelu")))
 
 
 def check_layout(args, cfg: GPTConfig) -> None:
@@ -71,6 +103,47 @@ def check_layout(args, cfg: GPTConfig) -> None:
                          f"{args.seq_length // cp} is not divisible by {tp}")
 
 
+def compute_dtype(args):
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+
+
+def build_model(args, cfg: GPTConfig, mesh, rng, device, layout=None) -> tuple:
+    """``(model, stages)``: the GPT of this rank with its weights initialised, its state sharded
+    over DP x CP under a sharding flag, and under pipeline parallelism (``layout``) the
+    :class:`~megatron_sp.pipeline_parallel.StageModule` of each of its virtual stages (else
+    None).  Built on the meta device, sharded, then only this rank's elements are allocated
+    and initialised (layout-invariant: the full tensor of each parameter from ``--seed`` and
+    its name, then this rank's pieces)."""
+    mode = sharding_mode(args)
+    low = None if compute_dtype(args) == torch.float32 else compute_dtype(args)
+    stages = None
+    with torch.device("meta"):
+        if layout is None:
+            model = GPTModel(cfg, mesh, rng)
+        else:
+            ids = layout.stages_of(mesh.pp_rank)
+            model = GPTModel(cfg, mesh, rng, layout.layers_of(mesh.pp_rank), pre_process=0 in ids,
+                             post_process=layout.num_stages - 1 in ids)
+            hidden_dtype = low if (mode and low is not None) else torch.float32  # what the one-stage model passes
+            stages = stage_modules(model, layout, mesh.pp_rank, lambda: autocast_context(args, device), hidden_dtype)
+    roots = stages if (stages and mode) else [model]
+    if mode:
+        shard_model(model, mesh, mode, device, low, args.optimizer_cpu_offload, roots=roots)
+    with keeping_tp_attributes(model):
+        for root in roots:
+            root.to_empty(device=torch.device("cpu") if args.optimizer_cpu_offload else device)
+    model.init_weights(args.seed)
+    return model, stages
+
+
+def build_pipeline(args, model, stages, layout, mesh, device) -> Pipeline:
+    """The stages (DDP-wrapped over DP x CP with replicated state) and their schedule."""
+    wrapped = stages if sharding_mode(args) else [wrap_data_parallel(s, mesh) for s in stages]
+    return Pipeline(stages, wrapped, layout, mesh, device, masked_loss, args.pipeline_schedule,
+                    args.num_micro_batches, args.micro_batch_size, args.seq_length // mesh.cp_size,
+                    args.hidden_size, stages[0].hidden_dtype)
+
+
 # --- setup and the loop ----------------------------------------------------------------
 @dataclass
 class Context:
@@ -79,13 +152,14 @@ class Context:
     device: torch.device
     tokenizer: object
     model: GPTModel
-    ddp_model: torch.nn.Module
+    ddp_model: torch.nn.Module  # DDP over DP x CP, or the model; a pipeline_parallel.Pipeline under PP
     optimizer: MixedPrecisionOptimizer
     scheduler: LRScheduler
     rng: RNGTracker
     datasets: tuple
     state: TrainState
     exit_reason: str | None = None
+    pending_save: object = None  # an --async-save being written (checkpointing.save_load.PendingSave)
 
 
 def setup(args) -> Context:
@@ -93,24 +167,29 @@ def setup(args) -> Context:
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     validate_args(args, world)
     tokenizer = build_tokenizer(args)
-    vocab = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
-                              args.tensor_model_parallel_size)
-    args.padded_vocab_size = vocab
+    args.tokenizer_vocab_size = tokenizer.vocab_size  # saved with the flags: HF export trims padding to it
+    vocab = args.padded_vocab_size = model_vocab_size(args, tokenizer.vocab_size)
     cfg = model_config(args, vocab)
     check_layout(args, cfg)
     init_distributed(args.distributed_backend, args.distributed_timeout_minutes * 60)
-    mesh = initialize_model_parallel(args.tensor_model_parallel_size, args.context_parallel_size,
-                                     args.hierarchical_context_parallel_sizes)
     device = torch.device("cuda", torch.cuda.current_device()) if (
         torch.cuda.is_available() and (args.distributed_backend or "nccl") == "nccl") else torch.device("cpu")
-    rng = RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank, device)
-    model = GPTModel(cfg, mesh, rng)
-    model.init_weights(args.seed)
-    model.to(device)
-    ddp_model = wrap_data_parallel(model, mesh)
+    check_backend(args.attention_backend, args.cp_comm_type, args.context_parallel_size, device,
+                  compute_dtype(args), args.attention_dropout)  # on the device, before the first collective
+    if sharding_mode(args):
+        ensure_process_group()
+    mesh = initialize_model_parallel(args.tensor_model_parallel_size, args.context_parallel_size,
+                                     args.hierarchical_context_parallel_sizes, args.pipeline_model_parallel_size,
+                                     args.distributed_timeout_minutes * 60)
+    rng = RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank, device, mesh.pp_rank)
+    layout = layout_from_args(args) if mesh.pp_size > 1 else None
+    model, stages = build_model(args, cfg, mesh, rng, device, layout)
+    if layout is None:
+        ddp_model = wrap_data_parallel(model, mesh)
+    else:  # the pipeline plays the wrapped model's part in a step (training/step.py)
+        ddp_model = build_pipeline(args, model, stages, layout, mesh, device)
     optimizer = MixedPrecisionOptimizer(model, args, mesh)
-    scheduler = LRScheduler(optimizer, args.lr, args.min_lr, args.lr_warmup_iters, args.lr_decay_iters,
-                            args.lr_decay_style)
+    scheduler = build_scheduler(optimizer, args)
     return Context(args, mesh, device, tokenizer, model, ddp_model, optimizer, scheduler, rng,
                    build_datasets(args, tokenizer), TrainState())
 
@@ -121,29 +200,55 @@ def _is_last_rank(mesh) -> bool:
 
 def print_summary(ctx) -> None:
     n_params = sum(p.numel() for p in ctx.model.parameters())
-    full = torch.tensor(float(sum(p.numel() for p in ctx.model.parameters()
-                                  if getattr(p, "partition_dim", None) is not None)))
+    counted = [p for p in ctx.model.parameters() if not getattr(p, "pipeline_shared", False)]
+    full = torch.tensor([float(sum(p.numel() for p in counted if getattr(p, "partition_dim", None) is not None)),
+                         float(sum(p.numel() for p in counted if getattr(p, "partition_dim", None) is None))])
     if ctx.mesh.tp_group is not None:
-        dist.all_reduce(full, group=ctx.mesh.tp_group)
-    total = int(full.item()) + sum(p.numel() for p in ctx.model.parameters()
-                                   if getattr(p, "partition_dim", None) is None)
+        dist.all_reduce(full[:1], group=ctx.mesh.tp_group)
+    if ctx.mesh.pp_group is not None:
+        dist.all_reduce(full, group=ctx.mesh.pp_group)
+    total = int(full.sum().item())
     a = ctx.args
-    compute_dtype = torch.bfloat16 if a.bf16 else torch.float16 if a.fp16 else torch.float32
-    attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype,
-                                           a.attention_dropout)
+    attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype(a),
+                                           a.attention_dropout, attention_backend=a.attention_backend,
+                                           ring_size=ctx.mesh.ring_size)
+    pipeline = (f"> pipeline: {ctx.ddp_model.describe()}; this rank (PP {ctx.mesh.pp_rank}) runs layers "
+                f"{_ranges(ctx.model.decoder.layers)}\n" if getattr(ctx.ddp_model, "is_pipeline", False) else "")
     print_rank_last(
         f"> layout: {ctx.mesh.describe()}, cp-comm-type {a.cp_comm_type}, sequence-parallel {a.sequence_parallel}, "
-        f"device {ctx.device}\n> model: {a.num_layers} layers, hidden {a.hidden_size}, heads "
+        f"device {ctx.device}\n{pipeline}> model: {a.num_layers} layers, hidden {a.hidden_size}, heads "
         f"{a.num_attention_heads} (query groups {a.num_query_groups}), seq {a.seq_length}, padded vocab "
         f"{ctx.model.cfg.vocab_size}; parameters: {total / 1e6:.3f} M total, {n_params / 1e6:.3f} M on this rank\n"
         f"> batch: global {a.global_batch_size} = micro {a.micro_batch_size} x {a.num_micro_batches} accumulation "
-        f"x DP {ctx.mesh.dp_size}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}"
-        f"{' (autocast, fp32 parameters/gradients/optimizer)' if a.bf16 or a.fp16 else ''}\n"
+        f"x DP {ctx.mesh.dp_size}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}\n"
+        f"> model state: {describe_model_state(sharding_mode(a), ctx.mesh.dp_size * ctx.mesh.cp_size, a.bf16, a.fp16, a.optimizer_cpu_offload)}\n"
+        f"{_overlap_note(a)}"
         f"> attention: {attn}\n"
         f"> evaluation: {_evaluation_text(ctx)}\n"
         f"> MFU peak per device: {_peak_text(ctx)}"
+        + "".join(f"\n> note: {n}" for n in getattr(a, "startup_notes", []))
         + (f"\nWARNING: {attn_warning}" if attn_warning else ""),
         _is_last_rank(ctx.mesh))
+
+
+def _ranges(layers) -> str:
+    """``"4-7"`` or ``"2-3, 6-7"``: the global indices of a ModuleDict of layers."""
+    ids, out = sorted(int(k) for k in layers), []
+    for i in ids:
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in out)
+
+
+def _overlap_note(a) -> str:
+    flags = [f for f, on in (("--overlap-grad-reduce", a.overlap_grad_reduce),
+                             ("--overlap-param-gather", a.overlap_param_gather)) if on]
+    if not flags:
+        return ""
+    return (f"> {' and '.join(flags)}: always on here (DDP buckets and FSDP2 reduce-scatter run during backward; "
+            "FSDP2 prefetches the next layer's weights)\n")
 
 
 def _evaluation_text(ctx) -> str:
@@ -174,10 +279,10 @@ def evaluate(ctx, iteration: int, split: int = 1) -> float:
     run = max(iteration // args.eval_interval - 1, 0) if split == 1 else 0
     start = run * args.eval_iters * args.global_batch_size
     ctx.model.eval()
+    model = ctx.ddp_model if getattr(ctx.ddp_model, "is_pipeline", False) else ctx.model
     total = 0.0
-    for i in range(args.eval_iters):
-        batches = micro_batches(dataset, start + i * args.global_batch_size, args, ctx.mesh, ctx.device)
-        total += forward_backward(ctx.model, batches, args, ctx.mesh, ctx.device).item()
+    for batches in global_batches(dataset, start, args.eval_iters, args, ctx.mesh, ctx.device):
+        total += forward_backward(model, batches, args, ctx.mesh, ctx.device).item()
     ctx.model.train()
     return total / max(args.eval_iters, 1)
 
@@ -200,8 +305,12 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
     peak, _ = peak_tflops(ctx.device, args.peak_tflops)
     losses, interval_start, interval = [], time.perf_counter(), _new_interval()
     saved_at = state.iteration if args.load else None
+    guard = DivergenceGuard(args, ctx.optimizer.scaler)
+    train_batches = global_batches(ctx.datasets[0], state.consumed_samples, args.train_iters - state.iteration,
+                                   args, mesh, ctx.device)
     while state.iteration < args.train_iters:
-        batches = micro_batches(ctx.datasets[0], state.consumed_samples, args, mesh, ctx.device)
+        batches = next(train_batches)
+        scale = ctx.optimizer.loss_scale
         stats = train_step(ctx, batches)
         lr = ctx.optimizer.param_groups[0]["lr"]
         if not stats["skipped"]:  # as Megatron: a skipped (overflow) step does not advance the schedule
@@ -223,36 +332,42 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
             tflops = flops / elapsed / mesh.world_size / 1e12
             tokens_per_s = args.global_batch_size * args.seq_length / elapsed
             loss = interval["loss"] / interval["advanced"] if interval["advanced"] else None
+            extras = log_extras(ctx)
             print_rank_last(log_line(
                 iteration=state.iteration, train_iters=args.train_iters, consumed=state.consumed_samples,
                 elapsed_ms=elapsed * 1e3, lr=lr, global_batch=args.global_batch_size,
                 loss=loss, loss_scale=ctx.optimizer.loss_scale, grad_norm=stats["grad_norm"],
                 skipped=interval["skipped"], nans=interval["nans"], tokens_per_s=tokens_per_s, tflops=tflops,
-                mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device)), last_rank)
+                mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device),
+                num_zeros=extras.get("num-zeros"), params_norm=extras.get("params-norm")), last_rank)
             writer.scalars(state.iteration, {  # None values (no advanced iteration) are left out
                 "lm loss": loss, "learning-rate": lr, "loss-scale": ctx.optimizer.loss_scale,
                 "grad-norm": stats["grad_norm"], "skipped-iterations": interval["skipped"],
                 "nan-iterations": interval["nans"], "tokens-per-sec": tokens_per_s, "tflops-per-device": tflops,
-                "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3})
+                "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3, **extras})
             interval_start, interval = time.perf_counter(), _new_interval()
+        guard.update(stats["skipped"], scale, state.iteration, stats["loss"])
         if evaluation_on(args) and ctx.datasets[1] is not None and state.iteration % args.eval_interval == 0:
             val = evaluate(ctx, state.iteration)
             print_rank_last(eval_line(state.iteration, val), last_rank)
             writer.scalars(state.iteration, {"validation lm loss": val,
                                              "validation lm loss PPL": math.exp(min(20.0, val))})
-        if args.save and args.save_interval and state.iteration % args.save_interval == 0:
+        finish_pending_save(ctx, blocking=False)
+        if args.save and args.save_interval and state.iteration % args.save_interval == 0 and not guard.holding:
             save_checkpoint(ctx)
             saved_at = state.iteration
         reason = should_exit(ctx, exit_signal, start_time)
         if reason:
-            if args.save and saved_at != state.iteration:
+            if args.save and saved_at != state.iteration and not guard.holding:
                 save_checkpoint(ctx)
                 saved_at = state.iteration
+            finish_pending_save(ctx)
             print_rank_last(f"exiting program at iteration {state.iteration}: {reason}", last_rank)
             ctx.exit_reason = reason
             return losses
-    if args.save and saved_at != state.iteration and state.iteration > 0:
+    if args.save and saved_at != state.iteration and state.iteration > 0 and not guard.holding:
         save_checkpoint(ctx)
+    finish_pending_save(ctx)
     if evaluation_on(args) and ctx.datasets[2] is not None and state.iteration > 0:  # as Megatron, at the end
         test = evaluate(ctx, state.iteration, split=2)
         print_rank_last(eval_line(state.iteration, test, where=f"iteration {state.iteration} on test set"),
@@ -272,10 +387,12 @@ def pretrain(argv=None, return_context: bool = False):
     ctx = setup(args)
     writer = MetricsWriter(args, _is_last_rank(ctx.mesh))
     exit_signal = ExitSignal(args.exit_signal_handler)
+    install_stop_fault(ctx)
     try:
         print_summary(ctx)
         if args.load:
             load_checkpoint(ctx)
+            ctx.datasets = datasets_for_resume(ctx.datasets, args, ctx.tokenizer, ctx.state)
         if args.save:  # every rank reads the same tracker: all stop together, before any save
             check_save_dir(args.save, ctx.state.iteration)
         losses = train(ctx, writer, start_time, exit_signal)

@@ -4,6 +4,10 @@ The loss is the mean over every unmasked token of the global batch: each rank di
 its masked loss sum by the token count of the whole global batch (one all-reduce over
 DP x CP), and DDP *sums* gradients over DP x CP, so loss and gradients are the same in
 every layout.  A CP shard with no unmasked token contributes zero, never NaN.
+
+Under pipeline parallelism the model is a :class:`~megatron_sp.pipeline_parallel.Pipeline`:
+its schedule runs the same micro-batches through the stages with the same micro-batch
+loss (:func:`masked_loss`) on the last stage, whose loss is then broadcast over PP.
 """
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from ..distributed.grads import allreduce_sequence_parallel_grads
+from ..distributed import allreduce_embedding_grads, allreduce_sequence_parallel_grads, grad_sync
 
 
-def _autocast(args, device):
+def autocast_context(args, device):
     if args.bf16 or args.fp16:
         return torch.autocast(device.type, dtype=torch.bfloat16 if args.bf16 else torch.float16)
     return contextlib.nullcontext()
@@ -28,22 +32,30 @@ def _global_token_count(batches, mesh) -> torch.Tensor:
     return count.clamp_min(1.0)
 
 
+def masked_loss(per_token, loss_mask, tokens) -> torch.Tensor:
+    """One micro-batch's share of the global-batch loss: its masked per-token loss sum / all tokens."""
+    return (per_token.float() * loss_mask).sum() / tokens
+
+
 def forward_backward(model, batches, args, mesh, device, optimizer=None) -> torch.Tensor:
     """Loss of the global batch (the same on every rank); gradients if ``optimizer``."""
     tokens = _global_token_count(batches, mesh)
-    total = torch.zeros((), dtype=torch.float32, device=device)
-    for i, b in enumerate(batches):
-        last = i == len(batches) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with _autocast(args, device):
-                per_token = model(b["tokens"], b["position_ids"], b["labels"])  # [b, s_local] fp32
-            loss = (per_token.float() * b["loss_mask"]).sum() / tokens
-            if optimizer is not None:
-                optimizer.scale_loss(loss).backward()
-        total += loss.detach()
+    if getattr(model, "is_pipeline", False):
+        total = model.forward_backward(batches, tokens, optimizer)
+    else:
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        for i, b in enumerate(batches):
+            with grad_sync(model, last_micro_batch=i == len(batches) - 1):
+                with autocast_context(args, device):
+                    per_token = model(b["tokens"], b["position_ids"], b["labels"])  # [b, s_local] fp32
+                loss = masked_loss(per_token, b["loss_mask"], tokens)
+                if optimizer is not None:
+                    optimizer.scale_loss(loss).backward()
+            total += loss.detach()
     if mesh.dp_cp_group is not None:
         dist.all_reduce(total, group=mesh.dp_cp_group)
+    if getattr(model, "is_pipeline", False):
+        model.broadcast_loss(total)
     return total
 
 
@@ -55,6 +67,7 @@ def train_step(ctx, batches) -> dict:
                                  f"(rank {ctx.mesh.rank}); lower --lr or check the data "
                                  "(--no-check-for-nan-in-loss-and-grad to continue anyway)")
     allreduce_sequence_parallel_grads(ctx.model, ctx.mesh)
+    allreduce_embedding_grads(ctx.model, ctx.mesh)
     stats = ctx.optimizer.step()
     stats["loss"] = loss.item()
     return stats
