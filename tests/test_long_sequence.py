@@ -15,7 +15,7 @@ from megatron_sp.activations.offload import _is_weight
 from megatron_sp.model import GPTConfig, GPTModel
 from megatron_sp.parallel_state import initialize_model_parallel, single_rank_mesh
 from megatron_sp.tensor_parallel import RNGTracker, chunked_output_cross_entropy, vocab_parallel_cross_entropy
-from megatron_sp.tensor_parallel.sharding import full_of, shard_of
+from megatron_sp.tensor_parallel.sharding import full_of
 from megatron_sp.distributed.grads import allreduce_sequence_parallel_grads
 from megatron_sp.training.arguments import ArgumentError, parse_args
 
