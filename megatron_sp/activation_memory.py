@@ -46,6 +46,13 @@ composite (CPU; a fused CUDA kernel keeps ``x * rsqrt`` less).
 
 Offload (``--cpu-offloading-num-layers N``): the kept bytes of runs starting below ``N`` live
 in host memory (``host``); on CPU host and device are one memory and nothing changes.
+
+Materialised attention (RSA over P > 1, ``--attention-backend unfused`` over a ring of one)
+keeps fp32 probabilities instead of the LSE (:func:`probs_bytes`) and adds score-sized
+transients to a layer's backward (:func:`unfused_transient`).  With sharded model state the
+gathered compute weights are alive in every phase and the unsharded gradients in backward
+(``phases(..., gathered, unsharded_grads)``); under bf16 the residual stream is then 2-byte.
+Pipeline stages take their chunks' bytes from :func:`chunk_kept`.
 """
 from __future__ import annotations
 
