@@ -3,36 +3,32 @@
     spec = ModelSpec.from_flags("--num-layers 4 --hidden-size 128 ...".split())
     est = estimate(spec, LayoutSpec(tp=1, cp=4, mode="p2p"), seq_length=8192, micro_batch=1)
     est.step_peak        # bytes the step adds above the post-setup baseline (what the scaling tool measures)
-    est.breakdown()      # params / grads / adam / activations / transients / comm
+    est.breakdown()      # params / grads / adam / activations / transients / phases / host / comm
+    est.host             # activation bytes offloaded to pinned host memory (--cpu-offloading, CUDA)
 
-The model counts the tensors this code base keeps, not a generic transformer:
-the per-layer terms below are the tensors autograd saves in ``model/transformer.py``
-(Korthikanti et al. 2022 give the same accounting for Megatron: ``sbh(34 + 5as/h)`` bytes
-per layer in fp16; ours differs because of RoPE, fused QKV, flash attention and fp32).
+The model counts the tensors this code base keeps, not a generic transformer: the
+per-layer terms are the tensors autograd saves in ``model/transformer.py`` (Korthikanti et
+al. 2022 give the same accounting for Megatron: ``sbh(34 + 5as/h)`` bytes per layer in fp16;
+ours differs because of RoPE, fused QKV, flash attention and fp32).
 Notation: ``s`` tokens of this CP rank (N/P), ``b`` micro-batch, ``h`` hidden, ``f`` FFN
 width, ``a``/``g`` query heads / query groups, ``d`` head dim, ``T`` TP size, ``V`` padded
 vocabulary, ``e`` bytes per activation element (4 fp32, 2 under bf16/fp16 autocast).
 Tensors in the Megatron-SP region (norms, residual) are divided by ``T`` under
 ``--sequence-parallel``; everything after the column-parallel linears is divided by ``T``.
 
-Saved per layer (elements per token and sample)::
-
-    norm inputs (2) + linear inputs (qkv, fc1)       4h        (/T with SP; the gathered input of a
-                                                               column linear is saved whole: h)
-    fused qkv output (kept alive by the RoPE views)  (a+2g)d/T
-    RoPE: rotated copies of q, k + their outputs     2(a+g)d/T
-    v made contiguous                                g d/T
-    attention output (= the projection input)        a d/T     (+ lse a/T, fp32; Ulysses: + a d/T,
-                                                               the output is kept on both sides of
-                                                               its all-to-all)
-    fc1 output (GELU input), fc2 input               2f/T      (SwiGLU: 2f + 2f ... see code)
-    dropout masks (bool), if --hidden-dropout > 0   2h bytes  (/T with SP)
+Activations (``activation_memory.py``) are counted phase by phase: what each layer keeps
+for backward (by recompute mode; the tiled MLP keeps no intermediate; offloaded layers keep
+theirs in host memory on CUDA), the final norm and the loss (the fp32 softmax unfused,
+nothing chunk-sized once chunked), and the transients of the loss, a layer's backward (MLP
+gradients or one tile, attention's dq/dk/dv, the CP buffers and RSA's score copies) and the
+optimizer step.  ``tests/test_memory_model.py`` checks that the bytes a forward keeps are exactly
+what autograd saves, and the step peak against measured steps.
 
 Attention scores exist for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]`` in fp32
 saved per layer, plus two more copies at the backward peak of a layer (``d_probs`` and the
 softmax-backward product).  With the flash kernels (``--attention-backend auto`` / ``flash``)
 no other mode materialises scores.  ``--attention-backend unfused`` (or ``local``) does, see
-:func:`_unfused_kept` and :func:`_unfused_transient`: where attention is a ring of one (CP 1,
+``activation_memory.probs_bytes`` and ``unfused_transient``: where attention is a ring of one (CP 1,
 and Ulysses after its all-to-all) it keeps the fp32 probabilities ``[b, a/(T U), sU, sU]``
 of every layer, exactly RSA's algorithm over a ring of one (same two extra copies in a layer's
 backward); inside a ring of R > 1 it materialises each block's scores transiently.  Ring modes keep
@@ -56,7 +52,13 @@ bf16/fp16, else 4; :func:`model_state`)::
 The persistent state exists before the measured step (the scaling tool takes its baseline
 after a warm-up step), so the step's peak counts gradients, activations and transients;
 ``device_peak`` adds the persistent device state, and ``host`` is the host memory a rank
-holds for the model state.
+holds for the model state.  On CPU the foreach AdamW makes one ``sqrt(v)`` temporary per
+parameter in the optimizer step (CUDA's fused kernel none); with DDP's buckets (DP x CP > 1) or
+sharded state the gradients are in the baseline, otherwise backward makes them again.
+
+Host memory per rank (``Estimate.host_total``): the model state under
+``--optimizer-cpu-offload`` (``host``) plus the activations ``--cpu-offloading`` moves
+(``host_activations``; 0 on CPU, where host and device are one memory).
 
 Communication per step and rank (bytes sent, forward + backward):
 
@@ -79,6 +81,9 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from . import activation_memory
+from .activation_memory import UNFUSED_BACKENDS, unfused_transient as _unfused_transient  # noqa: F401
+from .activation_memory import probs_bytes as _probs_bytes  # noqa: F401
 from .model.config import default_ffn_hidden_size
 
 
@@ -99,6 +104,14 @@ class ModelSpec:
     hidden_dropout: float = 0.0
     bf16: bool = False
     recompute: Optional[str] = None  # None, "selective", "full"
+    rmsnorm: bool = False  # --normalization RMSNorm (keeps x * rsqrt for its weight gradient)
+    recompute_method: str = "uniform"  # full: "uniform" or "block"
+    recompute_num_layers: int = 1
+    loss_chunk: int = 2048  # --cross-entropy-chunk-size (0: full logits)
+    loss_fusion: bool = False  # --cross-entropy-loss-fusion
+    mlp_chunk: int = 0  # --tiled-mlp-chunk-size (0: untiled)
+    offload_layers: int = 0  # --cpu-offloading-num-layers (with --cpu-offloading)
+    device: str = "cuda"  # "cpu": host and device are one memory (offload moves nothing)
     attention_backend: str = "auto"  # --attention-backend: unfused/local materialise scores (see module doc)
 
     def __post_init__(self):
@@ -108,29 +121,41 @@ class ModelSpec:
 
     @classmethod
     def from_flags(cls, argv, bf16: bool = False, recompute: Optional[str] = None,
-                   make_vocab_size_divisible_by: int = 128) -> "ModelSpec":
-        """From ``pretrain_gpt.py`` model flags (the subset that changes memory)."""
+                   make_vocab_size_divisible_by: int = 128, device: str = "cuda") -> "ModelSpec":
+        """From ``pretrain_gpt.py`` flags (the subset that changes memory); ``bf16``/``recompute``
+        given here override the flags."""
         p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         for flag, typ in (("--num-layers", int), ("--hidden-size", int), ("--num-attention-heads", int),
                           ("--ffn-hidden-size", int), ("--num-query-groups", int), ("--kv-channels", int),
                           ("--vocab-size", int), ("--max-position-embeddings", int), ("--hidden-dropout", float),
-                          ("--make-vocab-size-divisible-by", int)):
+                          ("--make-vocab-size-divisible-by", int), ("--recompute-granularity", str),
+                          ("--recompute-method", str), ("--recompute-num-layers", int),
+                          ("--cross-entropy-chunk-size", int), ("--tiled-mlp-chunk-size", int),
+                          ("--cpu-offloading-num-layers", int)):
             p.add_argument(flag, type=typ, default=None)
         for flag in ("--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
-                     "--group-query-attention"):
+                     "--group-query-attention", "--bf16", "--recompute-activations", "--cross-entropy-loss-fusion",
+                     "--cpu-offloading"):
             p.add_argument(flag, action="store_true")
         p.add_argument("--position-embedding-type", default="learned_absolute")
+        p.add_argument("--normalization", default="LayerNorm")
         p.add_argument("--attention-backend", default="auto")
         a, _ = p.parse_known_args(argv)
         div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
         vocab = int(math.ceil(a.vocab_size / div) * div)  # NullTokenizer: EOD is the last of the V ids
+        recompute = recompute or a.recompute_granularity or ("selective" if a.recompute_activations else None)
         return cls(a.num_layers, a.hidden_size, a.num_attention_heads, vocab, a.ffn_hidden_size,
                    a.num_query_groups if a.group_query_attention else None, a.kv_channels, a.swiglu,
                    not a.disable_bias_linear, a.position_embedding_type == "rope",
                    0 if a.position_embedding_type == "rope" else (a.max_position_embeddings or 0),
                    not a.untie_embeddings_and_output_weights,
-                   a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16, recompute,
-                   a.attention_backend)
+                   a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16 or a.bf16, recompute,
+                   rmsnorm=a.normalization == "RMSNorm", recompute_method=a.recompute_method or "uniform",
+                   recompute_num_layers=a.recompute_num_layers or 1,
+                   loss_chunk=2048 if a.cross_entropy_chunk_size is None else a.cross_entropy_chunk_size,
+                   loss_fusion=a.cross_entropy_loss_fusion, mlp_chunk=a.tiled_mlp_chunk_size or 0,
+                   offload_layers=(a.cpu_offloading_num_layers or 0) if a.cpu_offloading else 0, device=device,
+                   attention_backend=a.attention_backend)
 
 
 @dataclass(frozen=True)
@@ -164,15 +189,22 @@ class Estimate:
     params: float          # bytes of local fp32 weights (in the baseline)
     grads: float           # bytes of gradients
     adam: float            # bytes of Adam m and v
-    activations: float     # saved activations of all layers + outside (forward end)
-    transient: float       # extra at the peak (end of forward, or a layer's backward)
+    activations: float     # kept on the device at the end of forward: all layers + outside
+    transient: float       # extra at the peak phase (the loss, a layer's backward ...)
     grads_in_baseline: bool  # DDP (DP x CP > 1) allocates gradient buckets at setup
-    early_grads: float     # gradients already allocated when a layer's backward peaks (no DDP)
+    early_grads: float     # gradients already allocated when the last layer's backward peaks (no DDP)
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
     host: float = 0.0      # host bytes of the model state (--optimizer-cpu-offload)
     buffers: float = 0.0   # persistent pipeline receive buffers (pipeline_parallel/memory.py)
-    optimizer: float = 0.0  # peak of the optimizer step (activations freed by then), see _optimizer_peak
+    optimizer: float = 0.0  # peak of the optimizer step (activations freed by then)
+    host_activations: float = 0.0  # activations offloaded to (pinned) host memory (--cpu-offloading, CUDA)
+    phases: dict = None    # peak bytes of each phase of the step (activation_memory.phases)
+
+    @property
+    def host_total(self) -> float:
+        """Host bytes this rank needs: offloaded model state and offloaded activations."""
+        return self.host + self.host_activations
 
     @property
     def device_peak(self) -> float:
@@ -182,12 +214,11 @@ class Estimate:
 
     @property
     def step_peak(self) -> float:
-        """Bytes the step needs above the baseline taken after a warm-up step: saved activations +
-        the transient at the peak, or the optimizer step's peak if larger.  Weights, Adam state and
-        (under DDP, DP x CP > 1) the gradient buckets are persistent and in the baseline; without DDP
-        the gradients are created in backward, after the end-of-forward peak, and only those of the
-        output layer and the last layer can coincide with a layer's backward peak (``transient``
-        includes them; the scaling tool frees the previous step's before its baseline)."""
+        """Bytes the step needs above the baseline taken after a warm-up step (the previous step's
+        gradients freed): the largest phase (kept activations + that phase's transient), or the
+        optimizer step's peak if larger.  Weights, Adam state and (under DDP, DP x CP > 1, or sharded
+        state) the gradients are persistent and in the baseline; without DDP backward makes the
+        gradients, and each phase counts those made before it."""
         return max(self.activations + self.transient, self.optimizer)
 
     @property
@@ -200,7 +231,9 @@ class Estimate:
                 "host_mib": self.host / mib, "buffers_mib": self.buffers / mib,
                 "device_peak_mib": self.device_peak / mib,
                 "activations_mib": self.activations / mib, "transient_mib": self.transient / mib,
-                "step_peak_mib": self.step_peak / mib, "comm_mib_per_step": self.comm_bytes / mib,
+                "step_peak_mib": self.step_peak / mib, "host_activations_mib": self.host_activations / mib,
+                "comm_mib_per_step": self.comm_bytes / mib,
+                **{f"phase_{k}_mib": v / mib for k, v in (self.phases or {}).items()},
                 **{f"comm_{k}_mib": v / mib for k, v in self.comm_detail.items()}}
 
 
@@ -245,139 +278,38 @@ def local_parameters(spec: ModelSpec, tp: int) -> int:
     return int(L * per_layer + embed + 2 * h)  # final norm
 
 
-def _layer_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
-    """Bytes one layer saves for backward on this rank (s = tokens of this CP rank)."""
-    h, f, a, g, d = (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads, spec.num_query_groups,
-                     spec.kv_channels)
-    T, e = lay.tp, (2 if spec.bf16 else 4)
-    sp_div = T if (lay.sp and T > 1) else 1
-    tok = s * b
-    # norm inputs (residual stream), sharded under SP; linear inputs (gathered under SP: whole)
-    elems = 2 * h / sp_div + 2 * h
-    elems += (a + 2 * g) * d / T                      # q, k (RoPE outputs), v made contiguous
-    elems += a * d / T                                # attention output = the projection input (a view:
-                                                      # the kernels write it in [s, b, h, d] order)
-    elems += (3 if spec.swiglu else 2) * f / T        # fc1 output (x2 SwiGLU) + activation output
-    byts = tok * elems * e + tok * (a / T) * 4        # + lse (fp32)
-    if spec.hidden_dropout > 0:
-        byts += tok * 2 * h / sp_div                  # bool masks
-    if lay.mode == "rsa" and lay.cp > 1:
-        byts += b * (a / T) * s * (s * lay.cp) * 4    # full score rows, fp32
-    return byts + _unfused_kept(spec, lay, s, b) + _ulysses_output(spec, lay, s, b)
+def _optimizer_peak(spec: ModelSpec, lay: LayoutSpec, n_params: float, ddp: bool) -> float:
+    """The optimizer step, after backward freed the activations: every gradient when they are not
+    DDP buckets or shards (in the baseline), and on CPU the foreach AdamW's ``sqrt(v)`` temporaries,
+    one per local (sharded) parameter (CUDA's fused kernel makes none; offloaded state steps on the host)."""
+    grads = 0.0 if ddp else 4.0 * n_params
+    if lay.sharding != "none":
+        n_params /= lay.dp * lay.cp
+    return grads + (4.0 * n_params if spec.device == "cpu" and not lay.offload else 0.0)
+
+
+def _layer_activations(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, seq_length: int = 0) -> tuple:
+    """``(kept per layer, once)`` on the device (pipeline stages multiply the first by their layers):
+    the mean of what the layers keep until backward (by recompute mode, offload), and the longest
+    checkpointed run recomputed in backward."""
+    device, _, recomputed = activation_memory.chunk_kept(spec, lay, s, b, 0, spec.num_layers)
+    return device / spec.num_layers, recomputed
 
 
 def _outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
-    h, V, T, e = spec.hidden_size, spec.vocab_size, lay.tp, (2 if spec.bf16 else 4)
-    sp_div = T if (lay.sp and T > 1) else 1
-    tok = s * b
-    # final norm input, output-layer input (gathered under SP), softmax of the logits (fp32, kept by
-    # the cross entropy in place of the shifted logits); the embedding output is layer 1's norm input
-    return tok * (h / sp_div * e + h * e + V / T * 4)
-
-
-UNFUSED_BACKENDS = ("unfused", "local")
-
-
-def _materialised(spec: ModelSpec, lay: LayoutSpec) -> bool:
-    """Attention runs RSA's algorithm, keeping probabilities: rsa over P > 1, or ``--attention-backend
-    unfused`` where attention is a ring of one (CP 1, every TP layout, Ulysses after its all-to-all)."""
-    return (lay.mode == "rsa" and lay.cp > 1) or (spec.attention_backend in UNFUSED_BACKENDS
-                                                  and lay.ring_degree == 1)
-
-
-def _unfused_kept(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
-    """Bytes per layer the materialised path saves beyond the flash accounting of :func:`_layer_saved`.
-
-    Unfused over a ring of one: + the fp32 probabilities ``[b, a/(T U), sU, sU]`` (RSA's rows are
-    counted there).  Both: - the LSE, which is not kept (the output, a fresh ``[b, h, s, d]``
-    tensor, is not kept either: only the projection's ``[s, b, h d]`` copy of it, counted there).
-    E.g. BERT-Base shapes (a = 12), N = 512, b = 1, T = 1: 12 MiB of probabilities per layer.
-    """
-    if not _materialised(spec, lay):
-        return 0.0
-    lse = s * b * spec.num_attention_heads / lay.tp * 4
-    return (0.0 if lay.mode == "rsa" and lay.cp > 1 else _probs_bytes(spec, lay, s, b)) - lse
-
-
-def _ulysses_output(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
-    """Under Ulysses (U > 1) the attention output is kept twice: head-sharded by the ring function
-    (``[b, a/(T U), sU, d]``) and, after the all-to-all back, as the projection's input."""
-    if lay.ulysses_degree == 1 or _materialised(spec, lay):
-        return 0.0
-    return s * b * spec.num_attention_heads * spec.kv_channels / lay.tp * (2 if spec.bf16 else 4)
-
-
-def _probs_bytes(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
-    """fp32 probabilities one layer keeps: RSA's rows ``[b, a/T, s, sP]``, unfused over a ring of one
-    ``[b, a/(T U), sU, sU]``; 0 where attention does not materialise them."""
-    if not _materialised(spec, lay):
-        return 0.0
-    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
-    if lay.mode == "rsa" and lay.cp > 1:
-        return b * (a / T) * s * (s * lay.cp) * 4
-    return b * (a / (T * U)) * (s * U) ** 2 * 4
-
-
-def _unfused_transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
-    """Score-sized tensors alive at a layer's backward peak under ``--attention-backend unfused``:
-    over a ring of one, ``d_probs`` and the softmax-backward product (2 x the probabilities, as RSA);
-    inside a ring (R > 1) the reference kernel's block (the largest is the diagonal ``[sU, sU]``):
-    probabilities, their gradient and two temporaries of the softmax backward (4 x)."""
-    if spec.attention_backend not in UNFUSED_BACKENDS or (lay.mode == "rsa" and lay.cp > 1):
-        return 0.0
-    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
-    block = b * (a / (T * U)) * (s * U) ** 2 * 4
-    return (2 if lay.ring_degree == 1 else 4) * block
-
-
-def _optimizer_peak(n_params: int, ddp: bool) -> float:
-    """The optimizer step, after backward freed the activations: foreach AdamW's ``sqrt(v)``, one
-    fp32 copy of the local parameters, on top of the gradients when they are not DDP buckets (in the
-    baseline)."""
-    return 4.0 * n_params * (1 if ddp else 2)
-
-
-def _layer_activations(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, seq_length: int) -> tuple:
-    """``(kept per layer, once)``: activations layers keep until backward by recompute mode, and the
-    one layer's worth recomputed at a time in backward (``layers = L x kept + once``)."""
-    saved = _layer_saved(spec, lay, s, b)
-    if spec.recompute == "full":
-        e = 2 if spec.bf16 else 4
-        return s * b * spec.hidden_size / (lay.tp if lay.sp else 1) * e, saved
-    if spec.recompute == "selective" and _materialised(spec, lay):  # one layer's probabilities at a time
-        probs = _probs_bytes(spec, lay, s, b)
-        return saved - probs, probs
-    return saved, 0.0
+    """What the head keeps (final norm, output-layer input, the loss's tensors, RoPE's tables)."""
+    out_w = activation_memory.weight_copies(spec, lay)[2]
+    fused = activation_memory.fused_loss(spec, s * b)
+    return activation_memory.outside_kept(spec, lay, s, b) + (0.0 if fused else out_w)
 
 
 def _transient(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, early_grads: float = 0.0,
                outside: float = 0.0, head: bool = True) -> float:
-    """Extra bytes on top of all saved activations at the step's peak: the largest of
-
-    * the end of forward: the output layer's logits still alive while the cross entropy
-      builds its shifted copy (``[s, b, V/T]`` fp32);
-    * a layer's attention: all-to-all send/receive buffers of q, k, v (Ulysses), two K/V
-      blocks in flight (ring);
-    * rsa backward: ``d_probs`` and the softmax-backward product, two more score-sized tensors;
-      gradients created before that point (output layer, last layer) come on top when not in DDP buckets;
-      the tensors saved outside the layers (``outside``: logits' softmax, final norm and output-layer
-      inputs) are freed by then.
-    """
-    h, a, g, d, V, T = (spec.hidden_size, spec.num_attention_heads, spec.num_query_groups, spec.kv_channels,
-                        spec.vocab_size, lay.tp)
-    e = 2 if spec.bf16 else 4
-    tok = s * b
-    head = tok * V / T * 4 if head else 0.0
-    attn = 0.0
-    U, R = lay.ulysses_degree, lay.ring_degree
-    if U > 1:
-        attn += tok * e * 2 * (a + 2 * max(g, U * T)) * d / T  # send + receive buffers of q, k, v
-    if R > 1 and lay.mode != "rsa":
-        attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
-    if lay.mode == "rsa" and lay.cp > 1:
-        attn += 2 * b * (a / T) * s * (s * lay.cp) * 4
-    attn += _unfused_transient(spec, lay, s, b)
-    return max(head, attn + early_grads - outside if attn else 0.0)
+    """The larger of the loss's transients (``head``: this rank computes the loss) and a layer's
+    backward transient (plus ``early_grads``, less ``outside`` freed by then)."""
+    loss = max(activation_memory.loss_transients(spec, lay, s, b)) if head else 0.0
+    layer = activation_memory.layer_backward_transient(spec, lay, s, b)
+    return max(loss, layer + early_grads - outside)
 
 
 def _comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> dict:
@@ -419,26 +351,24 @@ def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int
     s = seq_length / lay.cp
     b = micro_batch
     n = local_parameters(spec, lay.tp)
-    kept, once = _layer_activations(spec, lay, s, b, seq_length)
-    layers = spec.num_layers * kept + once
-    outside = _outside_saved(spec, lay, s, b)
-    acts = layers + outside
     comm = _comm(spec, lay, seq_length, b, n)
     state = model_state(spec, lay)
+    layer = 4.0 * _layer_parameters(spec, lay.tp)
     if lay.sharding == "none":
         ddp = lay.dp * lay.cp > 1
-        early = 0.0 if ddp else 4.0 * (n - spec.num_layers * _layer_parameters(spec, lay.tp)
-                                       + _layer_parameters(spec, lay.tp))
-        transient = _transient(spec, lay, s, b, early, outside)
-        optimizer = _optimizer_peak(n, ddp)
+        # made before the last layer's backward peaks: the output weight's, the final norm's, that layer's
+        early = 0.0 if ddp else 4.0 * (spec.vocab_size / lay.tp * spec.hidden_size + 2 * spec.hidden_size) + layer
+        peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, 0.0 if ddp else layer)
     else:  # sharded gradients persist between steps; gathered weights and unsharded gradients do not
         ddp, early = True, 0.0
-        transient = state["gathered"] + max(_transient(spec, lay, s, b, 0.0, outside), state["unsharded_grads"])
-        optimizer = 0.0 if lay.offload else _optimizer_peak(n / (lay.dp * lay.cp), True)
+        peaks, kept, host = activation_memory.phases(spec, lay, s, b, 0.0, 0.0, state["gathered"],
+                                                     state["unsharded_grads"])
+    optimizer = _optimizer_peak(spec, lay, n, ddp)
+    peaks["optimizer_step"] = optimizer
     return Estimate(params=state["params"], grads=state["grads"], adam=state["adam"],
-                    activations=acts, transient=transient, comm_bytes=sum(comm.values()),
-                    grads_in_baseline=ddp, early_grads=early,
-                    comm_detail=comm, host=state["host"], optimizer=optimizer)
+                    activations=kept, transient=max(peaks.values()) - kept, comm_bytes=sum(comm.values()),
+                    grads_in_baseline=ddp, early_grads=early, comm_detail=comm, host=state["host"],
+                    optimizer=optimizer, host_activations=host, phases=peaks)
 
 
 def _largest(fits, granularity: int, limit: int) -> int:

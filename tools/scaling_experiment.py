@@ -94,8 +94,9 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from megatron_sp import memory_model as mm  # noqa: E402  (pure python: imports no torch)
-from megatron_sp.flag_types import POSITIVE, POSITIVE_INT, ArgumentParser, Range, in_range  # noqa: E402
+from megatron_sp.flag_types import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, Range, in_range  # noqa: E402
 from megatron_sp.scaling.layouts import Layout, make_layout  # noqa: E402,F401
+from megatron_sp.scaling.presets import MODEL_PRESETS  # noqa: E402
 from megatron_sp.scaling.paper import PAPER_MICRO_BATCH, PAPER_PRESETS, PAPER_SEQ_LENGTH, run_paper  # noqa: E402
 from megatron_sp.scaling.report import _read_trials, markdown_table, write_outputs  # noqa: E402,F401
 from megatron_sp.scaling.search import SearchResult, search_max  # noqa: E402,F401
@@ -106,18 +107,7 @@ MiB = 2 ** 20
 
 # --- model presets (flags as pretrain_gpt.py takes them) ---------------------------------
 PRESETS = {
-    # activations dominate: 4 layers, hidden 128, rope (no position table growing with length)
-    "tiny": "--num-layers 4 --hidden-size 128 --num-attention-heads 8 --ffn-hidden-size 512 "
-            "--vocab-size 1000 --position-embedding-type rope",
-    "small": "--num-layers 8 --hidden-size 256 --num-attention-heads 8 --vocab-size 8000 "
-             "--position-embedding-type rope",
-    "gpt-345m": "--num-layers 24 --hidden-size 1024 --num-attention-heads 16 --vocab-size 50257 "
-                "--position-embedding-type rope",
-    "gpt-1.3b": "--num-layers 24 --hidden-size 2048 --num-attention-heads 16 --vocab-size 50257 "
-                "--position-embedding-type rope",
-    "gpt-7b": "--num-layers 32 --hidden-size 4096 --num-attention-heads 32 --ffn-hidden-size 11008 --swiglu "
-              "--normalization RMSNorm --disable-bias-linear --untie-embeddings-and-output-weights "
-              "--vocab-size 32000 --position-embedding-type rope",
+    **MODEL_PRESETS,  # tiny, small, llama-32k, gpt-*, llama-3-* (megatron_sp/scaling/presets.py)
     **PAPER_PRESETS,  # bert-base-like, bert-large-like (megatron_sp/scaling/paper.py)
 }
 COMMON = ("--mock-data --tokenizer-type NullTokenizer --lr 1e-4 --min-lr 1e-5 --lr-decay-style constant "
@@ -136,20 +126,31 @@ def build_argv(args, layout: Layout, seq: int, mbs: int) -> list:
              "--seed", "1234"]
     if args.bf16:
         argv.append("--bf16")
+    return argv + memory_flags(args)
+
+
+def memory_flags(args) -> list:
+    """Attention backend, recompute, chunked loss, tiled MLP and offload flags of the trials (the
+    model reads the same)."""
+    argv = []
     if args.attention_backend != "auto":
         argv += ["--attention-backend", args.attention_backend]
     if args.recompute_granularity:
         argv += ["--recompute-granularity", args.recompute_granularity]
         if args.recompute_granularity == "full":
             argv += ["--recompute-method", "uniform", "--recompute-num-layers", "1"]
+    if args.cross_entropy_chunk_size is not None:
+        argv += ["--cross-entropy-chunk-size", str(args.cross_entropy_chunk_size)]
+    if args.tiled_mlp_chunk_size:
+        argv += ["--tiled-mlp-chunk-size", str(args.tiled_mlp_chunk_size)]
+    if args.cpu_offloading_num_layers:
+        argv += ["--cpu-offloading", "--cpu-offloading-num-layers", str(args.cpu_offloading_num_layers)]
     return argv
 
 
 def model_config(args) -> mm.ModelSpec:
-    spec = mm.ModelSpec.from_flags(model_flags(args).split(), bf16=args.bf16,
-                                   recompute=args.recompute_granularity)
-    spec.attention_backend = args.attention_backend
-    return spec
+    return mm.ModelSpec.from_flags(model_flags(args).split() + memory_flags(args), bf16=args.bf16,
+                                   device=args.device)
 
 
 def layout_refusal(args, layout: Layout) -> str:
@@ -302,7 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrain_gpt.py's --attention-backend for every layout (unfused: the paper's TP baseline)")
     p.add_argument("--paper-models", nargs="+", default=["bert-base-like", "bert-large-like"],
                    help="--experiment paper: the presets to run")
-    p.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
+    p.add_argument("--recompute-granularity", choices=["full", "selective"], default=None,
+                   help="full: uniform, one layer per checkpoint")
+    p.add_argument("--cross-entropy-chunk-size", type=NON_NEGATIVE_INT, default=None, metavar="TOKENS",
+                   help="pretrain_gpt.py's flag (default: its default, 2048; 0: full logits)")
+    p.add_argument("--tiled-mlp-chunk-size", type=NON_NEGATIVE_INT, default=0, metavar="TOKENS",
+                   help="tiled MLP (0: off)")
+    p.add_argument("--cpu-offloading-num-layers", type=NON_NEGATIVE_INT, default=0,
+                   help="--cpu-offloading of that many layers (0: off); a no-op for memory on CPU")
     p.add_argument("--steps", type=POSITIVE_INT, default=2, help="training steps per trial (peak over all, last timed)")
     p.add_argument("--start", type=POSITIVE_INT, default=None,
                    help="first value tried (default: the model's prediction)")

@@ -43,6 +43,13 @@ class GPTConfig:
     recompute_granularity: Optional[str] = None  # None, "full", "selective"
     recompute_method: Optional[str] = None  # "uniform" or "block" (full only)
     recompute_num_layers: int = 1
+    # long-sequence memory (megatron_sp/activations): tokens per chunk of the fused output layer +
+    # cross entropy (0: full logits), the fused path even at one chunk, tokens per MLP tile (0: untiled),
+    # layers whose saved activations wait in host memory
+    cross_entropy_chunk_size: int = 2048
+    cross_entropy_loss_fusion: bool = False
+    tiled_mlp_chunk_size: int = 0
+    cpu_offloading_num_layers: int = 0
     # Megatron-LM interop (issue 13)
     rotary_percent: float = 1.0  # fraction of each head's channels RoPE rotates
     rotary_interpolation_factor: Optional[float] = None  # positions / factor
@@ -75,6 +82,9 @@ class GPTConfig:
                              f"{self.kv_channels} channels; it must be an even number >= 2")
         if self.recompute_granularity not in (None, "full", "selective"):
             raise ValueError(f"--recompute-granularity {self.recompute_granularity!r}: choose full or selective")
+        if self.cross_entropy_chunk_size < 0 or self.tiled_mlp_chunk_size < 0:
+            raise ValueError(f"--cross-entropy-chunk-size {self.cross_entropy_chunk_size} / --tiled-mlp-chunk-size "
+                             f"{self.tiled_mlp_chunk_size}: a chunk is a number of tokens >= 0 (0: off)")
         if self.recompute_granularity == "full" and self.recompute_method not in ("uniform", "block"):
             raise ValueError("--recompute-granularity full needs --recompute-method uniform or block "
                              f"(got {self.recompute_method!r})")

@@ -3,8 +3,11 @@
 ``forward(tokens, position_ids, labels)`` works on this rank's part of the sequence
 (its CP shard, in zigzag order where the attention mode wants it) with the tokens'
 global position ids, and returns the per-token loss ``[b, s_local]`` in fp32; the
-training loop reduces loss sums and token counts over CP and DP.  Without labels it
-returns the logits ``[b, s_local, V]`` gathered over TP (for generation).
+training loop reduces loss sums and token counts over CP and DP.  The output layer and
+the loss run fused over chunks of the local tokens when there are more than
+``cross_entropy_chunk_size`` of them, so the ``[s, b, V/T]`` logits never exist (on the
+last pipeline stage too: :meth:`head` is where the loss is).  Without labels it returns the
+logits ``[b, s_local, V]`` gathered over TP (for generation).
 
 Under pipeline parallelism a rank builds only its stage's part (``layers``: the global
 indices of its decoder layers; ``pre_process``: the embedding, on the first stage;
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from ..tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, gather_from_tensor_parallel_region,
                                init_parameters, scatter_to_sequence_parallel_region, set_tp_attributes,
                                vocab_parallel_cross_entropy)
+from ..tensor_parallel.cross_entropy import chunked_output_cross_entropy
 from .config import GPTConfig
 from .rope import RotaryEmbedding
 from .transformer import TransformerBlock, build_norm, dropout_add
@@ -89,7 +93,18 @@ class GPTModel(torch.nn.Module):
         # x: [s(/T), b, h] -> per-token loss [b, s] (fp32), or logits [b, s, V] without labels
         x = self.final_norm(x)
         weight = None if self.cfg.untie_embeddings_and_output_weights else self.embedding.weight
+        if labels is not None and self._fused_loss(labels.numel()):
+            x = self.output_layer.gather_input(x)  # [s, b, h]
+            weight = self.output_layer.weight if weight is None else weight
+            return chunked_output_cross_entropy(x, weight, labels.t(), self.mesh.tp_group,
+                                                self.cfg.cross_entropy_chunk_size).t()  # [b, s]
         logits = self.output_layer(x, weight)  # [s, b, V/T]
         if labels is None:
             return gather_from_tensor_parallel_region(logits, self.mesh.tp_group).transpose(0, 1)
         return vocab_parallel_cross_entropy(logits, labels.t(), self.mesh.tp_group).t()  # [b, s]
+
+    def _fused_loss(self, tokens: int) -> bool:
+        """The chunked output layer + loss: whenever it saves memory (more local tokens than one
+        chunk), or always with ``--cross-entropy-loss-fusion``; never with chunk size 0."""
+        chunk = self.cfg.cross_entropy_chunk_size
+        return chunk > 0 and (self.cfg.cross_entropy_loss_fusion or tokens > chunk)

@@ -12,9 +12,12 @@ so a contiguous TP shard holds whole groups and GQA needs no reshuffling.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
+from ..activations import ActivationOffloader, sequence_tiled
 from ..sequence_parallel import build_cp_attention
 from ..tensor_parallel import ColumnParallelLinear, RowParallelLinear, set_tp_attributes
 from .config import GPTConfig
@@ -101,9 +104,18 @@ class SelfAttention(torch.nn.Module):
 
 
 class MLP(torch.nn.Module):
+    """Column-parallel fc1 -> GELU or SwiGLU -> row-parallel fc2.
+
+    With ``tiled_mlp_chunk_size`` (``--tiled-mlp-chunk-size``) the local part (both matmuls and
+    the activation) runs over chunks of that many tokens and is recomputed in backward
+    (``activations.sequence_tiled``): only one chunk's ``[c, 2 ffn/T]`` intermediate exists
+    and the layer keeps the MLP's input alone.  The TP communication stays outside the tiles.
+    """
+
     def __init__(self, cfg: GPTConfig, mesh):
         super().__init__()
-        self.swiglu, self.gelu_approximate = cfg.swiglu, "tanh" if cfg.openai_gelu else "none"
+        self.swiglu, self.chunk_tokens = cfg.swiglu, cfg.tiled_mlp_chunk_size
+        self.gelu_approximate = "tanh" if cfg.openai_gelu else "none"
         width = cfg.ffn_hidden_size * (2 if cfg.swiglu else 1)
         self.linear_fc1 = ColumnParallelLinear(cfg.hidden_size, width, mesh.tp_group, bias=cfg.add_bias_linear,
                                                sequence_parallel=cfg.sequence_parallel,
@@ -111,14 +123,26 @@ class MLP(torch.nn.Module):
         self.linear_fc2 = RowParallelLinear(cfg.ffn_hidden_size, cfg.hidden_size, mesh.tp_group,
                                             bias=cfg.add_bias_linear, sequence_parallel=cfg.sequence_parallel)
 
-    def forward(self, x):
-        h = self.linear_fc1(x)  # [s, b, ffn/T (x2 for SwiGLU)]
+    def _activation(self, h):
+        # h: [.., ffn/T (x2 for SwiGLU)] -> [.., ffn/T]
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(h, approximate=self.gelu_approximate)
-        return self.linear_fc2(h)
+            return F.silu(gate) * up
+        return F.gelu(h, approximate=self.gelu_approximate)
+
+    def _local(self, x, *params):
+        # x: [c, h] -> partial fc2 output [c, h] (summed over TP by the caller)
+        w1, b1, w2 = params if len(params) == 3 else (params[0], None, params[1])
+        return F.linear(self._activation(F.linear(x, w1, b1)), w2)
+
+    def forward(self, x):
+        if not self.chunk_tokens:
+            return self.linear_fc2(self._activation(self.linear_fc1(x)))
+        x = self.linear_fc1.gather_input(x)  # [s, b, h]
+        s, b, h = x.shape
+        params = [p for p in (self.linear_fc1.weight, self.linear_fc1.bias, self.linear_fc2.weight) if p is not None]
+        y = sequence_tiled(self._local, x.reshape(s * b, h), params=params, chunk_tokens=self.chunk_tokens)
+        return self.linear_fc2.reduce_output(y.view(s, b, -1))  # [s(/T), b, h]
 
 
 class TransformerLayer(torch.nn.Module):
@@ -138,7 +162,7 @@ class TransformerLayer(torch.nn.Module):
 
 
 class TransformerBlock(torch.nn.Module):
-    """The stack of layers, with Megatron's full-recompute methods.
+    """The stack of layers, with Megatron's full-recompute methods and activation offload.
 
     ``layers`` are the *global* indices this rank holds (all of them without pipeline
     parallelism): ``self.layers`` is keyed by them, so parameter names are
@@ -149,6 +173,9 @@ class TransformerBlock(torch.nn.Module):
     ``uniform``: layers are split into groups of ``recompute_num_layers`` and each
     group's input is the only activation kept.  ``block``: the first
     ``recompute_num_layers`` layers are recomputed one by one, the rest are not.
+    ``cpu_offloading_num_layers`` N: what a run of layers starting below N keeps for
+    backward (its checkpointed input, or all it saves) waits in host memory
+    (``activations.offload``).
     """
 
     def __init__(self, cfg: GPTConfig, mesh, rng, layers=None):
@@ -156,6 +183,8 @@ class TransformerBlock(torch.nn.Module):
         self.cfg, self.rng = cfg, rng
         ids = range(cfg.num_layers) if layers is None else layers
         self.layers = torch.nn.ModuleDict({str(i): TransformerLayer(cfg, mesh, rng) for i in ids})
+        # --cpu-offloading: what the first N layers (global indices) keep for backward waits in host memory
+        self.offloader = ActivationOffloader() if cfg.cpu_offloading_num_layers > 0 else None
 
     @staticmethod
     def _run(layers):
@@ -165,19 +194,27 @@ class TransformerBlock(torch.nn.Module):
             return x
         return run
 
-    def forward(self, x, rope=None, keys=None):
+    def segments(self, n: int):
+        """``(start, end, checkpointed)`` runs of ``n`` layers (positions in the run list), in order."""
         cfg = self.cfg
-        layers = list(self.layers.values()) if keys is None else [self.layers[str(k)] for k in keys]
-        n = len(layers)
-        rope_args = tuple(rope) if rope is not None else ()
         if cfg.recompute_granularity != "full" or not self.training:
-            return self._run(layers)(x, *rope_args)
+            return [(i, i + 1, False) for i in range(n)]
         step = max(1, cfg.recompute_num_layers)
         if cfg.recompute_method == "uniform":
-            for start in range(0, n, step):
-                x = self.rng.checkpoint(self._run(layers[start:start + step]), x, *rope_args)
-            return x
-        for i in range(n):  # block
-            run = self._run(layers[i:i + 1])
-            x = self.rng.checkpoint(run, x, *rope_args) if i < step else run(x, *rope_args)
+            return [(start, min(n, start + step), True) for start in range(0, n, step)]
+        return [(i, i + 1, i < step) for i in range(n)]  # block
+
+    def forward(self, x, rope=None, keys=None):
+        keys = [int(k) for k in self.layers] if keys is None else list(keys)  # global layer indices
+        layers = [self.layers[str(k)] for k in keys]
+        rope_args = tuple(rope) if rope is not None else ()
+        offload = self.offloader if (self.offloader is not None and self.training
+                                     and torch.is_grad_enabled()) else None
+        if offload is not None:
+            offload.begin()
+        for start, end, checkpointed in self.segments(len(layers)):
+            run = self._run(layers[start:end])
+            with (offload.layer(keys[start]) if offload is not None and keys[start] < self.cfg.cpu_offloading_num_layers
+                  else contextlib.nullcontext()):
+                x = self.rng.checkpoint(run, x, *rope_args) if checkpointed else run(x, *rope_args)
         return x

@@ -16,11 +16,12 @@ last, and at its peak the activations of the chunks its schedule keeps in flight
     model state  = memory_model.model_state of the stage's parameters; with sharded state the
                    library keeps every layer's compute weights gathered and accumulates unsharded
                    fp32 gradients from the first backward to the last (both modes, schedule.py)
-    transient    = the larger of memory_model's logits transient (last stage) and its attention
-                   transient plus, where backward runs while other micro-batches are in flight
-                   (all but GPipe and LoopedBFS), one layer's backward working set: the fp32
-                   gradients of its MLP intermediate and of two hidden-sized tensors,
-                   ``s b (f/T (x2 SwiGLU) + 2h) x 4``.  The stage's gradients count as
+    transient    = the larger of a layer's backward working set (the MLP and attention
+                   transients, one tile's under the tiled MLP; activation_memory.layer_working)
+                   and, on the last stage, the loss's transients (the logits, or one chunk of
+                   them with the chunked loss).  A recomputed run is counted once on top of the
+                   in-flight activations; ``--cpu-offloading`` layers (global indices) keep theirs in host
+                   memory (``host_activations``).  The stage's gradients count as
                    persistent whatever holds them (1F1B's steady state runs after the first
                    backward, so they are alive at the peak, and a step's baseline holds the
                    previous step's)
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .. import activation_memory
 from .. import memory_model as mm
 from .schedule_rules import in_flight_chunks
 
@@ -72,7 +74,6 @@ def stage_estimates(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq_length: int,
     s, b, h, T = seq_length / lay.cp, micro_batch, spec.hidden_size, lay.tp
     s_hidden = s / T if (lay.sp and T > 1) else s
     e_hidden = 2 if (spec.bf16 and lay.sharding != "none") else 4
-    kept, once = mm._layer_activations(spec, lay, s, b, seq_length)
     out = []
     for r in range(K):
         chunks = _stage_chunks(K, V, lay.schedule, r)
@@ -81,7 +82,12 @@ def stage_estimates(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq_length: int,
         stage_spec = replace(spec, num_layers=layers)
         n = stage_parameters(spec, T, layers, first, last)
         flight = in_flight_chunks(lay.schedule, K, V, m, r)
-        acts = flight * (per_chunk * kept + s_hidden * b * h * e_hidden) + once
+        # per chunk (its global layers: recompute runs restart per chunk, offload goes by global index)
+        pieces = [activation_memory.chunk_kept(spec, lay, s, b, c * per_chunk, per_chunk) for c in chunks]
+        kept = sum(p[0] for p in pieces) / len(pieces)
+        host = flight * sum(p[1] for p in pieces) / len(pieces)
+        once = max(p[2] for p in pieces)
+        acts = flight * (kept + s_hidden * b * h * e_hidden) + once
         if last:
             acts += (m if lay.schedule in ("GPipe", "LoopedBFS") else 1) * mm._outside_saved(spec, lay, s, b)
         hop = s_hidden * b * h * e_hidden
@@ -91,14 +97,13 @@ def stage_estimates(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq_length: int,
             state.update(gathered=(2 if spec.bf16 else 4) * n, unsharded_grads=4.0 * n)
         comm = mm._comm(stage_spec, lay, seq_length, b, n)
         comm["pp"] = 2 * hop * (sum(c != n_stages - 1 for c in chunks) + sum(c != 0 for c in chunks))
-        attention = mm._transient(stage_spec, lay, s, b, 0.0, head=False)
-        if lay.schedule not in ("GPipe", "LoopedBFS"):  # a backward amid in-flight forwards
-            attention += s * b * (spec.ffn_hidden_size / T * (2 if spec.swiglu else 1) + 2 * h) * 4
-        transient = max(mm._transient(stage_spec, lay, s, b, 0.0, head=last), attention)
+        # a layer's backward (recomputed run in ``once``), or the loss's transients on the last stage
+        transient = max(activation_memory.layer_working(spec, lay, s, b),
+                        max(activation_memory.loss_transients(spec, lay, s, b)) if last else 0.0)
         if lay.sharding != "none":
             transient = state["gathered"] + max(transient, state["unsharded_grads"])
         out.append(mm.Estimate(params=state["params"], grads=state["grads"], adam=state["adam"], activations=acts,
                                transient=transient, grads_in_baseline=True, early_grads=0.0,
                                comm_bytes=sum(comm.values()), comm_detail=comm, host=state["host"],
-                               buffers=buffers))
+                               buffers=buffers, host_activations=host))
     return out

@@ -105,13 +105,17 @@ def _smallest_batch(ctx, args) -> list:
     if not args.mock_data:  # the scaling tool's data; otherwise warm up on a measured-size batch
         return micro_batches(ctx.datasets[0], 0, args, ctx.mesh, ctx.device)
     import copy
-    from megatron_sp.data.gpt_dataset import build_mock_gpt_datasets
+
+    import torch
+
+    from megatron_sp.data.mock_dataset import sample_dict
     small = copy.copy(args)
     small.seq_length = 2 * args.context_parallel_size * args.tensor_model_parallel_size
-    small.micro_batch_size, small.num_micro_batches = 1, 1
-    small.global_batch_size = ctx.mesh.dp_size
-    data = build_mock_gpt_datasets("1,0,0", small.seq_length, args.seed, (ctx.mesh.dp_size, 0, 0),
-                                   ctx.tokenizer.vocab_size, ctx.tokenizer.eod)[0]
+    small.micro_batch_size = 1  # as many micro-batches as the step (a pipeline schedule expects them)
+    small.global_batch_size = ctx.mesh.dp_size * args.num_micro_batches
+    g = torch.Generator().manual_seed(args.seed)  # tiny samples (any ids: a warm-up)
+    data = [sample_dict(torch.randint(0, ctx.tokenizer.vocab_size, (small.seq_length + 1,), generator=g))
+            for _ in range(small.global_batch_size)]
     return micro_batches(data, 0, small, ctx.mesh, ctx.device)
 
 
@@ -139,8 +143,10 @@ def _trial_rank(rank, world, store_path, argv, budget_bytes, steps, threads, bac
         ctx = setup(args)
         batches = [micro_batches(ctx.datasets[0], i * args.global_batch_size, args, ctx.mesh, ctx.device)
                    for i in range(steps)]
-        if ctx.ddp_model is not ctx.model:  # DDP reallocates its gradient buckets at the second forward:
-            batches.insert(0, _smallest_batch(ctx, args))  # one more warm-up first, on the smallest batch
+        # DDP reallocates its gradient buckets at the second forward: one more warm-up first, on the
+        # smallest batch (not under PP: the stages' buffers are shaped for --seq-length)
+        if ctx.ddp_model is not ctx.model and not getattr(ctx.ddp_model, "is_pipeline", False):
+            batches.insert(0, _smallest_batch(ctx, args))
             steps += 1
         import gc
         if ctx.device.type == "cpu" and budget_bytes:  # safety net for the shared host (see module doc)

@@ -5,12 +5,17 @@ is ``log sum_v exp(z_v) - z_y``.  Three all-reduces over TP make it exact withou
 gathering ``V``: the max (for stability), the target logit (only the owner of ``y``
 contributes, others add 0) and the sum of exponentials.  Backward is local:
 ``softmax - onehot(y)`` on each rank's vocabulary slice.
+
+``chunked_output_cross_entropy`` fuses the output layer with it over chunks of the tokens,
+recomputed in backward, so full-length logits never exist (``--cross-entropy-chunk-size``).
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
+from ..activations.tiling import sequence_tiled
 from ..parallel_state import group_rank, group_size
 
 
@@ -55,3 +60,24 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 def vocab_parallel_cross_entropy(logits, target, tp_group=None):
     """Per-token loss ``[s, b]`` (fp32) from vocab-sharded ``logits`` ``[s, b, V/T]``."""
     return _VocabParallelCrossEntropy.apply(logits, target, tp_group)
+
+
+def chunked_output_cross_entropy(x, weight, target, tp_group=None, chunk_tokens: int = 2048):
+    """The output layer and the vocab-parallel cross entropy, ``chunk_tokens`` tokens at a time.
+
+    ``x``: the output layer's input ``[s, b, h]`` (already gathered over TP under Megatron-SP),
+    ``weight``: ``[V/T, h]``, ``target``: ``[s, b]``.  Returns the per-token loss ``[s, b]``
+    (fp32), equal to ``vocab_parallel_cross_entropy(x @ weight.T, target)``; but the logits
+    ``[c, V/T]`` and their fp32 softmax exist for one chunk of ``c`` tokens at a time, in
+    forward and again in backward (recomputed), never for the whole sequence.  Forward keeps
+    ``x`` only.  Example: 64K local tokens, Llama-3 vocabulary (128256) on one TP rank: 31 GiB
+    of fp32 softmax unchunked, 1 GiB per 2048-token chunk.
+    """
+    s, b, h = x.shape
+
+    def logits_loss(xc, tc, w):  # xc: [c, h], tc: [c] -> [c]
+        return vocab_parallel_cross_entropy(F.linear(xc, w), tc, tp_group)
+
+    loss = sequence_tiled(logits_loss, x.reshape(s * b, h), per_token=(target.reshape(s * b),),
+                          params=(weight,), chunk_tokens=chunk_tokens)
+    return loss.view(s, b)

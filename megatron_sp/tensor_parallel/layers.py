@@ -49,13 +49,18 @@ class ColumnParallelLinear(torch.nn.Module):
         self.bias = set_tp_attributes(torch.nn.Parameter(torch.empty(self.output_size_per_partition)),
                                       0, chunks, "zeros") if bias else None
 
+    def gather_input(self, x):
+        """Enter the TP region: ``[s/T, b, in]`` all-gathered under sequence parallelism, else
+        ``[s, b, in]`` as is (its gradient all-reduced).  Callers that run the local matmul
+        themselves (tiled MLP, chunked loss) use this and ``weight``/``bias`` directly."""
+        if self.sequence_parallel:
+            return gather_from_sequence_parallel_region(x, self.tp_group)
+        return copy_to_tensor_parallel_region(x, self.tp_group)
+
     def forward(self, x, weight=None):
         # x: [s, b, in] (or [s/T, b, in] under sequence parallelism)
         weight = self.weight if weight is None else weight
-        if self.sequence_parallel:
-            x = gather_from_sequence_parallel_region(x, self.tp_group)
-        else:
-            x = copy_to_tensor_parallel_region(x, self.tp_group)
+        x = self.gather_input(x)
         y = F.linear(x, weight, self.bias)  # [s, b, out/T]
         if self.gather_output:
             y = gather_from_tensor_parallel_region(y, self.tp_group)
@@ -79,7 +84,11 @@ class RowParallelLinear(torch.nn.Module):
 
     def forward(self, x):
         # x: [s, b, in/T] -> [s, b, out] (or [s/T, b, out] under sequence parallelism)
-        y = F.linear(x, self.weight)
+        return self.reduce_output(F.linear(x, self.weight))
+
+    def reduce_output(self, y):
+        """Leave the TP region: sum the partial ``[s, b, out]`` over TP (reduce-scatter along the
+        sequence under sequence parallelism), then add the bias."""
         if self.sequence_parallel:
             y = reduce_scatter_to_sequence_parallel_region(y, self.tp_group)
         else:

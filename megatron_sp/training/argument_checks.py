@@ -70,8 +70,21 @@ def check_model_state(args) -> None:
         _fail(f"--async-save needs --ckpt-format torch_dist (got {args.ckpt_format})")
 
 
+def check_long_sequence(args) -> None:
+    """Chunked loss, tiled MLP and activation offload (megatron_sp/activations)."""
+    if args.cross_entropy_loss_fusion and args.cross_entropy_chunk_size == 0:
+        _fail("--cross-entropy-loss-fusion needs chunks: drop --cross-entropy-chunk-size 0")
+    n = args.cpu_offloading_num_layers
+    if args.cpu_offloading and not 1 <= n < args.num_layers:
+        _fail(f"--cpu-offloading-num-layers {n}: offload between 1 and --num-layers - 1 = {args.num_layers - 1} "
+              "layers (the last layer's backward comes first: offloading it saves nothing)")
+    if n and not args.cpu_offloading:
+        _fail(f"--cpu-offloading-num-layers {n} does nothing without --cpu-offloading: add it")
+
+
 def check_combinations(args) -> None:
     check_schedule(args)
     check_split(args)
     check_recompute(args)
     check_model_state(args)
+    check_long_sequence(args)

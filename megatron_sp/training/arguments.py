@@ -94,6 +94,21 @@ def _parallel(p):
                    help="accepted with a sharding flag: FSDP2 always prefetches the next layer's weights")
 
 
+def _memory(p):
+    g = p.add_argument_group("long-sequence memory (chunked loss, tiled MLP, activation offload)")
+    g.add_argument("--cross-entropy-chunk-size", type=NON_NEGATIVE_INT, default=2048, metavar="TOKENS",
+                   help="the output layer and the cross entropy run fused over chunks of this many local "
+                        "tokens, recomputed in backward, whenever there are more (0: full logits, unfused)")
+    g.add_argument("--cross-entropy-loss-fusion", action="store_true",
+                   help="Megatron's flag: the fused output layer + cross entropy even for one chunk")
+    g.add_argument("--tiled-mlp-chunk-size", type=NON_NEGATIVE_INT, default=0, metavar="TOKENS",
+                   help="MLP over chunks of this many tokens, recomputed in backward (ALST's tiled MLP; 0: off)")
+    g.add_argument("--cpu-offloading", action="store_true",
+                   help="keep what the first --cpu-offloading-num-layers layers save for backward in host memory")
+    g.add_argument("--cpu-offloading-num-layers", type=NON_NEGATIVE_INT, default=0,
+                   help="with --cpu-offloading: layers 0 .. N-1 (global indices, also under pipeline parallelism)")
+
+
 def _training(p):
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=POSITIVE_INT, required=True)
@@ -246,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                                epilog="Other Megatron-LM flags are accepted with a start-up note or refused in one "
                                       "line (megatron_sp/training/megatron_flags.py; README, 'Coming from "
                                       "Megatron-LM').")
-    for add in (_model, _parallel, _training, _data, _checkpoint_and_logging, _megatron_interop):
+    for add in (_model, _parallel, _memory, _training, _data, _checkpoint_and_logging, _megatron_interop):
         add(p)
     megatron_compat.add_compat_arguments(p)  # last: flags defined above take precedence
     return p

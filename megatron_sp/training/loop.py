@@ -64,6 +64,9 @@ def model_config(args, vocab_size: int) -> GPTConfig:
         cp_comm_type=args.cp_comm_type, attention_backend=args.attention_backend,
         recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
+        cross_entropy_chunk_size=args.cross_entropy_chunk_size,
+        cross_entropy_loss_fusion=args.cross_entropy_loss_fusion, tiled_mlp_chunk_size=args.tiled_mlp_chunk_size,
+        cpu_offloading_num_layers=args.cpu_offloading_num_layers if args.cpu_offloading else 0,
         **interop_model_config(args))
 
 

@@ -1,0 +1,298 @@
+"""Activation bytes of one training step on one rank, phase by phase (used by ``memory_model``).
+
+Pure Python (no torch): the scaling tool and the planner import it before any process starts.
+Notation as in ``memory_model``: ``tok = s b`` tokens of this rank (``s`` = N/P), ``h``, ``f``,
+``a``/``g`` heads / query groups, ``d`` head dim, ``T`` TP size, ``V`` padded vocabulary,
+``/sp`` = divided by ``T`` under Megatron-SP, ``e`` bytes of a matmul operand (4, or 2 under
+bf16/fp16 autocast), ``r = 4`` bytes of the residual stream and norm internals (fp32 weights
+keep them fp32 under autocast too).
+
+**What a layer keeps for backward** (bytes per token; the tensors autograd saves, counted by
+storage, as ``tests/test_memory_model.py`` checks against ``saved_tensors_hooks``)::
+
+    layer input, residual after attention (norm inputs)     2 r h/sp
+    RMSNorm: x * rsqrt (for the weight gradient) + rsqrt     2 (r h + 4)/sp   (LayerNorm: mean, rstd 2 (8)/sp)
+    qkv and fc1 inputs (gathered under SP)                    2 e h
+    q, k (RoPE outputs), v contiguous; attention output       e (2a + 2g) d/T  (learned positions: the fused
+                                                              qkv output stays alive under the q, k views)
+    Ulysses: the output after the all-to-all back             e a d/T
+    log-sum-exp                                               4 a/T            (not with selective recompute)
+    MLP: fc1 output, activation output (SwiGLU: + silu(gate)) e 2f/T (SwiGLU 4f/T); tiled MLP: nothing
+    dropout masks                                             2 m h/sp (m: 1 byte on CUDA, 4 on CPU)
+    rsa with P > 1: score rows                                4 b (a/T) s N / tok
+
+Full recompute keeps only each checkpointed run's input (``r h/sp``).  Under bf16/fp16
+autocast the linears also keep the 2-byte copies of their weights (``weight_copies``),
+which autocast caches for the whole forward anyway.  Outside the layers:
+the final norm (its input and internals), the output-layer input ``e h``, RoPE's cos and sin
+``2 d`` fp32, the embedding's dropout mask and, with the unfused loss, the fp32 softmax
+``4 V/T`` (fused: the int64 labels and the per-token loss).  RMSNorm is counted as torch's
+composite (CPU; a fused CUDA kernel keeps ``x * rsqrt`` less).
+
+**Phases.**  The step's peak is the largest of
+
+* end of forward: everything kept + the loss's forward transient (unfused: the logits while
+  the cross entropy builds its fp32 shifted copy; fused: the same for one chunk ``c``);
+* the loss's backward: fused, the ``[tok, h]`` input gradient, the output weight's gradient
+  (a chunk's part + the running sum) and one chunk recomputed;
+* the last layer's backward: all other layers' kept bytes, the last checkpointed run
+  recomputed, the layer's backward transient (MLP: ``f/T`` gradients, or one tile recomputed
+  and its weight gradients; attention: dq, dk, dv and the CP buffers), the gradients made so
+  far (without DDP) and the residual-stream gradient;
+* the first layer's backward: that layer, and every gradient but the embedding's (small
+  models, where the gradients outweigh the activations);
+* with offload on CUDA, the backward of an offloaded layer: its kept bytes back on the device
+  and the previous layer's prefetched.
+
+Offload (``--cpu-offloading-num-layers N``): the kept bytes of runs starting below ``N`` live
+in host memory (``host``); on CPU host and device are one memory and nothing changes.
+
+Materialised attention (RSA over P > 1, ``--attention-backend unfused`` over a ring of one)
+keeps fp32 probabilities instead of the LSE (:func:`probs_bytes`) and adds score-sized
+transients to a layer's backward (:func:`unfused_transient`).  With sharded model state the
+gathered compute weights are alive in every phase and the unsharded gradients in backward
+(``phases(..., gathered, unsharded_grads)``); under bf16 the residual stream is then 2-byte.
+Pipeline stages take their chunks' bytes from :func:`chunk_kept`.
+"""
+from __future__ import annotations
+
+
+
+def _dims(spec, lay, s, b):
+    T = lay.tp
+    sp = T if (lay.sp and T > 1) else 1
+    e = 2 if spec.bf16 else 4
+    return (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads, spec.num_query_groups,
+            spec.kv_channels, spec.vocab_size, T, sp, e, s * b)
+
+
+def _stream_bytes(spec, lay) -> int:
+    """An element of the residual stream: fp32 (fp32 weights under autocast), or the compute dtype
+    when sharded state gathers bf16/fp16 weights (FSDP2's mixed precision makes the stream 2-byte)."""
+    return 2 if (spec.bf16 and lay.sharding != "none") else 4
+
+
+def _mask_bytes(spec) -> int:
+    """A dropout mask element: bool on CUDA (native_dropout), the input's dtype on CPU (fp32 stream)."""
+    return 1 if spec.device == "cuda" else 4
+
+
+def _norm(spec, sp) -> float:
+    """Bytes per token a norm keeps besides its input: RMSNorm x*rsqrt and rsqrt, LayerNorm mean, rstd."""
+    return (4 * spec.hidden_size + 4) / sp if spec.rmsnorm else 8 / sp
+
+
+def layer_kept(spec, lay, s: float, b: int, selective: bool = False) -> float:
+    """Bytes one layer keeps from its forward to its backward without full recompute."""
+    h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
+    per = 2 * _stream_bytes(spec, lay) * h / sp + 2 * _norm(spec, sp) + 2 * e * h
+    if spec.rope:  # q, k rotated (new tensors), v made contiguous, the output
+        per += e * (2 * a + 2 * g) * d / T
+    else:  # q, k views keep the fused qkv output; v made contiguous; q copied when heads per group > 1
+        per += e * ((a + 2 * g) * d + g * d + a * d + (a * d if a > g else 0)) / T
+    materialised = _materialised(spec, lay)
+    if lay.ulysses_degree > 1 and not materialised:
+        per += e * a * d / T  # the output after the all-to-all back (the projection's input)
+    if not selective and not materialised:
+        per += 4 * a / T  # the log-sum-exp (the materialised path keeps the probabilities instead)
+    if not spec.mlp_chunk:
+        per += e * (4 if spec.swiglu else 2) * f / T
+    if spec.hidden_dropout > 0:
+        per += 2 * _mask_bytes(spec) * h / sp
+    return tok * per + (0.0 if selective else probs_bytes(spec, lay, s, b))
+
+
+UNFUSED_BACKENDS = ("unfused", "local")
+
+
+def _materialised(spec, lay) -> bool:
+    """Attention runs RSA's algorithm, keeping probabilities: rsa over P > 1, or ``--attention-backend
+    unfused`` where attention is a ring of one (CP 1, every TP layout, Ulysses after its all-to-all)."""
+    return (lay.mode == "rsa" and lay.cp > 1) or (spec.attention_backend in UNFUSED_BACKENDS
+                                                  and lay.ring_degree == 1)
+
+
+def probs_bytes(spec, lay, s: float, b: int) -> float:
+    """fp32 probabilities one layer keeps: RSA's rows ``[b, a/T, s, sP]``, unfused over a ring of one
+    ``[b, a/(T U), sU, sU]``; 0 where attention does not materialise them.  E.g. BERT-Base shapes
+    (a = 12), N = 512, b = 1, T = 1: 12 MiB per layer."""
+    if not _materialised(spec, lay):
+        return 0.0
+    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
+    if lay.mode == "rsa" and lay.cp > 1:
+        return b * (a / T) * s * (s * lay.cp) * 4
+    return b * (a / (T * U)) * (s * U) ** 2 * 4
+
+
+def unfused_transient(spec, lay, s: float, b: int) -> float:
+    """Score-sized tensors alive at a layer's backward peak under ``--attention-backend unfused``:
+    over a ring of one, ``d_probs`` and the softmax-backward product (2 x the probabilities, as RSA);
+    inside a ring (R > 1) the reference kernel's block (the largest is the diagonal ``[sU, sU]``):
+    probabilities, their gradient and two temporaries of the softmax backward (4 x)."""
+    if spec.attention_backend not in UNFUSED_BACKENDS or (lay.mode == "rsa" and lay.cp > 1):
+        return 0.0
+    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
+    block = b * (a / (T * U)) * (s * U) ** 2 * 4
+    return (2 if lay.ring_degree == 1 else 4) * block
+
+
+def weight_copies(spec, lay):
+    """Under bf16/fp16 autocast (fp32 weights) every matmul uses a 2-byte copy of its weight (and a
+    column-parallel bias), cached until forward ends and saved for backward by the linear that
+    used it.  Returns (attention, MLP) bytes of one layer and the output layer's; 0 in fp32."""
+    if not spec.bf16 or lay.sharding != "none":  # sharded: the gathered weights are the compute dtype
+        return 0.0, 0.0, 0.0
+    h, f, a, g, d, V, T = (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads,
+                           spec.num_query_groups, spec.kv_channels, spec.vocab_size, lay.tp)
+    fc1 = f * (2 if spec.swiglu else 1)
+    attn = (h * (a + 2 * g) * d + a * d * h + ((a + 2 * g) * d if spec.bias else 0)) / T
+    mlp = (h * fc1 + f * h + (fc1 if spec.bias else 0)) / T
+    return 2.0 * attn, 2.0 * mlp, 2.0 * V / T * h
+
+
+def runs(spec, n=None):
+    """``(start, end, checkpointed)`` runs of ``n`` layers (default all), as ``TransformerBlock.segments``."""
+    L = spec.num_layers if n is None else n
+    if spec.recompute != "full":
+        return [(i, i + 1, False) for i in range(L)]
+    k = max(1, spec.recompute_num_layers)
+    if spec.recompute_method == "block":
+        return [(i, i + 1, i < k) for i in range(L)]
+    return [(i, min(L, i + k), True) for i in range(0, L, k)]
+
+
+def outside_kept(spec, lay, s: float, b: int) -> float:
+    """Final norm, output-layer input, the loss's saved tensors and the RoPE tables."""
+    h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
+    per = _stream_bytes(spec, lay) * h / sp + _norm(spec, sp) + e * h
+    # the per-token loss (fp32) and the labels: int64 (fused), or local ids + ownership mask next to
+    # the fp32 softmax (unfused); under TP the embedding keeps its local ids and mask likewise
+    per += 4 + (8 if fused_loss(spec, tok) else 4 * V / T + 9) + (9 if T > 1 else 0)
+    if spec.rope:
+        per += 2 * d * 4  # cos, sin [s, b, 1, d] (shared by the layers)
+    if spec.hidden_dropout > 0:
+        per += _mask_bytes(spec) * h / sp  # the embedding's dropout
+    return tok * per
+
+
+def fused_loss(spec, tok: float) -> bool:
+    return spec.loss_chunk > 0 and (spec.loss_fusion or tok > spec.loss_chunk)
+
+
+def loss_transients(spec, lay, s: float, b: int):
+    """(forward, backward) bytes of the loss on top of everything kept."""
+    h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
+    cast = 4 if e != 4 else 0  # the fp32 copy of bf16 logits
+    weight_grad = V / T * h * 4
+    if not fused_loss(spec, tok):
+        return tok * V / T * (e + cast), tok * h * e + weight_grad + tok * V / T * (2 if cast else 0)
+    c = min(spec.loss_chunk, tok)
+    chunk = c * V / T * (e + 4 + cast)  # logits, the shifted fp32 copy (and the fp32 cast)
+    acc = weight_grad if tok > c else 0.0
+    backward = tok * h * e + acc + max(chunk, c * V / T * (4 + (2 if cast else 0)) + weight_grad)
+    return chunk, backward
+
+
+def layer_backward_transient(spec, lay, s: float, b: int) -> float:
+    """Bytes a layer's backward adds on top of what it keeps: the larger of the MLP's and the attention's."""
+    return max(backward_parts(spec, lay, s, b))
+
+
+def backward_parts(spec, lay, s: float, b: int) -> tuple:
+    """(MLP, attention) bytes a layer's backward adds on top of what it keeps."""
+    h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
+    width = 4 if spec.swiglu else 2  # kept MLP intermediates per f/T
+    if spec.mlp_chunk:
+        c = min(spec.mlp_chunk, tok)
+        weights = (3 if spec.swiglu else 2) * f * h / T * 4
+        mlp = tok * h * e + c * e * f / T * (width + width // 2) + weights * (2 if tok > c else 1)
+    else:
+        mlp = tok * e * f / T * width / 2
+    attn = tok * e * (a + 2 * g) * d / T
+    U, R = lay.ulysses_degree, lay.ring_degree
+    if U > 1:
+        attn += tok * e * 2 * (a + 2 * max(g, U * T)) * d / T  # all-to-all send + receive buffers
+    if R > 1 and lay.mode != "rsa":
+        attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
+    if lay.mode == "rsa" and lay.cp > 1:
+        attn += 2 * b * (a / T) * s * (s * lay.cp) * 4  # d_probs and the softmax-backward product
+    return mlp, attn + unfused_transient(spec, lay, s, b)
+
+
+def _run_terms(spec, lay, s: float, b: int, first: int = 0, n=None):
+    """Per run of layers ``first .. first + n - 1`` (a pipeline chunk; default all): the run list,
+    the activation bytes each run keeps, the weight copies it keeps, whether it is offloaded."""
+    h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
+    full_layer = layer_kept(spec, lay, s, b, spec.recompute == "selective")
+    attn_w, mlp_w, _ = weight_copies(spec, lay)
+    saved_w = attn_w + (0.0 if spec.mlp_chunk else mlp_w)  # copies a layer's linears save (tiles: none)
+    offload = spec.offload_layers if spec.device != "cpu" else 0  # CPU: one memory, nothing moves
+    run_list = runs(spec, n)
+    run_kept = [tok * _stream_bytes(spec, lay) * h / sp if checkpointed else full_layer * (end - start)
+                for start, end, checkpointed in run_list]
+    run_copies = [0.0 if checkpointed else saved_w * (end - start) for start, end, checkpointed in run_list]
+    moved = [first + start < offload for start, _, _ in run_list]
+    return run_list, run_kept, run_copies, moved, full_layer, saved_w
+
+
+def layer_working(spec, lay, s: float, b: int) -> float:
+    """A layer's backward on top of what the model keeps: the layer's tensors while it runs again
+    (checkpointed, or the recomputed core's probabilities under selective recompute) and its
+    transient."""
+    _, _, a, _, _, _, T, _, _, _ = _dims(spec, lay, s, b)
+    attn_w, mlp_w, _ = weight_copies(spec, lay)
+    t_layer = layer_backward_transient(spec, lay, s, b) + (mlp_w if spec.mlp_chunk else 0.0)
+    if spec.recompute == "selective":  # the recomputed core: one layer's probabilities
+        t_layer += probs_bytes(spec, lay, s, b)
+    return t_layer
+
+
+def chunk_kept(spec, lay, s: float, b: int, first: int, n: int) -> tuple:
+    """(device bytes, host bytes, working bytes) of the layers ``first .. first + n - 1`` for one
+    micro-batch: what they keep until backward, what of it waits in host memory, and the longest
+    checkpointed run recomputed in backward (its transient is :func:`layer_working`)."""
+    run_list, run_kept, run_copies, moved, full_layer, saved_w = _run_terms(spec, lay, s, b, first, n)
+    device = sum(c + (0.0 if m else k) for k, c, m in zip(run_kept, run_copies, moved))
+    host = sum(k for k, m in zip(run_kept, moved) if m)
+    recomputed = max((end - start for start, end, checkpointed in run_list if checkpointed), default=0)
+    return device, host, (full_layer + saved_w) * recomputed
+
+
+def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, gathered: float = 0.0,
+           unsharded_grads: float = 0.0):
+    """Peak bytes of each phase (dict), bytes kept on the device at the end of forward, host bytes.
+
+    ``early_grads``: gradients created before the last layer's backward peaks (0 under DDP);
+    ``layer_grads``: one layer's gradient bytes (0 under DDP).  With sharded model state
+    (``memory_model.model_state``): ``gathered`` compute weights are alive in every phase and
+    ``unsharded_grads`` in backward; autocast makes no weight copies (the gathered weights are
+    already in the compute dtype).
+    """
+    h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
+    attn_w, mlp_w, out_w = weight_copies(spec, lay)
+    run_list, run_kept, run_copies, moved, full_layer, saved_w = _run_terms(spec, lay, s, b)
+    offload = spec.offload_layers if spec.device != "cpu" else 0
+    kept = [c + (0.0 if m else k) for k, c, m in zip(run_kept, run_copies, moved)]  # weights never move
+    host = sum(k for k, m in zip(run_kept, moved) if m)
+    fused = fused_loss(spec, tok)
+    device_kept = sum(kept) + outside_kept(spec, lay, s, b) + (0.0 if fused else out_w)
+    cached = spec.num_layers * (attn_w + mlp_w) + out_w - sum(run_copies) - (0.0 if fused else out_w)
+    loss_fwd, loss_bwd = loss_transients(spec, lay, s, b)
+    t_layer = layer_working(spec, lay, s, b)
+    stream = tok * _stream_bytes(spec, lay) * h / sp  # the residual-stream gradient
+    last, first = run_list[-1][1] - run_list[-1][0], run_list[0][1] - run_list[0][0]
+    working = (full_layer + saved_w) * last  # the last run, recomputed if checkpointed
+    back = gathered + unsharded_grads
+    out = {"forward_end": device_kept + cached + loss_fwd + gathered,  # autocast's cache goes after the loss
+           "loss_backward": device_kept + loss_bwd + (out_w if fused else 0.0) + back,
+           "layer_backward": sum(kept[:-1]) + working + t_layer + early_grads + stream + back,
+           # the first run's backward: every gradient but the embedding's is made by then
+           "first_backward": (full_layer + saved_w) * first + t_layer + stream
+           + early_grads + layer_grads * (spec.num_layers - 1) + back}
+    if host:  # the last offloaded run's backward: it is back, the one before it on its way
+        on_host = [k for k, m in zip(run_kept, moved) if m]
+        prefetched = on_host[-2] if len(on_host) > 1 else 0.0
+        grads_then = early_grads + layer_grads * (spec.num_layers - offload)
+        below = sum(c for c, m in zip(run_copies, moved) if m)  # weight copies of the offloaded runs
+        out["offloaded_backward"] = working + prefetched + below + t_layer + grads_then + stream + back
+    return out, device_kept, host

@@ -1,0 +1,289 @@
+"""What fits: layouts ranked by the longest sequence one training step can run, by the memory model.
+
+Given a model (``pretrain_gpt.py`` flags, or a preset of :mod:`.presets`), ``N`` devices of
+``M`` GB with ``H`` GB of host memory each, :func:`plan` enumerates every layout this code can
+run on them (TP (within a node, dividing heads, groups, FFN and vocabulary), PP (dividing the
+layers), CP and its mode (p2p, a2a, a2a+p2p), DP, model state replicated / distributed optimizer
+/ FSDP2 with or without ``--optimizer-cpu-offload``, no / selective / full recompute, the
+chunked loss, the tiled MLP, ``--cpu-offloading`` of up to all layers but the last), asks
+``memory_model`` (the one model: :func:`~megatron_sp.memory_model.estimate`, its model-state
+and pipeline-stage terms) for the longest sequence whose *device* footprint (persistent state +
+the step's peak + a reserve for the CUDA context and fragmentation) and *host* footprint
+(offloaded state and activations) both fit, and ranks the layouts by it (ties: the layout
+that recomputes, tiles and offloads least, then the smallest TP).  A plan knows the
+``pretrain_gpt.py`` flags and the ``torchrun`` command that run it.
+
+    plans = plan(MODEL_PRESETS["llama-3-8b"].split(), devices=8, device_gb=80, host_gb=250)
+    plans[0].seq_length, plans[0].describe(), plans[0].command()
+
+``features`` restricts the issue-11 options (``{"loss", "mlp", "offload"}``; ``()`` plans for
+the code without them: full logits, untiled MLP, activations on the device).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from .. import memory_model as mm
+from .layouts import Layout
+
+GB = 1e9
+FEATURES = ("loss", "mlp", "offload")
+RECOMPUTE = (None, "selective", "full")
+SHARDING = (("none", False), ("dist-opt", False), ("fsdp2", False), ("dist-opt", True), ("fsdp2", True))
+
+
+class PlanError(ValueError):
+    """Bad planner input, in one line."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """The long-sequence options of one candidate (0: off)."""
+    recompute: Optional[str] = None
+    loss_chunk: int = 0
+    mlp_chunk: int = 0
+    offload_layers: int = 0
+
+    def flags(self) -> list:
+        f = []
+        if self.recompute == "full":
+            f += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
+        elif self.recompute == "selective":
+            f += ["--recompute-granularity", "selective"]
+        f += ["--cross-entropy-chunk-size", str(self.loss_chunk)]
+        if self.mlp_chunk:
+            f += ["--tiled-mlp-chunk-size", str(self.mlp_chunk)]
+        if self.offload_layers:
+            f += ["--cpu-offloading", "--cpu-offloading-num-layers", str(self.offload_layers)]
+        return f
+
+    def cost(self) -> int:
+        """How much extra work the options cost (ranking ties go to the cheapest)."""
+        return ({None: 0, "selective": 1, "full": 3}[self.recompute] + (1 if self.mlp_chunk else 0)
+                + (1 if self.offload_layers else 0))
+
+
+@dataclass
+class Plan:
+    layout: Layout
+    options: Options
+    seq_length: int
+    device_bytes: float      # the largest pipeline stage's device footprint at that length
+    host_bytes: float        # its host footprint (offloaded state and activations)
+    estimate: "mm.Estimate"  # the stage with the largest device footprint
+    model_flags: list = field(default_factory=list)
+    bf16: bool = True
+    node_size: int = 8
+
+    @property
+    def world(self) -> int:
+        return self.layout.tp * self.layout.cp * self.layout.dp * self.layout.pp
+
+    def describe(self) -> str:
+        o = self.options
+        extra = [f"recompute {o.recompute}" if o.recompute else "",
+                 f"loss chunks {o.loss_chunk}" if o.loss_chunk else "full logits",
+                 f"MLP tiles {o.mlp_chunk}" if o.mlp_chunk else "",
+                 f"activation offload {o.offload_layers} layers" if o.offload_layers else ""]
+        return f"{self.layout.describe()}; " + ", ".join(e for e in extra if e)
+
+    def argv(self, data_flags=None, train_flags=None) -> list:
+        """``pretrain_gpt.py`` flags of this plan (mock data and a short schedule unless given)."""
+        lay = self.layout
+        data = data_flags if data_flags is not None else ["--mock-data", "--tokenizer-type", "NullTokenizer"]
+        train = train_flags if train_flags is not None else ["--lr", "3e-4", "--min-lr", "3e-5",
+                                                            "--lr-decay-style", "cosine", "--train-iters", "1000"]
+        return (list(self.model_flags) + lay.flags() + self.options.flags()
+                + ["--seq-length", str(self.seq_length), "--max-position-embeddings", str(self.seq_length),
+                   "--micro-batch-size", "1", "--global-batch-size", str(lay.dp * lay.micro_batches)]
+                + (["--bf16"] if self.bf16 else []) + data + train)
+
+    def command(self, data_flags=None, train_flags=None) -> str:
+        """The ``torchrun`` command line (multi-node: run it on every node with its --node-rank)."""
+        per_node = min(self.world, self.node_size)
+        nodes = math.ceil(self.world / per_node)
+        launch = f"torchrun --nproc-per-node {per_node}"
+        if nodes > 1:
+            launch += (f" --nnodes {nodes} --node-rank $NODE_RANK --rdzv-backend c10d "
+                       "--rdzv-endpoint $MASTER_ADDR:29500")
+        return f"{launch} pretrain_gpt.py " + " ".join(self.argv(data_flags, train_flags))
+
+    def breakdown(self) -> list:
+        """``(term, GB, where)`` rows of the footprint at the planned length (GB = 1e9 bytes, as the budgets)."""
+        est, gib = self.estimate, GB
+        state_where = "host" if est.host else "device"
+        rows = [("fp32 weights (shard)", est.params / gib, state_where),
+                ("gradients (shard)", est.grads / gib, state_where if est.grads_in_baseline else "device, in step"),
+                ("Adam m, v (shard)", est.adam / gib, state_where),
+                ("pipeline receive buffers", est.buffers / gib, "device"),
+                ("activations kept at the end of forward", est.activations / gib, "device"),
+                ("activations offloaded (--cpu-offloading)", est.host_activations / gib, "host")]
+        for name, value in (est.phases or {}).items():
+            rows.append((f"step phase: {name}", value / gib, "device (peak candidate)"))
+        rows += [("step peak (largest phase)", est.step_peak / gib, "device"),
+                 ("device footprint (+ the reserve)", self.device_bytes / gib, "device"),
+                 ("host footprint", self.host_bytes / gib, "host")]
+        return [r for r in rows if r[1] > 0]
+
+
+def _divisors(n: int) -> list:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _padded_vocab(spec: "mm.ModelSpec", tp: int) -> int:
+    """The vocabulary as pretrain_gpt.py pads it: a multiple of 128 x TP."""
+    div = 128 * tp
+    return int(math.ceil(spec.vocab_size / div) * div)
+
+
+def _tp_ok(spec: "mm.ModelSpec", tp: int) -> bool:
+    return all(v % tp == 0 for v in (spec.num_attention_heads, spec.num_query_groups, spec.ffn_hidden_size))
+
+
+def _cp_modes(spec: "mm.ModelSpec", tp: int, cp: int, node_size: int) -> list:
+    """``(mode, Ulysses degree)`` for CP ``cp``: the ring always; Ulysses where it divides the heads
+    (query and K/V) of a TP rank; the hybrid with the largest Ulysses degree that does and stays
+    within a node."""
+    if cp == 1:
+        return [("p2p", 1)]
+    heads, groups = spec.num_attention_heads // tp, spec.num_query_groups // tp
+    ok = [u for u in _divisors(cp) if heads % u == 0 and (groups % u == 0 or u % groups == 0)]
+    modes = [("p2p", 1)]
+    if cp in ok:
+        modes.append(("a2a", cp))
+    hybrid = [u for u in ok if 1 < u < cp and u * tp <= node_size]
+    if hybrid:
+        modes.append(("a2a+p2p", max(hybrid)))
+    return modes
+
+
+def layouts(spec: "mm.ModelSpec", devices: int, node_size: int = 8) -> list:
+    """Every parallel layout of ``devices`` ranks this code can run the model on."""
+    out = []
+    for tp in _divisors(devices):
+        if tp > node_size or not _tp_ok(spec, tp):
+            continue
+        for pp in _divisors(devices // tp):
+            if spec.num_layers % pp or (pp > 1 and spec.num_layers // pp < 1):
+                continue
+            for dp in _divisors(devices // (tp * pp)):
+                cp = devices // (tp * pp * dp)
+                for mode, u in _cp_modes(spec, tp, cp, node_size):
+                    for sharding, offload in SHARDING:
+                        out.append(Layout(f"plan-{len(out)}", tp, cp, dp, mode, tp > 1, u, sharding, offload, pp))
+    return out
+
+
+def offload_counts(layers: int) -> tuple:
+    """``--cpu-offloading-num-layers`` values tried: none, all but the last, and a few in between
+    (fewer layers on the host when host memory, not the device, is what runs out)."""
+    if layers < 2:
+        return (0,)
+    return tuple(sorted({0, layers - 1, max(1, layers - 2), max(1, layers - 4), max(1, 3 * layers // 4),
+                         max(1, layers // 2), max(1, layers // 4)}))
+
+
+def options(spec: "mm.ModelSpec", pp: int, features, loss_chunk: int, mlp_chunk: int) -> list:
+    """The recompute / chunking / offload combinations for a layout."""
+    out = []
+    for recompute in RECOMPUTE:
+        for tile in ((0, mlp_chunk) if "mlp" in features else (0,)):
+            for off in (offload_counts(spec.num_layers) if "offload" in features else (0,)):
+                out.append(Options(recompute, loss_chunk if "loss" in features else 0, tile, off))
+    return out
+
+
+def model_layout(layout: Layout) -> "mm.LayoutSpec":
+    return mm.LayoutSpec(tp=layout.tp, cp=layout.cp, dp=layout.dp, mode=layout.mode, sp=layout.sp,
+                         ulysses=layout.ulysses, sharding=layout.sharding, offload=layout.offload,
+                         micro_batches=layout.micro_batches, pp=layout.pp)
+
+
+def footprint(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq: int, reserve: float) -> tuple:
+    """``(device bytes, host bytes, estimate)`` of the worst rank: the pipeline stage with the
+    largest device footprint (every stage under PP), plus ``reserve`` on the device."""
+    if lay.pp > 1:
+        from ..pipeline_parallel.memory import stage_estimates
+        ests = stage_estimates(spec, lay, seq, 1)
+    else:
+        ests = [mm.estimate(spec, lay, seq, 1)]
+    worst = max(ests, key=lambda e: e.device_peak)
+    return worst.device_peak + reserve, max(e.host_total for e in ests), worst
+
+
+def _longest(spec, lay, granularity: int, device: float, host: float, reserve: float, limit: int) -> int:
+    def fits(n):
+        d, h, _ = footprint(spec, lay, n, reserve)
+        return d <= device and h <= host
+    return mm._largest(fits, granularity, limit)
+
+
+def plan(model_flags, devices: int, device_gb: float, host_gb: float, node_size: int = 8, bf16: bool = True,
+         reserve_gb: float = 2.0, features=FEATURES, loss_chunk: int = 2048, mlp_chunk: int = 4096,
+         limit: int = 1 << 28, top: Optional[int] = None, device: str = "cuda") -> list:
+    """Plans ranked by the longest sequence that fits (module doc); layouts where nothing fits are left out."""
+    model_flags = list(model_flags)
+    _check_inputs(model_flags, devices, device_gb, host_gb, node_size, reserve_gb, features)
+    base = mm.ModelSpec.from_flags(model_flags, bf16=bf16, device=device)
+    dev, host, reserve = device_gb * GB, host_gb * GB, reserve_gb * GB
+    plans = []
+    for layout in layouts(base, devices, node_size):
+        spec_tp = replace(base, vocab_size=_padded_vocab(base, layout.tp))
+        lay = model_layout(layout)
+        for opt in options(base, layout.pp, features, loss_chunk, mlp_chunk):
+            spec = replace(spec_tp, recompute=opt.recompute, recompute_method="uniform", recompute_num_layers=1,
+                           loss_chunk=opt.loss_chunk, loss_fusion=False, mlp_chunk=opt.mlp_chunk,
+                           offload_layers=opt.offload_layers)
+            n = _longest(spec, lay, layout.seq_granularity(), dev, host, reserve, limit)
+            if n:
+                d, h, est = footprint(spec, lay, n, reserve)
+                plans.append(Plan(layout, opt, n, d, h, est, model_flags, bf16, node_size))
+    plans.sort(key=lambda p: (-p.seq_length, p.options.cost(), p.layout.offload, p.layout.tp, p.layout.pp,
+                              p.layout.sharding != "none", p.layout.dp))
+    return plans[:top] if top else plans
+
+
+def _check_inputs(model_flags, devices, device_gb, host_gb, node_size, reserve_gb, features) -> None:
+    for name, value in (("--devices", devices), ("--node-size", node_size)):
+        if not isinstance(value, int) or value < 1:
+            raise PlanError(f"{name} {value}: give a whole number of devices >= 1")
+    for name, value in (("--device-memory-gb", device_gb), ("--host-memory-gb", host_gb)):
+        if not value > 0:
+            raise PlanError(f"{name} {value}: give the memory of one device (GB, > 0)")
+    if not 0 <= reserve_gb < device_gb:
+        raise PlanError(f"--reserve-gb {reserve_gb}: give a reserve between 0 and --device-memory-gb {device_gb}")
+    bad = [f for f in features if f not in FEATURES]
+    if bad:
+        raise PlanError(f"--features {bad[0]}: choose from {', '.join(FEATURES)}")
+    words = set(model_flags)
+    missing = [f for f in ("--num-layers", "--hidden-size", "--num-attention-heads", "--vocab-size")
+               if f not in words and not any(w.startswith(f + "=") for w in words)]
+    if missing:
+        raise PlanError(f"the model flags lack {missing[0]}: give a --model preset or all of --num-layers, "
+                        "--hidden-size, --num-attention-heads and --vocab-size")
+
+
+def refusal(p: Plan, world: int) -> str:
+    """pretrain_gpt.py's start-up error for the plan's command line, or '' when it runs."""
+    from ..training.arguments import build_parser, padded_vocab_size, validate_args
+    from ..training.loop import check_layout, model_config
+    try:
+        args = validate_args(build_parser().parse_args(p.argv()), world)
+        check_layout(args, model_config(args, padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
+                                                                args.tensor_model_parallel_size)))
+    except (ValueError, SystemExit) as exc:
+        return str(exc) or "refused"
+    return ""
+
+
+def runnable(plans: list, count: int) -> list:
+    """The first ``count`` plans whose command line pretrain_gpt.py accepts (its own checks)."""
+    out = []
+    for p in plans:
+        if not refusal(p, p.world):
+            out.append(p)
+            if len(out) == count:
+                break
+    return out
