@@ -8,14 +8,7 @@ from __future__ import annotations
 
 import os
 
-from megatron_sp.training.arguments import build_parser
-
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "megatron_scripts")
-# Flags of features other parts of the project implement (issues 10, 11, 16): dropped from a replay
-# while the parser does not know them yet, replayed as soon as it does.
-OWNED_ELSEWHERE = {"--attention-backend", "--cross-entropy-loss-fusion", "--use-distributed-optimizer",
-                   "--overlap-grad-reduce", "--overlap-param-gather", "--ckpt-format", "--async-save",
-                   "--use-torch-fsdp2", "--optimizer-cpu-offload"}
 
 
 def script_flags(name: str, paths: dict | None = None) -> list:
@@ -45,12 +38,6 @@ def groups(words: list) -> list:
 
 def flatten(gs) -> list:
     return [w for flag, values in gs for w in [flag, *values]]
-
-
-def known_to_parser(gs) -> list:
-    """Drop the groups of OWNED_ELSEWHERE flags the parser does not define (yet)."""
-    known = set(build_parser()._option_string_actions)  # noqa: SLF001
-    return [(f, v) for f, v in gs if f in known or f not in OWNED_ELSEWHERE]
 
 
 def replace(gs, **changes) -> list:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dist_utils import run_distributed
-from interop_common import flatten, groups, known_to_parser, replace, script_flags
+from interop_common import flatten, groups, replace, script_flags
 from test_data_common import prose_documents, tool, train_tiny_tokenizer, write_jsonl
 from megatron_sp.training.loop import pretrain
 
@@ -43,7 +43,7 @@ def _cpu(words, tmp, **changes):
     """The script's flags with CPU sizes and local paths; TensorBoard kept only where installed."""
     if not torch.cuda.is_available():  # `--attention-backend fused` is cuDNN's: refused on CPU in one line
         changes.setdefault("attention_backend", None)  # (tests/test_attention_backend.py); CPU runs the default
-    gs = replace(known_to_parser(groups(words)), **changes)
+    gs = replace(groups(words), **changes)
     if not HAVE_TB:
         gs = [g for g in gs if g[0] != "--tensorboard-dir"]
     return flatten(gs)

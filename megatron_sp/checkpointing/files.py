@@ -243,3 +243,12 @@ def read_metadata(path: str) -> dict:
 def ckpt_format(meta: dict) -> str:
     """``torch_dist`` or ``torch`` (checkpoints of format version 1 are all ``torch``)."""
     return meta.get("ckpt_format", "torch")
+
+
+def jsonable(value):
+    """A flag's value as metadata.json stores it (lists stay lists; anything else not JSON: its str)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value)

@@ -18,7 +18,8 @@ import time
 
 from . import torch_dist, torch_legacy
 from .files import (FORMAT_VERSION, METADATA, TRACKER, CheckpointError, ckpt_format, crc32_file, fsync_dir,
-                    iter_dir_name, list_files, read_metadata, read_tracker, verify_checksums, write_text_atomic)
+                    iter_dir_name, jsonable, list_files, read_metadata, read_tracker, verify_checksums,
+                    write_text_atomic)
 
 
 def read_full_model(path: str) -> dict:
@@ -30,14 +31,6 @@ def read_full_model(path: str) -> dict:
     if ckpt_format(meta) == "torch":
         return dict(torch_legacy.load_full_state(path)["model"])
     return torch_dist.read_full_model(path)
-
-
-def _jsonable(value):
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
 
 
 def write_model_only(save_dir: str, tensors: dict, args: dict, shape_flags) -> str:
@@ -55,8 +48,8 @@ def write_model_only(save_dir: str, tensors: dict, args: dict, shape_flags) -> s
     files = list_files(tmp)
     meta = {"format_version": FORMAT_VERSION, "ckpt_format": "torch_dist", "iteration": 0, "consumed_samples": 0,
             "model_only": True, "layout": {"world_size": 1, "tp": 1, "cp": 1, "dp": 1, "ulysses": 1, "ring": 1},
-            "model_shape": {k: _jsonable(args.get(k)) for k in shape_flags},
-            "args": {k: _jsonable(v) for k, v in sorted(args.items())}, "files": files,
+            "model_shape": {k: jsonable(args.get(k)) for k in shape_flags},
+            "args": {k: jsonable(v) for k, v in sorted(args.items())}, "files": files,
             "checksums": {rel: crc32_file(os.path.join(tmp, rel)) for rel in files}, "saved_at": time.time()}
     with open(os.path.join(tmp, METADATA), "w") as f:  # last: it marks the directory complete
         json.dump(meta, f, indent=1)

@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from . import torch_dist, torch_legacy
 from .files import (FORMAT_VERSION, METADATA, TRACKER, CheckpointError, check_save_dir,  # noqa: F401
-                    checkpoint_dir, ckpt_format, crc32_file, free_bytes, fsync_dir, iter_dir_name, list_files,
+                    checkpoint_dir, ckpt_format, crc32_file, free_bytes, fsync_dir, iter_dir_name, jsonable, list_files,
                     maybe_fault, prune, read_metadata, read_tracker, torch_save, verify_checksums,
                     write_text_atomic)
 from .state import ensure_optimizer_state, model_entries, optimizer_entries
@@ -58,14 +58,6 @@ MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_qu
 def _barrier():
     if dist.is_initialized():
         dist.barrier()
-
-
-def _jsonable(value):
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
 
 
 def _layout(mesh) -> dict:
@@ -159,9 +151,9 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
              "train_state": dict(vars(state))}
     meta = {"format_version": FORMAT_VERSION, "ckpt_format": fmt, "iteration": iteration,
             "consumed_samples": state.consumed_samples, "layout": _layout(mesh),
-            "sharding": _sharding(args), "model_shape": {k: _jsonable(getattr(args, k, None))
+            "sharding": _sharding(args), "model_shape": {k: jsonable(getattr(args, k, None))
                                                           for k in MODEL_SHAPE_FLAGS},
-            "args": {k: _jsonable(v) for k, v in sorted(vars(args).items())}}
+            "args": {k: jsonable(v) for k, v in sorted(vars(args).items())}}
     pending = PendingSave(iteration, save_dir, tmp, [rng_file], meta, start)
     error = None
     try:
@@ -260,7 +252,7 @@ def check_model_args(meta: dict, args, path: str) -> None:
         if key == "max_position_embeddings" and saved.get("position_embedding_type") == "rope" == \
                 getattr(args, "position_embedding_type", None):
             continue  # RoPE has no position weights: a longer context loads the same checkpoint
-        mine = _jsonable(getattr(args, key, None))
+        mine = jsonable(getattr(args, key, None))
         if saved[key] != mine:
             flag = "--" + key.replace("_", "-")
             if key == "padded_vocab_size":
