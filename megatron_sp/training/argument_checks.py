@@ -10,8 +10,11 @@ so every rank stops with the same line.  Example::
 from __future__ import annotations
 
 
+class ArgumentError(ValueError):
+    """A bad flag or combination, in one line (pretrain_gpt.py prints it and exits 2)."""
+
+
 def _fail(msg: str):
-    from .arguments import ArgumentError
     raise ArgumentError(msg)
 
 

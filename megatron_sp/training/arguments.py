@@ -17,7 +17,7 @@ from ..flag_types import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, PO
 from ..pipeline_parallel import SCHEDULES, layout_from_args
 from ..sequence_parallel import ATTENTION_BACKENDS, CP_COMM_TYPES
 from . import megatron_compat
-from .argument_checks import check_combinations
+from .argument_checks import ArgumentError, check_combinations
 from .megatron_compat import normalization_type, position_embedding_type
 
 
@@ -265,10 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
         add(p)
     megatron_compat.add_compat_arguments(p)  # last: flags defined above take precedence
     return p
-
-
-class ArgumentError(ValueError):
-    pass
 
 
 def _fail(msg):
