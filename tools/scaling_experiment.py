@@ -95,7 +95,7 @@ if REPO not in sys.path:
 
 from megatron_sp import memory_model as mm  # noqa: E402  (pure python: imports no torch)
 from megatron_sp.flag_types import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, Range, in_range  # noqa: E402
-from megatron_sp.scaling.layouts import Layout, make_layout  # noqa: E402,F401
+from megatron_sp.scaling.layouts import Layout, long_sequence_flags, make_layout  # noqa: E402,F401
 from megatron_sp.scaling.presets import MODEL_PRESETS  # noqa: E402
 from megatron_sp.scaling.paper import PAPER_MICRO_BATCH, PAPER_PRESETS, PAPER_SEQ_LENGTH, run_paper  # noqa: E402
 from megatron_sp.scaling.report import _read_trials, markdown_table, write_outputs  # noqa: E402,F401
@@ -135,17 +135,8 @@ def memory_flags(args) -> list:
     argv = []
     if args.attention_backend != "auto":
         argv += ["--attention-backend", args.attention_backend]
-    if args.recompute_granularity:
-        argv += ["--recompute-granularity", args.recompute_granularity]
-        if args.recompute_granularity == "full":
-            argv += ["--recompute-method", "uniform", "--recompute-num-layers", "1"]
-    if args.cross_entropy_chunk_size is not None:
-        argv += ["--cross-entropy-chunk-size", str(args.cross_entropy_chunk_size)]
-    if args.tiled_mlp_chunk_size:
-        argv += ["--tiled-mlp-chunk-size", str(args.tiled_mlp_chunk_size)]
-    if args.cpu_offloading_num_layers:
-        argv += ["--cpu-offloading", "--cpu-offloading-num-layers", str(args.cpu_offloading_num_layers)]
-    return argv
+    return argv + long_sequence_flags(args.recompute_granularity, args.cross_entropy_chunk_size,
+                                      args.tiled_mlp_chunk_size, args.cpu_offloading_num_layers)
 
 
 def model_config(args) -> mm.ModelSpec:

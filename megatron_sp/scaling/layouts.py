@@ -84,6 +84,25 @@ class Layout:
 _STATE_SUFFIXES = {"+fsdp2": "fsdp2", "+distopt": "dist-opt"}
 
 
+def long_sequence_flags(recompute: Optional[str] = None, loss_chunk: Optional[int] = None, mlp_chunk: int = 0,
+                        offload_layers: int = 0) -> list:
+    """``pretrain_gpt.py`` flags of the recompute and long-sequence options (None / 0: the default,
+    no flag), e.g. ``long_sequence_flags("full", 2048)`` -> ``--recompute-granularity full
+    --recompute-method uniform --recompute-num-layers 1 --cross-entropy-chunk-size 2048``."""
+    f = []
+    if recompute:
+        f += ["--recompute-granularity", recompute]
+        if recompute == "full":
+            f += ["--recompute-method", "uniform", "--recompute-num-layers", "1"]
+    if loss_chunk is not None:
+        f += ["--cross-entropy-chunk-size", str(loss_chunk)]
+    if mlp_chunk:
+        f += ["--tiled-mlp-chunk-size", str(mlp_chunk)]
+    if offload_layers:
+        f += ["--cpu-offloading", "--cpu-offloading-num-layers", str(offload_layers)]
+    return f
+
+
 def make_layout(name: str, world: int) -> Optional[Layout]:
     """The layout called ``name`` at ``world`` ranks, or None where it does not exist."""
     rest, sharding, offload, pp = name, "none", False, 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from .. import memory_model as mm
-from .layouts import Layout
+from .layouts import Layout, long_sequence_flags
 
 GB = 1e9
 FEATURES = ("loss", "mlp", "offload")
@@ -47,17 +47,7 @@ class Options:
     offload_layers: int = 0
 
     def flags(self) -> list:
-        f = []
-        if self.recompute == "full":
-            f += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
-        elif self.recompute == "selective":
-            f += ["--recompute-granularity", "selective"]
-        f += ["--cross-entropy-chunk-size", str(self.loss_chunk)]
-        if self.mlp_chunk:
-            f += ["--tiled-mlp-chunk-size", str(self.mlp_chunk)]
-        if self.offload_layers:
-            f += ["--cpu-offloading", "--cpu-offloading-num-layers", str(self.offload_layers)]
-        return f
+        return long_sequence_flags(self.recompute, self.loss_chunk, self.mlp_chunk, self.offload_layers)
 
     def cost(self) -> int:
         """How much extra work the options cost (ranking ties go to the cheapest)."""

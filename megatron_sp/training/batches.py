@@ -145,11 +145,7 @@ def global_batches(dataset, start: int, count: int, args, mesh, device):
         dataset, batch_sampler=_MicroBatchSampler(len(dataset), start, count, args, mesh),
         num_workers=args.num_workers, collate_fn=functools.partial(_collate, idx=idx),
         pin_memory=device.type == "cuda")
-    batches = iter(loader)
-    try:
-        for _ in range(count):
-            yield [{k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-                   for _ in range(args.num_micro_batches)]
-    finally:  # the workers stop with the generator (closed early at an exit condition, or done)
-        batches._shutdown_workers()  # noqa: SLF001 - DataLoader's own clean stop, as its __del__ calls it
-        del batches
+    batches = iter(loader)  # its workers stop when it is released: when this generator ends or is closed
+    for _ in range(count):
+        yield [{k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+               for _ in range(args.num_micro_batches)]
