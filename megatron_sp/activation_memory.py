@@ -53,6 +53,16 @@ transients to a layer's backward (:func:`unfused_transient`).  With sharded mode
 gathered compute weights are alive in every phase and the unsharded gradients in backward
 (``phases(..., gathered, unsharded_grads)``); under bf16 the residual stream is then 2-byte.
 Pipeline stages take their chunks' bytes from :func:`chunk_kept`.
+
+**CPU pages.**  On CPU the measured peak is the process's resident memory, with the scaling
+tool's allocator (``scaling/trial.configure_malloc``: every block of 16 KiB or more its own
+mapping).  A tensor then costs its bytes and about one page more: torch's 64-byte-aligned block
+plus malloc's header pushes a page-multiple size into the next page, and a small tensor touches
+a fresh heap page.  :func:`cpu_pages` adds ``PAGE`` per tensor alive in a phase (the layer
+tensors of :func:`layer_tensors`, the head's, the gradients and the optimizer's temporaries):
+about 15 pages (60 KiB) per layer, 1.5 MiB for 24 layers, 2% of a 64 MiB budget, which is
+what separates exact byte counts from the measured BERT-like cells.  CUDA's caching allocator
+rounds to 512 bytes: no term there.
 """
 from __future__ import annotations
 
@@ -100,6 +110,43 @@ def layer_kept(spec, lay, s: float, b: int, selective: bool = False) -> float:
     if spec.hidden_dropout > 0:
         per += 2 * _mask_bytes(spec) * h / sp
     return tok * per + (0.0 if selective else probs_bytes(spec, lay, s, b))
+
+
+PAGE = 4096
+
+
+def cpu_pages(spec, tensors: float) -> float:
+    """Resident bytes beyond the tensor bytes of ``tensors`` live tensors: a page each on CPU (module doc)."""
+    return PAGE * tensors if spec.device == "cpu" else 0.0
+
+
+def layer_tensors(spec, lay, selective: bool = False) -> int:
+    """How many tensors :func:`layer_kept` counts (one per term of the module doc's table)."""
+    materialised = _materialised(spec, lay)
+    n = 2 + 4 + 2  # layer input and residual; the two norms' internals; qkv and fc1 inputs
+    n += 4 if spec.rope else (4 if spec.num_attention_heads > spec.num_query_groups else 3)
+    n += 1 if (lay.ulysses_degree > 1 and not materialised) else 0
+    n += 0 if selective else 1  # the log-sum-exp or the probabilities
+    n += 0 if spec.mlp_chunk else (3 if spec.swiglu else 2)
+    n += 2 if spec.hidden_dropout > 0 else 0
+    return n
+
+
+def outside_tensors(spec, lay, tok: float) -> int:
+    """How many tensors :func:`outside_kept` counts."""
+    n = 4 + 1  # final norm input and internals, output-layer input; the per-token loss
+    n += 1 if fused_loss(spec, tok) else 3  # the labels, or the fp32 softmax, local ids and ownership mask
+    n += 2 if lay.tp > 1 else 0  # the embedding's local ids and mask
+    n += 2 if spec.rope else 0
+    n += 1 if spec.hidden_dropout > 0 else 0
+    return n
+
+
+def weight_copy_tensors(spec, lay) -> int:
+    """Autocast's weight copies one layer keeps (:func:`weight_copies`): its linears' (and column biases)."""
+    if not spec.bf16 or lay.sharding != "none":
+        return 0
+    return 4 + (2 if spec.bias else 0)
 
 
 UNFUSED_BACKENDS = ("unfused", "local")
@@ -258,15 +305,22 @@ def chunk_kept(spec, lay, s: float, b: int, first: int, n: int) -> tuple:
     return device, host, (full_layer + saved_w) * recomputed
 
 
+def run_tensors(spec, lay, n=None) -> list:
+    """Tensors each run of :func:`runs` keeps (its input if checkpointed; weight copies included)."""
+    per_layer = layer_tensors(spec, lay, spec.recompute == "selective") + weight_copy_tensors(spec, lay)
+    return [1 if checkpointed else per_layer * (end - start) for start, end, checkpointed in runs(spec, n)]
+
+
 def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, gathered: float = 0.0,
-           unsharded_grads: float = 0.0):
+           unsharded_grads: float = 0.0, param_tensors: tuple = (0, 0)):
     """Peak bytes of each phase (dict), bytes kept on the device at the end of forward, host bytes.
 
     ``early_grads``: gradients created before the last layer's backward peaks (0 under DDP);
     ``layer_grads``: one layer's gradient bytes (0 under DDP).  With sharded model state
     (``memory_model.model_state``): ``gathered`` compute weights are alive in every phase and
     ``unsharded_grads`` in backward; autocast makes no weight copies (the gathered weights are
-    already in the compute dtype).
+    already in the compute dtype).  ``param_tensors``: (outside the layers, per layer) parameter
+    tensors whose gradients backward makes (no DDP), for the CPU pages.
     """
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
     attn_w, mlp_w, out_w = weight_copies(spec, lay)
@@ -283,12 +337,20 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
     last, first = run_list[-1][1] - run_list[-1][0], run_list[0][1] - run_list[0][0]
     working = (full_layer + saved_w) * last  # the last run, recomputed if checkpointed
     back = gathered + unsharded_grads
-    out = {"forward_end": device_kept + cached + loss_fwd + gathered,  # autocast's cache goes after the loss
-           "loss_backward": device_kept + loss_bwd + (out_w if fused else 0.0) + back,
-           "layer_backward": sum(kept[:-1]) + working + t_layer + early_grads + stream + back,
+    # CPU pages (cpu_pages): the tensors kept, and the gradients made so far without DDP
+    n_runs = run_tensors(spec, lay)
+    n_layer = layer_tensors(spec, lay) + weight_copy_tensors(spec, lay)
+    n_out, n_grads = outside_tensors(spec, lay, tok), (sum(param_tensors) if early_grads else 0)
+    out = {"forward_end": device_kept + cached + loss_fwd + gathered + cpu_pages(spec, sum(n_runs) + n_out),
+           "loss_backward": device_kept + loss_bwd + (out_w if fused else 0.0) + back
+           + cpu_pages(spec, sum(n_runs) + n_out),
+           "layer_backward": sum(kept[:-1]) + working + t_layer + early_grads + stream + back
+           + cpu_pages(spec, sum(n_runs[:-1]) + n_layer * last + n_grads),
            # the first run's backward: every gradient but the embedding's is made by then
            "first_backward": (full_layer + saved_w) * first + t_layer + stream
-           + early_grads + layer_grads * (spec.num_layers - 1) + back}
+           + early_grads + layer_grads * (spec.num_layers - 1) + back
+           + cpu_pages(spec, n_layer * first + (n_grads + param_tensors[1] * (spec.num_layers - 1)
+                                                if layer_grads else 0))}
     if host:  # the last offloaded run's backward: it is back, the one before it on its way
         on_host = [k for k, m in zip(run_kept, moved) if m]
         prefetched = on_host[-2] if len(on_host) > 1 else 0.0

@@ -278,14 +278,26 @@ def local_parameters(spec: ModelSpec, tp: int) -> int:
     return int(L * per_layer + embed + 2 * h)  # final norm
 
 
+def parameter_tensors(spec: ModelSpec) -> tuple:
+    """(outside the layers, per layer) parameter tensors: embeddings, final norm, untied output
+    weight; a layer's four linears, their biases and its two norms (weight, LayerNorm's bias)."""
+    norm = 1 if spec.rmsnorm else 2
+    outside = 1 + (0 if spec.rope else 1) + norm + (0 if spec.tied else 1)
+    return outside, 4 + (4 if spec.bias else 0) + 2 * norm
+
+
 def _optimizer_peak(spec: ModelSpec, lay: LayoutSpec, n_params: float, ddp: bool) -> float:
     """The optimizer step, after backward freed the activations: every gradient when they are not
     DDP buckets or shards (in the baseline), and on CPU the foreach AdamW's ``sqrt(v)`` temporaries,
-    one per local (sharded) parameter (CUDA's fused kernel makes none; offloaded state steps on the host)."""
+    one per local (sharded) parameter (CUDA's fused kernel makes none; offloaded state steps on the host),
+    with a page per tensor (``activation_memory.cpu_pages``)."""
     grads = 0.0 if ddp else 4.0 * n_params
     if lay.sharding != "none":
         n_params /= lay.dp * lay.cp
-    return grads + (4.0 * n_params if spec.device == "cpu" and not lay.offload else 0.0)
+    temps = spec.device == "cpu" and not lay.offload
+    outside, per_layer = parameter_tensors(spec)
+    tensors = (outside + spec.num_layers * per_layer) * ((0 if ddp else 1) + (1 if temps else 0))
+    return grads + (4.0 * n_params if temps else 0.0) + activation_memory.cpu_pages(spec, tensors)
 
 
 def _layer_activations(spec: ModelSpec, lay: LayoutSpec, s: float, b: int, seq_length: int = 0) -> tuple:
@@ -358,7 +370,8 @@ def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int
         ddp = lay.dp * lay.cp > 1
         # made before the last layer's backward peaks: the output weight's, the final norm's, that layer's
         early = 0.0 if ddp else 4.0 * (spec.vocab_size / lay.tp * spec.hidden_size + 2 * spec.hidden_size) + layer
-        peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, 0.0 if ddp else layer)
+        peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, 0.0 if ddp else layer,
+                                                     param_tensors=parameter_tensors(spec))
     else:  # sharded gradients persist between steps; gathered weights and unsharded gradients do not
         ddp, early = True, 0.0
         peaks, kept, host = activation_memory.phases(spec, lay, s, b, 0.0, 0.0, state["gathered"],

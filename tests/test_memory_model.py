@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from megatron_sp import memory_model as mm
+from megatron_sp import activation_memory as am, memory_model as mm
 
 TINY = ("--num-layers 4 --hidden-size 128 --num-attention-heads 8 --ffn-hidden-size 512 --vocab-size 1000 "
         "--position-embedding-type rope").split()
@@ -171,17 +171,26 @@ def _kept_bytes(model, b, s, part=slice(None)):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(inp, pos, lab)
     moved = offloader.packed_bytes if offloader is not None else 0
+    _kept_bytes.tensors = len(seen) + 1  # and the per-token loss
     return sum(seen.values()) + out.numel() * 4, moved
 
 
 @pytest.mark.parametrize("case", KEPT_CASES)
 def test_kept_activations_are_what_autograd_saves(case):
     """Exact, for LayerNorm/GELU/learned and RMSNorm/SwiGLU/RoPE/GQA, dropout, chunked loss, tiled
-    MLP, every recompute mode: the end-of-forward activations of the model are the saved bytes."""
+    MLP, every recompute mode: the end-of-forward activations of the model are the saved bytes, and
+    the tensors the CPU pages count (activation_memory.cpu_pages) are the saved tensors."""
     flags = SMALL + case
     kept, _ = _kept_bytes(_build(flags), 2, 24)
-    est = mm.estimate(mm.ModelSpec.from_flags(flags.split(), device="cpu"), mm.LayoutSpec(), 24, 2)
+    spec, lay = mm.ModelSpec.from_flags(flags.split(), device="cpu"), mm.LayoutSpec()
+    est = mm.estimate(spec, lay, 24, 2)
     assert est.activations == kept
+    tensors = sum(am.run_tensors(spec, lay)) + am.outside_tensors(spec, lay, 48)
+    assert tensors == _kept_bytes.tensors
+    # the pages are on top of the bytes at the end of forward, on CPU only
+    cuda = mm.estimate(mm.ModelSpec.from_flags(flags.split(), device="cuda"), lay, 24, 2)
+    assert est.phases["forward_end"] - cuda.phases["forward_end"] == \
+        est.activations - cuda.activations + am.PAGE * tensors
 
 
 @pytest.mark.parametrize("case", ["", " --recompute-granularity full --recompute-method uniform"])

@@ -51,12 +51,21 @@ class Fake:
 
 @pytest.mark.parametrize("threshold,g,start", [(1000, 8, 64), (1000, 8, 4000), (777, 2, 700), (5, 1, 1),
                                                (64, 16, 64), (100000, 4, 3)])
-def test_search_finds_the_largest_fitting_multiple(threshold, g, start):
+@pytest.mark.parametrize("step", [False, True])
+def test_search_finds_the_largest_fitting_multiple(threshold, g, start, step):
     fake = Fake(threshold)
-    r = se.search_max(fake, g, start, limit=1 << 20, rel_tol=0.0)
+    r = se.search_max(fake, g, start, limit=1 << 20, rel_tol=0.0, step=g if step else None)
     assert r.value == threshold // g * g
     assert r.result.value == r.value and len(r.trials) == len(fake.calls) == len(set(fake.calls))
     assert all(v % g == 0 for v in fake.calls)
+
+
+@pytest.mark.parametrize("start", [1232, 1248])
+def test_granule_bracket_settles_a_start_within_one_granule_in_two_trials(start):
+    """--bracket granule (the paper's): from the model's start, the answer and the next granule."""
+    fake = Fake(1240)
+    r = se.search_max(fake, 16, start, limit=1 << 20, rel_tol=0.03, step=16)
+    assert r.value == 1232 and sorted(fake.calls) == [1232, 1248]
 
 
 def test_search_tolerance_limit_and_nothing_fits():

@@ -85,6 +85,26 @@ def test_unfused_step_is_within_ten_percent_of_the_model():
     assert abs(model / r.peak_bytes - 1) < 0.1, (model / MiB, r.peak_bytes / MiB)
 
 
+def test_model_counts_the_cpu_pages_of_a_bert_large_like_step():
+    """BERT-Large-like at the paper's budget: exact tensor bytes leave ~1.5 MiB (24 layers x ~15
+    tensors x a page) between the model and the measured RSS; with the CPU pages the model is
+    within 0.75 MiB (1.2%) of it, which is what makes the max micro-batch cells exact."""
+    args = _args("--model", "bert-large-like", "--attention-backend", "unfused")
+    layout = se.make_layout("tp", 1)
+    r = se.run_trial(se.build_argv(args, layout, 64, 3), 1, 1 << 30, steps=2, timeout=120)
+    assert r.status == "ok", r.error
+    model = mm.estimate(se.model_config(args), se.model_layout(layout), 64, 3).step_peak
+    assert abs(model - r.peak_bytes) < 0.75 * MiB, (model / MiB, r.peak_bytes / MiB)
+
+
+def test_paper_search_steps_by_one_granule_from_the_model():
+    assert _args("--experiment", "paper").bracket == "granule"
+    assert _args("--experiment", "paper", "--growth", "1.1").bracket == "growth"
+    assert _args().bracket == "growth"
+    with pytest.raises(SystemExit):
+        _args("--experiment", "paper", "--growth", "1.1", "--bracket", "granule")
+
+
 # --- extrapolation and the report ------------------------------------------------------
 def test_tp_stops_at_the_head_count_and_the_model_extrapolates_to_64_devices():
     assert [paper.tp_ceiling(12, w) for w in (1, 2, 4, 8, 16, 64)] == [1, 2, 4, 6, 12, 12]

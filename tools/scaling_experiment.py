@@ -72,9 +72,9 @@ that step is also the one timed:
 **Search.**  Values are multiples of the granularity the layout needs (sequence: 2P for
 zigzag modes, P otherwise, times TP under --sequence-parallel; batch: 1).  From a
 start (95% of the memory model's prediction, or ``--start``) the value grows by
-``--growth`` (1.15 from the model's start, 2 otherwise) until a trial fails, or shrinks
-until one fits, then bisects until the bracket is within ``--rel-tol`` (default 3%) or
-one granule.  Layouts that run the same program (every layout at world 1) are searched
+``--growth`` (1.15 from the model's start, 2 otherwise; ``--bracket granule``, the paper's
+default: by one granule, doubling each time) until a trial fails, or shrinks until one fits,
+then bisects until the bracket is within ``--rel-tol`` (default 3%) or one granule.  Layouts that run the same program (every layout at world 1) are searched
 once.  Throughput comes from the timed step of the largest trial that fit.
 
 Outputs under ``--out-dir``: ``<name>.csv`` (one row per layout x world size),
@@ -241,7 +241,8 @@ def run_experiment(args) -> list:
             print(f"  same program as {sr.layout_name} at world {world}: reusing its result", flush=True)
         else:
             try:
-                sr = search_max(traced, g, start, limit, args.rel_tol, growth=args.growth if seeded else 2.0)
+                sr = search_max(traced, g, start, limit, args.rel_tol, growth=args.growth if seeded else 2.0,
+                                step=g if (seeded and args.bracket == "granule") else None)
             except TrialError as exc:
                 sr, error = SearchResult(0, None, []), str(exc)[:300]
             sr.layout_name = layout.name
@@ -313,7 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop bisecting at this relative bracket")
     p.add_argument("--growth", type=Range(float, lo=1, lo_open=True), default=None,
                    help="step factor of the bracketing phase when it starts from the model (else 2); "
-                        "default 1.15 (paper: 1 + --rel-tol: two trials when the model is within it)")
+                        "default 1.15; implies --bracket growth")
+    p.add_argument("--bracket", choices=["growth", "granule"], default=None,
+                   help="how the search leaves the model's start: x --growth a step, or one granule doubling "
+                        "each time (two trials when the model is within a granule); default growth "
+                        "(paper: granule)")
     p.add_argument("--trial-timeout", type=POSITIVE, default=600.0)
     p.add_argument("--threads", type=POSITIVE_INT, default=None,
                    help="intra-op threads per rank (default: cores / world; paper: 1, since two OpenMP threads "
@@ -336,7 +341,10 @@ def parse_args(argv=None):
     args.micro_batch_size = args.micro_batch_size or (PAPER_MICRO_BATCH if paper else 1)
     args.seq_length = args.seq_length or (PAPER_SEQ_LENGTH if paper else 2048)
     args.name = args.name or ("paper_rsa_vs_tp" if paper else args.experiment)
-    args.growth = args.growth or ((1 + args.rel_tol) if paper else 1.15)
+    if args.growth and args.bracket == "granule":
+        p.error(f"--growth {args.growth} sets the step factor of --bracket growth; drop one of them")
+    args.bracket = args.bracket or ("growth" if args.growth or not paper else "granule")
+    args.growth = args.growth or 1.15
     args.worlds = args.worlds or ([1, 2, 4, 8] if paper else [1, 2, 4])
     args.threads = args.threads or (1 if paper else None)
     args.start_fraction = args.start_fraction or (1.0 if paper else None)

@@ -102,6 +102,10 @@ def stage_estimates(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq_length: int,
                         max(activation_memory.loss_transients(spec, lay, s, b)) if last else 0.0)
         if lay.sharding != "none":
             transient = state["gathered"] + max(transient, state["unsharded_grads"])
+        # CPU pages of the tensors in flight (activation_memory.cpu_pages): layers, chunk outputs, the head
+        tensors = flight * (sum(activation_memory.run_tensors(spec, lay, per_chunk)) + 1) \
+            + (activation_memory.outside_tensors(spec, lay, s * b) if last else 0)
+        transient += activation_memory.cpu_pages(spec, tensors)
         out.append(mm.Estimate(params=state["params"], grads=state["grads"], adam=state["adam"], activations=acts,
                                transient=transient, grads_in_baseline=True, early_grads=0.0,
                                comm_bytes=sum(comm.values()), comm_detail=comm, host=state["host"],

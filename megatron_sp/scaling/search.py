@@ -20,13 +20,15 @@ class SearchResult:
 
 def search_max(trial: Callable[[int], object], granularity: int, start: int, limit: int,
                rel_tol: float = 0.02, fits: Callable[[object], bool] = lambda r: r.fits,
-               growth: float = 2.0) -> SearchResult:
+               growth: float = 2.0, step: Optional[int] = None) -> SearchResult:
     """Largest multiple of ``granularity`` in ``[granularity, limit]`` for which ``trial`` fits.
 
-    Exponential steps (x ``growth`` up, / ``growth`` down) from ``start`` bracket the answer,
-    then bisection on multiples of ``granularity`` narrows it to within ``rel_tol`` (relative)
-    or one granule.  Assumes fitting is monotone (a smaller value fits if a larger one does);
-    every trial is recorded.
+    Exponential steps (x ``growth`` up, / ``growth`` down; or, with ``step``, +-``step`` doubling
+    each time) from ``start`` bracket the answer, then bisection on multiples of ``granularity``
+    narrows it to within ``rel_tol`` (relative) or one granule.  ``step = granularity`` suits a
+    start within a granule or two of the answer: two trials, the answer and the next granule,
+    settle it.  Assumes fitting is monotone (a smaller value fits if a larger one does); every
+    trial is recorded.
     """
     g = granularity
     limit = limit // g * g
@@ -42,10 +44,12 @@ def search_max(trial: Callable[[int], object], granularity: int, start: int, lim
 
     v = min(max(g, start // g * g), limit)
     lo, hi = 0, None  # lo fits (0: nothing yet), hi fails (None: nothing yet)
+    delta = max(g, (step or g) // g * g)  # the additive step, doubled after each move
     if run(v):
         lo = v
         while hi is None and lo < limit:
-            v = min(limit, max(lo + g, int(lo * growth) // g * g))
+            up = lo + delta if step else int(lo * growth) // g * g
+            v, delta = min(limit, max(lo + g, up)), 2 * delta
             if run(v):
                 lo = v
             else:
@@ -53,7 +57,8 @@ def search_max(trial: Callable[[int], object], granularity: int, start: int, lim
     else:
         hi = v
         while lo == 0 and hi > g:
-            v = max(g, min(hi - g, int(hi / growth) // g * g))
+            down = hi - delta if step else int(hi / growth) // g * g
+            v, delta = max(g, min(hi - g, down)), 2 * delta
             if run(v):
                 lo = v
             else:
