@@ -123,6 +123,30 @@ def test_trial_fits_over_and_error_are_outcomes_not_exceptions():
     assert bad.status == "error" and "--seq-length 510" in bad.error
 
 
+def test_a_session_measures_each_shape_as_fresh_ranks_and_restarts_after_a_failure():
+    """The trials of a search share their ranks (TrialSession): a second shape measures what fresh
+    ranks measure; another program runs in fresh ranks; a failed trial ends the ranks and the
+    next trial starts new ones."""
+    args = _args()
+    layout = se.make_layout("p2p", 2)
+    fresh = {n: se.run_trial(se.build_argv(args, layout, n, 1), 2, 64 * MiB, timeout=120) for n in (1024, 512)}
+    with se.TrialSession(2, 64 * MiB, timeout=120) as session:
+        first = session.run(se.build_argv(args, layout, 1024, 1))
+        procs = list(session.procs)
+        second = session.run(se.build_argv(args, layout, 512, 1))
+        assert session.procs == procs  # the same ranks
+        for n, r in ((1024, first), (512, second)):
+            assert r.status == "ok" and abs(r.peak_bytes - fresh[n].peak_bytes) < 0.05 * fresh[n].peak_bytes + MiB, \
+                (n, r.peak_bytes / MiB, fresh[n].peak_bytes / MiB)
+        other = session.run(se.build_argv(_args("--model-args", MICRO + " --num-layers 3"), layout, 512, 1))
+        assert other.status == "ok" and session.procs != procs  # another model: fresh ranks
+        procs = list(session.procs)
+        bad = session.run(se.build_argv(args, layout, 510, 1))
+        assert bad.status == "error" and "--seq-length 510" in bad.error and not session.procs
+        again = session.run(se.build_argv(args, layout, 512, 1))
+        assert again.status == "ok" and abs(again.peak_bytes - fresh[512].peak_bytes) < 0.05 * fresh[512].peak_bytes + MiB
+
+
 def test_over_budget_step_fails_with_oom_under_the_guard():
     # the RLIMIT_DATA guard is baseline + 2 x budget + 512 MiB: 20 MiB budget, ~2.5 GiB step
     args = _args()

@@ -36,15 +36,18 @@ the ratios RSA / TP, and the memory model's extrapolation to the paper's 64 devi
 
     python tools/scaling_experiment.py --experiment paper --memory-budget-gb 0.0625 --out-dir docs/scaling
 
-**What is measured.**  Each trial is one fresh set of ``W`` processes (forked from a
-forkserver that has imported torch but never computed, so a parent that already used
-OpenMP threads cannot deadlock them; a gloo group on a private FileStore; NCCL and
-spawn on GPU),
-so a crash or an out-of-memory cannot poison the next trial.  A rank builds the model,
-optimizer and batches (``loop.setup``) and runs ``--steps`` training steps (default 2).
-The first is a warm-up: it allocates the Adam state and loads every kernel's code (under
-DDP one more comes first, on the smallest batch: DDP reallocates its gradient buckets at the
-second forward, and a step measured there would be lighter than a steady one).  The
+**What is measured.**  The trials of one search (one layout at one world size) run in one set
+of ``W`` processes (forked from a forkserver that has imported torch but never computed, so a
+parent that already used OpenMP threads cannot deadlock them; a gloo group on a private
+FileStore; NCCL and spawn on GPU): ``megatron_sp/scaling/trial.TrialSession``.  The first trial
+builds the model, optimizer and batches (``loop.setup``); a later one, which differs only in the
+batch shape, keeps them.  A failed trial (error, out-of-memory, timeout) ends the set, so it
+cannot poison the next trial, which starts fresh processes.  Each trial runs ``--steps``
+training steps (default 2) at its size.  The first is a warm-up: it allocates the Adam state
+and loads every kernel's code, and the first step at a new shape peaks higher than the next
+(under DDP, in a set's first trial, one more comes first, on the smallest batch: DDP reallocates
+its gradient buckets at the second forward, and a step measured there would be lighter than a
+steady one).  The
 *baseline* is taken just before the last step, after the previous step's gradients are freed
 and malloc's free memory is given back to the OS (``malloc_trim``: a block the step takes from
 malloc's free lists then counts as well), and holds what persists between steps (weights, Adam
@@ -100,8 +103,8 @@ from megatron_sp.scaling.presets import MODEL_PRESETS  # noqa: E402
 from megatron_sp.scaling.paper import PAPER_MICRO_BATCH, PAPER_PRESETS, PAPER_SEQ_LENGTH, run_paper  # noqa: E402
 from megatron_sp.scaling.report import _read_trials, markdown_table, write_outputs  # noqa: E402,F401
 from megatron_sp.scaling.search import SearchResult, search_max  # noqa: E402,F401
-from megatron_sp.scaling.trial import (PeakMeter, TrialError, TrialResult, _mp_context,  # noqa: E402,F401
-                                       configure_malloc, proc_status_bytes, run_trial)
+from megatron_sp.scaling.trial import (PeakMeter, TrialError, TrialResult, TrialSession,  # noqa: E402,F401
+                                       _mp_context, configure_malloc, proc_status_bytes, run_trial)
 
 MiB = 2 ** 20
 
@@ -193,8 +196,7 @@ def run_experiment(args) -> list:
             limit = args.max_value or 1 << 22
 
             def trial(v, layout=layout):
-                return run_trial(build_argv(args, layout, v, args.micro_batch_size), world, budget, args.steps,
-                                 args.trial_timeout, device, args.threads)
+                return session.run(build_argv(args, layout, v, args.micro_batch_size))
         else:
             g = 1
             predicted = mm.max_micro_batch(spec, lay, args.seq_length, budget) if budget else None
@@ -202,8 +204,7 @@ def run_experiment(args) -> list:
             limit = args.max_value or 4096
 
             def trial(v, layout=layout):
-                return run_trial(build_argv(args, layout, args.seq_length, v), world, budget, args.steps,
-                                 args.trial_timeout, device, args.threads)
+                return session.run(build_argv(args, layout, args.seq_length, v))
 
         def traced(v, layout=layout, world=world, trial=trial):
             seq = v if args.experiment == "max-seq" else args.seq_length
@@ -240,11 +241,14 @@ def run_experiment(args) -> list:
             sr = done[layout.key()]
             print(f"  same program as {sr.layout_name} at world {world}: reusing its result", flush=True)
         else:
+            session = TrialSession(world, budget, args.steps, args.trial_timeout, device, args.threads)
             try:
                 sr = search_max(traced, g, start, limit, args.rel_tol, growth=args.growth if seeded else 2.0,
                                 step=g if (seeded and args.bracket == "granule") else None)
             except TrialError as exc:
                 sr, error = SearchResult(0, None, []), str(exc)[:300]
+            finally:
+                session.close()
             sr.layout_name = layout.name
             done[layout.key()] = sr
         r = sr.result
