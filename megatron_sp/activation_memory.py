@@ -317,7 +317,7 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
 
     ``early_grads``: gradients created before the last layer's backward peaks (0 under DDP);
     ``layer_grads``: one layer's gradient bytes (0 under DDP).  With sharded model state
-    (``memory_model.model_state``): ``gathered`` compute weights are alive in every phase and
+    (``memory_terms.model_state``): ``gathered`` compute weights are alive in every phase and
     ``unsharded_grads`` in backward; autocast makes no weight copies (the gathered weights are
     already in the compute dtype).  ``param_tensors``: (outside the layers, per layer) parameter
     tensors whose gradients backward makes (no DDP), for the CPU pages.

@@ -271,3 +271,12 @@ def test_llama_features_agree_with_a_measured_step():
         assert r.status == "ok", r.error
         model = mm.estimate(se.model_config(args), se.model_layout(layout), 2048, 1).step_peak
         assert abs(model / r.peak_bytes - 1) < 0.1, (extra, model / MiB, r.peak_bytes / MiB)
+
+
+def test_the_memory_model_and_the_planner_import_no_torch():
+    """They run in the scaling tool's and the planner's parent process, before any rank: pure Python,
+    and no import circle (memory_terms <- pipeline_parallel.memory <- memory_model)."""
+    import subprocess
+    code = ("import sys, megatron_sp.memory_model, megatron_sp.scaling.planner, megatron_sp.pipeline_parallel.memory; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.join(os.path.dirname(__file__), ".."))

@@ -261,9 +261,9 @@ def test_per_stage_memory_model_by_schedule():
     hop = 2048 * 128 * 4  # one [s, b, h] fp32 activation (or its gradient)
     # 1F1B: stage r keeps 4 - r micro-batches of its 2 layers; stage 0 as much as one micro-batch
     # through all 8 layers (+ the chunk outputs the library keeps), the last stage adds the head
-    layer_acts = (one.activations - mm._outside_saved(spec, mm.LayoutSpec(), 2048, 1)) / 8
+    layer_acts = (one.activations - mm.outside_saved(spec, mm.LayoutSpec(), 2048, 1)) / 8
     for r, est in enumerate(stages):
-        head = mm._outside_saved(spec, mm.LayoutSpec(), 2048, 1) if r == 3 else 0
+        head = mm.outside_saved(spec, mm.LayoutSpec(), 2048, 1) if r == 3 else 0
         assert est.activations == pytest.approx((4 - r) * (2 * layer_acts + hop) + head)
         assert est.buffers == 8 * hop * ((r > 0) + (r < 3))  # a receive buffer per micro-batch and boundary
     n = [est.params / 4 for est in stages]

@@ -66,12 +66,12 @@ def test_unfused_keeps_probabilities_for_every_layout_where_attention_is_a_ring_
     ring = mm.LayoutSpec(cp=4, mode="p2p")  # inside a ring: block scores are transient, nothing kept
     assert extra(ring) == 0
     block = b * a * (4 * n / 4) ** 2 * 4  # the diagonal block [s, s] of a ring step at 4 x the length
-    assert mm._unfused_transient(unfused, ring, n, b) == pytest.approx(4 * block)
+    assert mm.unfused_transient(unfused, ring, n, b) == pytest.approx(4 * block)
     assert mm.estimate(unfused, ring, 4 * n, b).transient > mm.estimate(flash, ring, 4 * n, b).transient
     rsa = mm.LayoutSpec(cp=4, mode="rsa")  # RSA keeps its rows whatever the backend
     assert mm.estimate(unfused, rsa, n, b).step_peak == mm.estimate(flash, rsa, n, b).step_peak
     # TP and RSA at equal degree keep the same score bytes: b a N^2 / P
-    assert mm._probs_bytes(unfused, mm.LayoutSpec(tp=4), n, b) == mm._probs_bytes(unfused, rsa, n / 4, b)
+    assert mm.probs_bytes(unfused, mm.LayoutSpec(tp=4), n, b) == mm.probs_bytes(unfused, rsa, n / 4, b)
 
 
 def test_unfused_step_is_within_ten_percent_of_the_model():

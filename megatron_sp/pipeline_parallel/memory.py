@@ -13,7 +13,7 @@ last, and at its peak the activations of the chunks its schedule keeps in flight
     buffers      = receive buffers the library allocates once for every micro-batch and keeps:
                    m activations per chunk that is not the first, m gradients per chunk that is
                    not the last, [s(/T), b, h] each (fp32, or the compute dtype with sharded state)
-    model state  = memory_model.model_state of the stage's parameters; with sharded state the
+    model state  = memory_terms.model_state of the stage's parameters; with sharded state the
                    library keeps every layer's compute weights gathered and accumulates unsharded
                    fp32 gradients from the first backward to the last (both modes, schedule.py)
     transient    = the larger of a layer's backward working set (the MLP and attention
@@ -27,7 +27,7 @@ last, and at its peak the activations of the chunks its schedule keeps in flight
                    previous step's)
 
 Layers split evenly (``--decoder-first/last-pipeline-num-layers`` are not modelled).
-:func:`stage_estimates` gives one :class:`~megatron_sp.memory_model.Estimate` per PP rank;
+:func:`stage_estimates` gives one :class:`~megatron_sp.memory_terms.Estimate` per PP rank;
 ``memory_model.estimate`` returns the one with the largest step peak (what a scaling trial
 measures: the maximum over ranks).
 
@@ -41,15 +41,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .. import activation_memory
-from .. import memory_model as mm
+from .. import memory_terms as mt
 from .schedule_rules import in_flight_chunks
 
 
-def stage_parameters(spec: "mm.ModelSpec", tp: int, layers: int, first: bool, last: bool) -> float:
+def stage_parameters(spec: "mt.ModelSpec", tp: int, layers: int, first: bool, last: bool) -> float:
     """Parameters on one TP rank of a stage: its layers, embedding (first), final norm and output
     weight or tied copy (last)."""
     h, V = spec.hidden_size, spec.vocab_size
-    n = layers * mm._layer_parameters(spec, tp)
+    n = layers * mt.layer_parameters(spec, tp)
     if first:
         n += V * h / tp + spec.max_position_embeddings * h
     if last:
@@ -64,8 +64,8 @@ def _stage_chunks(pp: int, virtual: int, schedule: str, rank: int) -> list:
     return [c * pp + rank for c in range(virtual)]
 
 
-def stage_estimates(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq_length: int, micro_batch: int) -> list:
-    """One :class:`memory_model.Estimate` per PP rank (module doc)."""
+def stage_estimates(spec: "mt.ModelSpec", lay: "mt.LayoutSpec", seq_length: int, micro_batch: int) -> list:
+    """One :class:`memory_terms.Estimate` per PP rank (module doc)."""
     K, V, m = lay.pp, lay.virtual, lay.micro_batches
     n_stages = K * V
     if spec.num_layers % n_stages:
@@ -89,13 +89,13 @@ def stage_estimates(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq_length: int,
         once = max(p[2] for p in pieces)
         acts = flight * (kept + s_hidden * b * h * e_hidden) + once
         if last:
-            acts += (m if lay.schedule in ("GPipe", "LoopedBFS") else 1) * mm._outside_saved(spec, lay, s, b)
+            acts += (m if lay.schedule in ("GPipe", "LoopedBFS") else 1) * mt.outside_saved(spec, lay, s, b)
         hop = s_hidden * b * h * e_hidden
         buffers = m * hop * (sum(c != 0 for c in chunks) + sum(c != n_stages - 1 for c in chunks))
-        state = mm.model_state(stage_spec, lay, n)
+        state = mt.model_state(stage_spec, lay, n)
         if lay.sharding != "none":
             state.update(gathered=(2 if spec.bf16 else 4) * n, unsharded_grads=4.0 * n)
-        comm = mm._comm(stage_spec, lay, seq_length, b, n)
+        comm = mt.comm(stage_spec, lay, seq_length, b, n)
         comm["pp"] = 2 * hop * (sum(c != n_stages - 1 for c in chunks) + sum(c != 0 for c in chunks))
         # a layer's backward (recomputed run in ``once``), or the loss's transients on the last stage
         transient = max(activation_memory.layer_working(spec, lay, s, b),
@@ -106,7 +106,7 @@ def stage_estimates(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq_length: int,
         tensors = flight * (sum(activation_memory.run_tensors(spec, lay, per_chunk)) + 1) \
             + (activation_memory.outside_tensors(spec, lay, s * b) if last else 0)
         transient += activation_memory.cpu_pages(spec, tensors)
-        out.append(mm.Estimate(params=state["params"], grads=state["grads"], adam=state["adam"], activations=acts,
+        out.append(mt.Estimate(params=state["params"], grads=state["grads"], adam=state["adam"], activations=acts,
                                transient=transient, grads_in_baseline=True, early_grads=0.0,
                                comm_bytes=sum(comm.values()), comm_detail=comm, host=state["host"],
                                buffers=buffers, host_activations=host))

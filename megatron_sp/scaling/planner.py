@@ -207,7 +207,7 @@ def _longest(spec, lay, granularity: int, device: float, host: float, reserve: f
     def fits(n):
         d, h, _ = footprint(spec, lay, n, reserve)
         return d <= device and h <= host
-    return mm._largest(fits, granularity, limit)
+    return mm.largest(fits, granularity, limit)
 
 
 def plan(model_flags, devices: int, device_gb: float, host_gb: float, node_size: int = 8, bf16: bool = True,
