@@ -9,7 +9,7 @@
 #     extrapolation to the paper's 64 devices.
 # Max batch at sequence 64 (BERT's 512 x 1/8), max length at micro-batch 4, 64 MiB per rank above the
 # post-warm-up baseline.  Writes docs/scaling/paper_rsa_vs_tp.md, _<model>.png, raw searches in
-# docs/scaling/paper_rsa_vs_tp/.  About 10 minutes on an idle 2-core machine (BENCHMARKS.md).
+# docs/scaling/paper_rsa_vs_tp/.  About 14 minutes on an idle 2-core machine (BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
