@@ -144,9 +144,7 @@ def outside_tensors(spec, lay, tok: float) -> int:
 
 def weight_copy_tensors(spec, lay) -> int:
     """Autocast's weight copies one layer keeps (:func:`weight_copies`): its linears' (and column biases)."""
-    if not spec.bf16 or lay.sharding != "none":
-        return 0
-    return 4 + (2 if spec.bias else 0)
+    return (4 + (2 if spec.bias else 0)) if weight_copies(spec, lay)[0] else 0
 
 
 UNFUSED_BACKENDS = ("unfused", "local")
@@ -339,7 +337,7 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
     back = gathered + unsharded_grads
     # CPU pages (cpu_pages): the tensors kept, and the gradients made so far without DDP
     n_runs = run_tensors(spec, lay)
-    n_layer = layer_tensors(spec, lay) + weight_copy_tensors(spec, lay)
+    n_layer = layer_tensors(spec, lay) + weight_copy_tensors(spec, lay)  # a layer in backward (selective: recomputed)
     n_out, n_grads = outside_tensors(spec, lay, tok), (sum(param_tensors) if early_grads else 0)
     out = {"forward_end": device_kept + cached + loss_fwd + gathered + cpu_pages(spec, sum(n_runs) + n_out),
            "loss_backward": device_kept + loss_bwd + (out_w if fused else 0.0) + back

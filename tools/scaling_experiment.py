@@ -189,13 +189,15 @@ def run_experiment(args) -> list:
           f"{len(combos)} searches | device {device}", flush=True)
     for n, (world, name, layout) in enumerate(combos, 1):
         lay = model_layout(layout)
+        # the search's trials share their ranks (started by the first trial, none for a refused layout)
+        session = TrialSession(world, budget, args.steps, args.trial_timeout, device, args.threads)
         if args.experiment == "max-seq":
             g = layout.seq_granularity()
             predicted = mm.max_seq_length(spec, lay, args.micro_batch_size, budget, g) if budget else None
             start = args.start or (int(predicted * (args.start_fraction or 0.95)) if predicted else 1024 * layout.cp)
             limit = args.max_value or 1 << 22
 
-            def trial(v, layout=layout):
+            def trial(v, layout=layout, session=session):
                 return session.run(build_argv(args, layout, v, args.micro_batch_size))
         else:
             g = 1
@@ -203,7 +205,7 @@ def run_experiment(args) -> list:
             start = args.start or (max(1, int(predicted * (args.start_fraction or 0.9))) if predicted else 1)
             limit = args.max_value or 4096
 
-            def trial(v, layout=layout):
+            def trial(v, layout=layout, session=session):
                 return session.run(build_argv(args, layout, args.seq_length, v))
 
         def traced(v, layout=layout, world=world, trial=trial):
@@ -241,7 +243,6 @@ def run_experiment(args) -> list:
             sr = done[layout.key()]
             print(f"  same program as {sr.layout_name} at world {world}: reusing its result", flush=True)
         else:
-            session = TrialSession(world, budget, args.steps, args.trial_timeout, device, args.threads)
             try:
                 sr = search_max(traced, g, start, limit, args.rel_tol, growth=args.growth if seeded else 2.0,
                                 step=g if (seeded and args.bracket == "granule") else None)
