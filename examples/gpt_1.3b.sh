@@ -5,7 +5,7 @@
 #   (Megatron .bin/.idx prefix; mock data when unset) with the tokenizer in $TOKENIZER_MODEL.
 # Layout (defaults): 8 GPUs = DP 1 x CP 4 (ring attention, zigzag) x TP 2 (+ Megatron-SP); sequence 65536, micro-batch 1.
 #   Change TP / CP / CP_COMM_TYPE / NPROC_PER_NODE; DP = GPUs / (TP x CP).
-# Memory per GPU (megatron_sp.memory_model, bf16): weights + grads + Adam 9.8 GiB at TP 2 (19.5 GiB at TP 1),
+# Memory per GPU (megatron_sp.memory, bf16): weights + grads + Adam 9.8 GiB at TP 2 (19.5 GiB at TP 1),
 #   activations ~15 GiB at seq 65536 / CP 4 / TP 2 -> about 27 GiB per GPU. One GPU (TP=1 CP=1 NPROC_PER_NODE=1):
 #   ~35 GiB at seq 8192, ~80 GiB at seq 32768 (add EXTRA_ARGS="--recompute-granularity full --recompute-method uniform").
 # Multi-node: NNODES=2 NODE_RANK=<0|1> MASTER_ADDR=<node 0> bash examples/gpt_1.3b.sh (torchrun

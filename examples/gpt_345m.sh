@@ -5,7 +5,7 @@
 #   (Megatron .bin/.idx prefix; mock data when unset) with the tokenizer in $TOKENIZER_MODEL.
 # Layout (defaults): 8 GPUs = DP 4 x CP 2 (ring attention, zigzag), TP 1; sequence 8192, micro-batch 4.
 #   Change TP / CP / CP_COMM_TYPE / NPROC_PER_NODE; DP = GPUs / (TP x CP).
-# Memory per GPU (megatron_sp.memory_model, bf16): weights + grads + Adam 5.3 GiB (16 B/param / TP),
+# Memory per GPU (megatron_sp.memory, bf16): weights + grads + Adam 5.3 GiB (16 B/param / TP),
 #   activations ~16 GiB at seq 8192 / CP 2 / micro-batch 4 -> about 24 GiB: fits 40 GB and 80 GB cards.
 #   CP 1 at seq 4096, micro-batch 8 needs ~43 GiB.
 # Multi-node: NNODES=2 NODE_RANK=<0|1> MASTER_ADDR=<node 0> bash examples/gpt_345m.sh (torchrun

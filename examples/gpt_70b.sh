@@ -9,7 +9,7 @@
 #   TP fastest, then CP, DP, PP: a TP group is one node, the CP pair two nodes, PP hops between node pairs.
 #   VPP=5 interleaves (4 virtual stages of 5 layers a rank; bubble 3/259 = 1.2%, more activations in flight).
 #   Longer sequences: raise CP (CP=4 PP=2 at 65536; NNODES stays GPUs / 8).
-# Memory per GPU (python tools/pipeline_layouts.py --recompute-granularity full; pipeline_parallel/memory.py):
+# Memory per GPU (python tools/pipeline_layouts.py --recompute-granularity full; memory/stages.py):
 #   model state 16.2 GiB (16 B/param over TP 8 x PP 4 x DP x CP 2), compute weights and unsharded fp32
 #   gradients of the stage ~13 GiB, activations with full recompute 2.9 GiB (stage 0 keeps 4 micro-batches
 #   in flight) -> worst stage ~35 GiB of an 80 GB card.  Without recompute stage 0 needs ~107 GiB: keep it.

@@ -5,7 +5,7 @@
 #   (Megatron .bin/.idx prefix; mock data when unset) with the tokenizer in $TOKENIZER_MODEL.
 # Layout (defaults): 8 GPUs = CP 2 (ring, zigzag) x TP 4 (+ Megatron-SP); sequence 32768, micro-batch 1. For 128K+: NNODES=4, CP=8.
 #   Change TP / CP / CP_COMM_TYPE / NPROC_PER_NODE; DP = GPUs / (TP x CP).
-# Memory per GPU (megatron_sp.memory_model, bf16): weights + grads + Adam 25 GiB at TP 4 (fp32 master weights: 16 B/param / TP),
+# Memory per GPU (megatron_sp.memory, bf16): weights + grads + Adam 25 GiB at TP 4 (fp32 master weights: 16 B/param / TP),
 #   activations ~23 GiB at seq 32768 / CP 2 / TP 4 -> about 48 GiB: needs 80 GB cards. TP 8 x CP 8 (64 GPUs) at seq 262144: ~44 GiB.
 #   With fewer GPUs add EXTRA_ARGS="--recompute-granularity full --recompute-method uniform".
 # Multi-node: NNODES=2 NODE_RANK=<0|1> MASTER_ADDR=<node 0> bash examples/gpt_7b.sh (torchrun

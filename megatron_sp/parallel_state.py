@@ -229,14 +229,15 @@ def default_backend() -> str:
 
 
 def init_distributed(backend: Optional[str] = None, timeout_s: float = 600.0) -> None:
-    """Initialise the default group from torchrun's environment (no-op without it)."""
+    """Initialise the default group from torchrun's environment (no-op without it); a NCCL request
+    without GPUs is refused in one line either way."""
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise LayoutError("--distributed-backend nccl needs CUDA GPUs and this process sees none; use "
+                          "--distributed-backend gloo (the default without GPUs)")
     if dist.is_initialized() or "WORLD_SIZE" not in os.environ:
         return
     backend = backend or default_backend()
     if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise LayoutError("--distributed-backend nccl needs CUDA GPUs and this process sees none; use "
-                              "--distributed-backend gloo (the default without GPUs)")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
 

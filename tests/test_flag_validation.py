@@ -1,6 +1,6 @@
 """No flag value reaches a raw traceback (issue 14, errors users read).
 
-* Every numeric flag of pretrain_gpt.py and of the tools has a range (megatron_sp/flag_types.py);
+* Every numeric flag of pretrain_gpt.py and of the tools has a range (megatron_sp/arguments/types.py);
   a value outside it -- or not a number, or nan/inf -- is refused at parse time with one
   line ``error: argument --flag: ...`` and exit code 2 (the sweep below fails for a new
   numeric flag without a range).
@@ -18,8 +18,8 @@ import sys
 import pytest
 
 from test_data_common import ROOT, make_data, tool
-from megatron_sp.flag_types import Range
-from megatron_sp.training.arguments import build_parser
+from megatron_sp.arguments.types import Range
+from megatron_sp.arguments import build_parser
 
 BASE = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 64 --num-layers 1 --hidden-size 16 "
         "--num-attention-heads 2 --seq-length 16 --micro-batch-size 2 --global-batch-size 2 --train-iters 2 "
@@ -29,7 +29,7 @@ BASE = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 64 --num-layers
 
 def numeric_actions(parser):
     """Numeric flags that do something: Megatron flags kept only to be noted or refused (dest
-    ``compat_*``, training/megatron_compat.py) never reach the code, whatever their value."""
+    ``compat_*``, arguments/megatron_compat.py) never reach the code, whatever their value."""
     return [a for a in parser._actions if a.option_strings and not a.dest.startswith("compat_")
             and (a.type in (int, float) or isinstance(a.type, Range))]
 

@@ -14,7 +14,7 @@ from megatron_sp.model import GPTModel
 from megatron_sp.parallel_state import initialize_model_parallel, single_rank_mesh
 from megatron_sp.tensor_parallel import RNGTracker
 from megatron_sp.tensor_parallel.sharding import full_of
-from megatron_sp.training.arguments import build_parser, padded_vocab_size, validate_args
+from megatron_sp.arguments import build_parser, padded_vocab_size, validate_args
 from megatron_sp.distributed.grads import allreduce_sequence_parallel_grads, wrap_data_parallel
 from megatron_sp.training.batches import build_datasets, build_tokenizer, micro_batches
 from megatron_sp.training.loop import model_config, pretrain

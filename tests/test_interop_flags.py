@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from interop_common import flatten, groups, script_flags
-from megatron_sp.training import megatron_compat as mc
-from megatron_sp.training.arguments import build_parser, validate_args
+from megatron_sp.arguments import megatron_compat as mc
+from megatron_sp.arguments import build_parser, validate_args
 from megatron_sp.training.lr_scheduler import LRScheduler, SchedulerMismatchError
 from megatron_sp.training.loop import model_config, pretrain
 

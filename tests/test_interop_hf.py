@@ -119,7 +119,7 @@ def test_imported_llama_trains_at_tp2_cp2_from_hf_loss_and_exports(tmp_path):
             "--sequence-parallel", "--context-parallel-size", "2", "--save", trained]
     losses = run_distributed(_tp2_cp2_step, 4, argv)[0]
     # the same batch through the Hugging Face model
-    from megatron_sp.training.arguments import build_parser, validate_args
+    from megatron_sp.arguments import build_parser, validate_args
     from megatron_sp.training.batches import build_datasets, build_tokenizer
     args = validate_args(build_parser().parse_args(argv), 4)
     train = build_datasets(args, build_tokenizer(args))[0]

@@ -101,7 +101,7 @@ def test_llama3_8b_fp8_script_real_data_branch_sets_up(corpus, tmp_path):
     argv = _cpu(words, tmp_path, num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
                 num_query_groups=2, kv_channels=16, seq_length=64, max_position_embeddings=64, global_batch_size=4,
                 train_samples=12, lr_decay_samples=12, lr_warmup_samples=4, eval_iters=1, **FP8)
-    from megatron_sp.training.arguments import build_parser
+    from megatron_sp.arguments import build_parser
     from megatron_sp.training.loop import setup
     ctx = setup(build_parser().parse_args(argv))
     assert ctx.tokenizer.eod == ctx.tokenizer.tok.token_to_id("<|end_of_text|>")

@@ -17,7 +17,7 @@ from megatron_sp.parallel_state import initialize_model_parallel, single_rank_me
 from megatron_sp.tensor_parallel import RNGTracker, chunked_output_cross_entropy, vocab_parallel_cross_entropy
 from megatron_sp.tensor_parallel.sharding import full_of
 from megatron_sp.distributed.grads import allreduce_sequence_parallel_grads
-from megatron_sp.training.arguments import ArgumentError, parse_args
+from megatron_sp.arguments import ArgumentError, parse_args
 
 
 # --- the chunked loss ------------------------------------------------------------------

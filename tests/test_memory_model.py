@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from megatron_sp import activation_memory as am, memory_model as mm
+from megatron_sp import memory as mm
+from megatron_sp.memory import activations as am
 
 TINY = ("--num-layers 4 --hidden-size 128 --num-attention-heads 8 --ffn-hidden-size 512 --vocab-size 1000 "
         "--position-embedding-type rope").split()
@@ -91,8 +92,8 @@ def test_communication_volume_by_mode(spec):
 
 def test_parameter_count_matches_the_model():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from megatron_sp.training.arguments import build_parser
-    from megatron_sp.training.arguments import padded_vocab_size
+    from megatron_sp.arguments import build_parser
+    from megatron_sp.arguments import padded_vocab_size
     from megatron_sp.training.loop import model_config
     from megatron_sp.model import GPTModel
     from megatron_sp.parallel_state import single_rank_mesh
@@ -113,7 +114,7 @@ def test_parameter_count_matches_the_model():
 def test_model_agrees_with_a_measured_step():
     """Measured peak of a real step (one fresh process) within 20% of the model, at W1 and CP2, with
     the model state sharded (FSDP2: the gathered weights and unsharded gradients of the step), and at
-    PP 2 (the largest stage: pipeline_parallel/memory.py)."""
+    PP 2 (the largest stage: memory/stages.py)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
     import scaling_experiment as se
     args = se.parse_args(["--memory-budget-gb", "1", "--device", "cpu"])
@@ -142,7 +143,7 @@ def _build(flags, world=1, mesh=None):
     from megatron_sp.model import GPTModel
     from megatron_sp.parallel_state import single_rank_mesh
     from megatron_sp.tensor_parallel import RNGTracker
-    from megatron_sp.training.arguments import build_parser, padded_vocab_size, validate_args
+    from megatron_sp.arguments import build_parser, padded_vocab_size, validate_args
     from megatron_sp.training.loop import model_config
     args = validate_args(build_parser().parse_args(
         flags.split() + "--seq-length 24 --micro-batch-size 2 --lr 1e-4 --mock-data --train-iters 1".split()), world)
@@ -273,10 +274,19 @@ def test_llama_features_agree_with_a_measured_step():
         assert abs(model / r.peak_bytes - 1) < 0.1, (extra, model / MiB, r.peak_bytes / MiB)
 
 
-def test_the_memory_model_and_the_planner_import_no_torch():
-    """They run in the scaling tool's and the planner's parent process, before any rank: pure Python,
-    and no import circle (memory_terms <- pipeline_parallel.memory <- memory_model)."""
+def test_the_memory_model_the_flag_contract_and_the_planner_import_no_torch():
+    """They run in the scaling tool's and the planner's parent process, before any rank: pure Python.
+    Every module of megatron_sp/memory/ and megatron_sp/arguments/ is imported, so a new file there
+    is guarded too (and the flags parse: the memory model reads the real parser's namespace)."""
     import subprocess
-    code = ("import sys, megatron_sp.memory_model, megatron_sp.scaling.planner, megatron_sp.pipeline_parallel.memory; "
+    root = os.path.join(os.path.dirname(__file__), "..")
+    modules = [f"megatron_sp.{pkg}.{f[:-3]}" for pkg in ("memory", "arguments")
+               for f in sorted(os.listdir(os.path.join(root, "megatron_sp", pkg))) if f.endswith(".py")]
+    code = ("import sys, importlib; [importlib.import_module(m) for m in sys.argv[1:]]; "
+            "import megatron_sp.scaling.planner; "
+            "from megatron_sp.arguments import parse_args; "
+            "parse_args('--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64 "
+            "--micro-batch-size 1 --lr 1e-3 --train-iters 1 --mock-data --tokenizer-type NullTokenizer "
+            "--vocab-size 128'.split()); "
             "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    subprocess.run([sys.executable, "-c", code, *modules], check=True, cwd=root)

@@ -17,7 +17,7 @@ from megatron_sp.distributed import allreduce_embedding_grads, allreduce_sequenc
 from megatron_sp.pipeline_parallel import PipelineLayoutError, build_layout
 from megatron_sp.tensor_parallel.sharding import full_of
 from megatron_sp.training import loop
-from megatron_sp.training.arguments import parse_args
+from megatron_sp.arguments import parse_args
 from megatron_sp.training.batches import micro_batches
 from megatron_sp.training.loop import pretrain
 from megatron_sp.training.step import forward_backward
@@ -251,9 +251,9 @@ def test_names_are_global_and_pp1_names_unchanged():
 
 
 def test_per_stage_memory_model_by_schedule():
-    from megatron_sp import memory_model as mm
+    from megatron_sp import memory as mm
     from megatron_sp.pipeline_parallel import SCHEDULES, bubble_fraction, in_flight_chunks
-    from megatron_sp.pipeline_parallel.memory import stage_estimates
+    from megatron_sp.memory import stage_estimates
     spec = mm.ModelSpec.from_flags("--num-layers 8 --hidden-size 128 --num-attention-heads 8 --vocab-size 1000 "
                                    "--position-embedding-type rope".split())
     one = mm.estimate(spec, mm.LayoutSpec(), 2048, 1)

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from megatron_sp import memory_model as mm
+from megatron_sp import memory as mm
 from megatron_sp.scaling import planner
-from megatron_sp.training.arguments import build_parser, validate_args
+from megatron_sp.arguments import build_parser, validate_args
 from megatron_sp.training.loop import check_layout, model_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from megatron_sp import memory_model as mm
+from megatron_sp import memory as mm
 from megatron_sp.scaling import paper
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))

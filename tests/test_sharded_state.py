@@ -116,7 +116,7 @@ def test_mixed_precision_with_sharded_state_converges(precision):
 
 
 def test_sharding_flags_are_checked():
-    from megatron_sp.training.arguments import ArgumentError, parse_args
+    from megatron_sp.arguments import ArgumentError, parse_args
     for extra, needle in ((["--use-torch-fsdp2", "--use-distributed-optimizer"], "exclusive"),
                           (["--optimizer-cpu-offload"], "--optimizer-cpu-offload"),
                           (["--overlap-param-gather"], "--overlap-param-gather"),

@@ -75,7 +75,7 @@ def test_build_loss_scaler_from_flags():
 
 def _overflow_on_one_rank(rank, world):
     from megatron_sp.parallel_state import initialize_model_parallel
-    from megatron_sp.training.arguments import parse_args
+    from megatron_sp.arguments import parse_args
     from megatron_sp.training.optimizer import MixedPrecisionOptimizer
     mesh = initialize_model_parallel(1, 1)
     args = parse_args(TINY + ["--train-iters", "1", "--lr", "1e-2", "--fp16", "--initial-loss-scale", "1024",
@@ -130,7 +130,7 @@ def test_mixed_precision_converges_at_t2p2(precision):
 
 def test_recompute_activations_is_selective_recompute():
     """Megatron's --recompute-activations = --recompute-granularity selective: same flags, same losses."""
-    from megatron_sp.training.arguments import ArgumentError, build_parser, validate_args
+    from megatron_sp.arguments import ArgumentError, build_parser, validate_args
     from megatron_sp.training.loop import pretrain
     argv = TINY + ["--lr", "1e-3", "--train-iters", "3"]
     args = validate_args(build_parser().parse_args(argv + ["--recompute-activations"]), 1)

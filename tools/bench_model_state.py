@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--formats", nargs="+", default=["torch", "torch_dist"], choices=["torch", "torch_dist"])
     p.add_argument("--bf16", action="store_true")
     args = p.parse_args(argv)
-    from megatron_sp import memory_model as mm
+    from megatron_sp import memory as mm
     from megatron_sp.launch import run_distributed
     spec = mm.ModelSpec.from_flags(args.model_args.split(), bf16=args.bf16)
     print(f"model: {mm.local_parameters(spec, 1) / 1e6:.1f} M parameters ({args.model_args})")

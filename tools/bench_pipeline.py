@@ -30,9 +30,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from megatron_sp import memory_model as mm  # noqa: E402
+from megatron_sp import memory as mm  # noqa: E402
 from megatron_sp.pipeline_parallel import bubble_fraction, schedule_name  # noqa: E402
-from megatron_sp.pipeline_parallel.memory import stage_estimates  # noqa: E402
+from megatron_sp.memory import stage_estimates  # noqa: E402
 
 MiB = 2 ** 20
 MODEL = ("--num-layers 8 --hidden-size 256 --num-attention-heads 8 --vocab-size 8000 --position-embedding-type rope "

@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-from megatron_sp import memory_model as mm  # noqa: E402
+from megatron_sp import memory as mm  # noqa: E402
 import scaling_experiment as se  # noqa: E402
 
 MiB = 2 ** 20

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from megatron_sp.data.tokenizers import build_tokenizer_from_args  # noqa: E402
-from megatron_sp.flag_types import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, SEED,  # noqa: E402
+from megatron_sp.arguments.types import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, SEED,  # noqa: E402
                                     ArgumentParser, in_range)
 from megatron_sp.model import GPTModel  # noqa: E402
 from megatron_sp.parallel_state import single_rank_mesh  # noqa: E402

@@ -25,8 +25,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pa
 import numpy as np  # noqa: E402
 
 from megatron_sp.data.indexed_dataset import IndexedDataset  # noqa: E402
-from megatron_sp.data.tokenizers import add_tokenizer_arguments, build_tokenizer_from_args  # noqa: E402
-from megatron_sp.flag_types import NON_NEGATIVE_INT, POSITIVE_INT, SEED, ArgumentParser  # noqa: E402
+from megatron_sp.arguments.tokenizer_flags import add_tokenizer_arguments  # noqa: E402
+from megatron_sp.data.tokenizers import build_tokenizer_from_args  # noqa: E402
+from megatron_sp.arguments.types import NON_NEGATIVE_INT, POSITIVE_INT, SEED, ArgumentParser  # noqa: E402
 
 
 def statistics(ds: IndexedDataset, vocab_size: int | None = None, eod: int | None = None,
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
         show(f"document {n}", ds[n])
     if args.sample:
         from megatron_sp.data.gpt_dataset import build_gpt_datasets
-        from megatron_sp.training.argument_checks import check_split
+        from megatron_sp.arguments.checks import check_split
 
         try:
             check_split(args)

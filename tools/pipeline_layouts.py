@@ -9,7 +9,7 @@ For each PP size K dividing the GPUs / TP (and the layer count), each CP size P 
 rest (DP = GPUs / (TP K P)) and each schedule (1F1B, and interleaved 1F1B with two virtual
 stages per rank where the layers allow), it prints the largest and the smallest stage's
 device peak (weights, gradients, Adam state, pipeline buffers, the step's activations and
-transients: megatron_sp/pipeline_parallel/memory.py), the schedule's bubble and the bytes a
+transients: megatron_sp/memory/stages.py), the schedule's bubble and the bytes a
 rank sends per micro-batch, from the flags alone (pure Python, no torch).
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from megatron_sp import memory_model as mm  # noqa: E402
+from megatron_sp import memory as mm  # noqa: E402
 from megatron_sp.pipeline_parallel import bubble_fraction, in_flight_chunks  # noqa: E402
-from megatron_sp.pipeline_parallel.memory import stage_estimates  # noqa: E402
+from megatron_sp.memory import stage_estimates  # noqa: E402
 
 GiB = 2 ** 30
 LLAMA2_70B = ("--num-layers 80 --hidden-size 8192 --num-attention-heads 64 --group-query-attention "

@@ -7,7 +7,7 @@
 
 Prints the top layouts ranked by the longest sequence whose device footprint (model state,
 the step's peak, ``--reserve-gb``) and host footprint (``--optimizer-cpu-offload`` state,
-``--cpu-offloading`` activations) fit, by the memory model (megatron_sp/memory_model.py), then
+``--cpu-offloading`` activations) fit, by the memory model (megatron_sp/memory/estimate.py), then
 the per-term breakdown of the best and the torchrun command that runs it.  ``--features``
 restricts the long-sequence options (chunked loss, tiled MLP, activation offload; give none
 for the code without them).  Bad input is one line on stderr and exit status 2.
@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from megatron_sp.flag_types import NON_NEGATIVE, POSITIVE, POSITIVE_INT, ArgumentParser  # noqa: E402
+from megatron_sp.arguments.types import NON_NEGATIVE, POSITIVE, POSITIVE_INT, ArgumentParser  # noqa: E402
 from megatron_sp.scaling import planner  # noqa: E402
 from megatron_sp.scaling.presets import MODEL_PRESETS  # noqa: E402
 

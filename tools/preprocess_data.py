@@ -33,9 +33,9 @@ from megatron_sp.data.document_reader import (SkipLog, expand_inputs, is_json_fi
                                               iter_lines)
 from megatron_sp.data.indexed_dataset import (IndexedDatasetBuilder, best_dtype,  # noqa: E402
                                               data_file_path, index_file_path)
-from megatron_sp.data.tokenizers import (add_tokenizer_arguments, build_tokenizer_from_args,  # noqa: E402
-                                         resolve_tokenizer_type, tokenizer_options)
-from megatron_sp.flag_types import POSITIVE, POSITIVE_INT, ArgumentParser  # noqa: E402
+from megatron_sp.arguments.tokenizer_flags import add_tokenizer_arguments  # noqa: E402
+from megatron_sp.data.tokenizers import build_tokenizer_from_args, resolve_tokenizer_type, tokenizer_options  # noqa: E402
+from megatron_sp.arguments.types import POSITIVE, POSITIVE_INT, ArgumentParser  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n")[0])

@@ -8,7 +8,7 @@ For a model config and a list of layouts at world sizes 1, 2, 4, 8, find by sear
 
 whose training step (forward, backward, optimizer) fits the per-rank memory budget, and
 report throughput (tokens/s, TFLOP/s per device) at those points.  Next to every
-measurement the memory and communication model (:mod:`megatron_sp.memory_model`) prints
+measurement the memory and communication model (:mod:`megatron_sp.memory`) prints
 its prediction, so the two can be compared.
 
     python tools/scaling_experiment.py --experiment max-seq --worlds 1 2 4 \
@@ -96,8 +96,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from megatron_sp import memory_model as mm  # noqa: E402  (pure python: imports no torch)
-from megatron_sp.flag_types import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, Range, in_range  # noqa: E402
+from megatron_sp import memory as mm  # noqa: E402  (pure python: imports no torch)
+from megatron_sp.arguments.types import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, Range, in_range  # noqa: E402
 from megatron_sp.scaling.layouts import Layout, long_sequence_flags, make_layout  # noqa: E402,F401
 from megatron_sp.scaling.presets import MODEL_PRESETS  # noqa: E402
 from megatron_sp.scaling.paper import PAPER_MICRO_BATCH, PAPER_PRESETS, PAPER_SEQ_LENGTH, run_paper  # noqa: E402
@@ -150,7 +150,7 @@ def model_config(args) -> mm.ModelSpec:
 def layout_refusal(args, layout: Layout) -> str:
     """pretrain_gpt.py's start-up error for this layout (at any length), or '' if it can run."""
     from megatron_sp.sequence_parallel.backends import check_backend_for_mode
-    from megatron_sp.training.arguments import build_parser, padded_vocab_size, validate_args
+    from megatron_sp.arguments import build_parser, padded_vocab_size, validate_args
     from megatron_sp.training.loop import check_layout, model_config as gpt_config
     world = layout.tp * layout.cp * layout.dp
     a = build_parser().parse_args(build_argv(args, layout, layout.seq_granularity() * layout.tp, 1))
@@ -365,7 +365,7 @@ def parse_args(argv=None):
 def check_trial_flags(p, args) -> None:
     """Layout names and the model flags a trial will pass to pretrain_gpt.py, checked now (one
     line, exit 2) rather than in every trial of the search."""
-    from megatron_sp.training.arguments import build_parser as pretrain_parser, validate_args
+    from megatron_sp.arguments import build_parser as pretrain_parser, validate_args
     from megatron_sp.training.loop import model_config
     for name in args.layouts:
         try:

@@ -8,11 +8,19 @@ on-disk side (names, tracker, checksums, validation) that tools use without a pr
 """
 from .files import (METADATA, MODEL_FILE, TRACKER, CheckpointError, check_save_dir, checkpoint_dir, ckpt_format,
                     iter_dir_name, read_metadata, read_tracker, write_text_atomic)
-from .model_only import read_full_model, write_model_only
-from .save_load import MODEL_SHAPE_FLAGS, finish_pending_save, load_checkpoint, save_checkpoint
-from .torch_legacy import load_full_state
 
 __all__ = ["METADATA", "MODEL_FILE", "TRACKER", "CheckpointError", "check_save_dir", "checkpoint_dir",
            "ckpt_format", "iter_dir_name", "read_metadata", "read_tracker", "write_text_atomic",
            "finish_pending_save", "load_checkpoint", "read_full_model", "save_checkpoint", "load_full_state",
            "write_model_only", "MODEL_SHAPE_FLAGS"]
+
+_TORCH_PARTS = {"read_full_model": "model_only", "write_model_only": "model_only", "load_full_state": "torch_legacy",
+                "MODEL_SHAPE_FLAGS": "save_load", "finish_pending_save": "save_load",
+                "load_checkpoint": "save_load", "save_checkpoint": "save_load"}
+
+
+def __getattr__(name):  # the torch parts, on first use: ``files`` imports no torch
+    if name in _TORCH_PARTS:
+        import importlib
+        return getattr(importlib.import_module(f".{_TORCH_PARTS[name]}", __name__), name)
+    raise AttributeError(name)

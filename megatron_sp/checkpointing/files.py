@@ -10,11 +10,9 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import zlib
-
-import torch
-import torch.distributed as dist
 
 FORMAT_VERSION = 2  # 2: torch_dist or torch format, with checksums; 1: torch format without
 READABLE_VERSIONS = (1, 2)
@@ -31,8 +29,16 @@ def iter_dir_name(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
+def _dist():
+    """``torch.distributed`` when a process group can exist (torch imported), else None: this module
+    imports no torch, so the flag contract can read a checkpoint's metadata (--use-checkpoint-args)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
+
+
 def _global_rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+    dist = _dist()
+    return dist.get_rank() if dist is not None else 0
 
 
 def fsync_file(path: str) -> None:
@@ -51,6 +57,7 @@ def fsync_dir(path: str) -> None:
 
 
 def torch_save(obj, path: str) -> None:
+    import torch
     with open(path, "wb") as f:
         torch.save(obj, f)
         f.flush()
@@ -177,7 +184,8 @@ def check_save_writable(save_dir: str) -> None:
     except OSError as exc:
         mine = f"{type(exc).__name__}: {exc}"
     failures = [mine]
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    dist = _dist()
+    if dist is not None and dist.get_world_size() > 1:
         failures = [None] * dist.get_world_size()
         dist.all_gather_object(failures, mine)
     bad = [(r, f) for r, f in enumerate(failures) if f]

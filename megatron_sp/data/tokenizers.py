@@ -29,8 +29,6 @@ from __future__ import annotations
 import json
 import os
 
-from ..flag_types import NON_NEGATIVE_INT, POSITIVE_INT
-
 TOKENIZER_TYPES = ("NullTokenizer", "GPT2BPETokenizer", "SentencePieceTokenizer", "GPTSentencePieceTokenizer",
                    "Llama2Tokenizer", "HuggingFaceTokenizer", "TikTokenizer")
 # Megatron-DeepSpeed's name of the Hugging Face tokenizer
@@ -38,24 +36,6 @@ TOKENIZER_ALIASES = {"HFTokenizer": "HuggingFaceTokenizer"}
 # The options build_tokenizer takes besides type, model and vocabulary size (flag dests).
 TOKENIZER_OPTIONS = ("vocab_file", "merge_file", "tiktoken_pattern", "tiktoken_num_special_tokens",
                      "null_tokenizer_eod_id")
-
-
-def add_tokenizer_arguments(group, default_type: str | None = None) -> None:
-    """The tokenizer flags, shared by pretrain_gpt.py and the data tools."""
-    group.add_argument("--tokenizer-type", default=default_type,
-                       choices=list(TOKENIZER_TYPES) + list(TOKENIZER_ALIASES),
-                       help="default: GPT2BPETokenizer with --vocab-file (Megatron's default), else NullTokenizer")
-    group.add_argument("--tokenizer-model", default=None,
-                       help="SentencePiece model, Hugging Face directory or tokenizer.json, tiktoken JSON")
-    group.add_argument("--vocab-size", type=POSITIVE_INT, default=None,
-                       help="NullTokenizer: ids 0..V-1 (EOD V-1); TikTokenizer: vocabulary size")
-    group.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer: vocab.json")
-    group.add_argument("--merge-file", default=None, help="GPT2BPETokenizer: merges.txt")
-    group.add_argument("--tiktoken-pattern", choices=["v1", "v2"], default=None,
-                       help="TikTokenizer: the split pattern (default v2)")
-    group.add_argument("--tiktoken-num-special-tokens", type=NON_NEGATIVE_INT, default=1000)
-    group.add_argument("--null-tokenizer-eod-id", type=NON_NEGATIVE_INT, default=None,
-                       help="NullTokenizer: the EOD id (default --vocab-size - 1)")
 
 
 def resolve_tokenizer_type(tokenizer_type: str | None, vocab_file: str | None = None) -> str:

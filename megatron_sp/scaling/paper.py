@@ -21,7 +21,7 @@ The setting here, one command (``tools/scaling_experiment.py --experiment paper`
   a2a, a2a+p2p (Ulysses 2 x ring W/2);
 * worlds 1, 2, 4, 8, one per-rank CPU budget; TP degrees above or not dividing the head count
   are refused (pretrain_gpt.py's error) and marked;
-* the memory model (megatron_sp/memory_model.py) beside every cell, and its extrapolation to the
+* the memory model (megatron_sp/memory/estimate.py) beside every cell, and its extrapolation to the
   paper's 64 devices, for the presets at the CPU budget and for the real BERT shapes on a 16 GB
   P100 (fp32 in this code).
 
@@ -36,7 +36,7 @@ import dataclasses
 import os
 import time
 
-from .. import memory_model as mm
+from .. import memory as mm
 
 PAPER_PRESETS = {
     "bert-base-like": "--num-layers 12 --hidden-size 96 --num-attention-heads 12 --ffn-hidden-size 384 "

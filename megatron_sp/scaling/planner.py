@@ -6,7 +6,7 @@ run on them (TP (within a node, dividing heads, groups, FFN and vocabulary), PP 
 layers), CP and its mode (p2p, a2a, a2a+p2p), DP, model state replicated / distributed optimizer
 / FSDP2 with or without ``--optimizer-cpu-offload``, no / selective / full recompute, the
 chunked loss, the tiled MLP, ``--cpu-offloading`` of up to all layers but the last), asks
-``memory_model`` (the one model: :func:`~megatron_sp.memory_model.estimate`, its model-state
+``memory/estimate.py`` (the one model: :func:`~megatron_sp.memory.estimate`, its model-state
 and pipeline-stage terms) for the longest sequence whose *device* footprint (persistent state +
 the step's peak + a reserve for the CUDA context and fragmentation) and *host* footprint
 (offloaded state and activations) both fit, and ranks the layouts by it (ties: the layout
@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from .. import memory_model as mm
+from .. import memory as mm
 from .layouts import Layout, long_sequence_flags
 
 GB = 1e9
@@ -195,7 +195,7 @@ def footprint(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq: int, reserve: flo
     """``(device bytes, host bytes, estimate)`` of the worst rank: the pipeline stage with the
     largest device footprint (every stage under PP), plus ``reserve`` on the device."""
     if lay.pp > 1:
-        from ..pipeline_parallel.memory import stage_estimates
+        from ..memory import stage_estimates
         ests = stage_estimates(spec, lay, seq, 1)
     else:
         ests = [mm.estimate(spec, lay, seq, 1)]
@@ -257,7 +257,7 @@ def _check_inputs(model_flags, devices, device_gb, host_gb, node_size, reserve_g
 
 def refusal(p: Plan, world: int) -> str:
     """pretrain_gpt.py's start-up error for the plan's command line, or '' when it runs."""
-    from ..training.arguments import build_parser, padded_vocab_size, validate_args
+    from ..arguments import build_parser, padded_vocab_size, validate_args
     from ..training.loop import check_layout, model_config
     try:
         args = validate_args(build_parser().parse_args(p.argv()), world)

@@ -182,7 +182,7 @@ def _session_rank(rank, world, store_path, budget_bytes, steps, threads, backend
             torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(backend, store=dist.FileStore(store_path, world), rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=600))
-        from megatron_sp.training.arguments import build_parser, validate_args
+        from megatron_sp.arguments import build_parser, validate_args
         from megatron_sp.training.logging import flops_per_iteration
         from megatron_sp.training.loop import setup
         from megatron_sp.training.step import train_step

@@ -15,11 +15,19 @@ Public API::
 Modules: kernels (block kernels), backends (--attention-backend), comm (ring P2P, all-to-all, counters),
 ring (online softmax + zigzag), rsa, ulysses, usp, shard, config, attention.
 """
-from .attention import ContextParallelAttention, attention_summary, build_cp_attention
-from .backends import ATTENTION_BACKENDS, check_backend, resolve_backend
-from .config import CP_COMM_TYPES, check_cp_config, cp_sizes, uses_zigzag
-from .shard import cp_local_indices, shard_for_cp, unshard_from_cp
+from .config import ATTENTION_BACKENDS, CP_COMM_TYPES, check_cp_config, cp_sizes, uses_zigzag
 
 __all__ = ["ATTENTION_BACKENDS", "CP_COMM_TYPES", "ContextParallelAttention", "attention_summary", "build_cp_attention",
            "check_backend", "check_cp_config", "cp_local_indices", "cp_sizes", "resolve_backend", "shard_for_cp",
            "unshard_from_cp", "uses_zigzag"]
+
+_TORCH_PARTS = {"ContextParallelAttention": "attention", "attention_summary": "attention",
+                "build_cp_attention": "attention", "check_backend": "backends", "resolve_backend": "backends",
+                "cp_local_indices": "shard", "shard_for_cp": "shard", "unshard_from_cp": "shard"}
+
+
+def __getattr__(name):  # the torch parts, on first use: ``config`` (the modes and their rules) imports no torch
+    if name in _TORCH_PARTS:
+        import importlib
+        return getattr(importlib.import_module(f".{_TORCH_PARTS[name]}", __name__), name)
+    raise AttributeError(name)

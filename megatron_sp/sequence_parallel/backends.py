@@ -36,10 +36,10 @@ from typing import Optional
 
 import torch
 
+from .config import ATTENTION_BACKENDS
 from .kernels import (BlockKernel, CpuFlashKernel, CudaEfficientKernel, CudaFlashKernel,
                       FlashAttnPackageKernel, ReferenceKernel, _works, select_kernel)
 
-ATTENTION_BACKENDS = ("flash", "fused", "unfused", "local", "auto")
 UNFUSED_BACKENDS = ("unfused", "local")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Tuple
 
 CP_COMM_TYPES = ("rsa", "p2p", "a2a", "a2a+p2p")
+ATTENTION_BACKENDS = ("flash", "fused", "unfused", "local", "auto")  # --attention-backend (backends.py)
 ZIGZAG_MODES = ("p2p", "a2a+p2p")       # causal ring modes: zigzag layout
 DROPOUT_MODES = CP_COMM_TYPES           # every mode: rsa natively, others via the reference kernel
 

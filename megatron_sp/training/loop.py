@@ -28,7 +28,7 @@ from ..pipeline_parallel import Pipeline, layout_from_args, stage_modules
 from ..sequence_parallel import attention_summary, check_backend, check_cp_config
 from ..tensor_parallel import RNGTracker
 from ..tensor_parallel.sharding import keeping_tp_attributes
-from .arguments import build_parser, padded_vocab_size, validate_args
+from ..arguments import build_parser, padded_vocab_size, validate_args
 from .batches import build_datasets, build_tokenizer, datasets_for_resume, evaluation_on, global_batches
 from ..checkpointing import check_save_dir, finish_pending_save, load_checkpoint, save_checkpoint
 from .divergence import DivergenceGuard

@@ -6,7 +6,7 @@
 Parameter names are global and stable (``decoder.layers.<i>.self_attention.linear_qkv.weight`` ...)
 and tensors are full (unsharded), so a checkpoint of any layout and format reads the same, and the
 one written (``torch_dist``, iteration 0, marked ``model_only``) loads into any layout: ``--load``
-starts from it as ``--finetune`` does (training/checkpoint_args.py), and ``--use-checkpoint-args``
+starts from it as ``--finetune`` does (arguments/checkpoint_args.py), and ``--use-checkpoint-args``
 takes its model flags.  Both are megatron_sp/checkpointing/model_only.py.
 """
 from __future__ import annotations

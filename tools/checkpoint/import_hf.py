@@ -27,8 +27,9 @@ from checkpoint_io import write_checkpoint  # noqa: E402
 from hf_config import family_of, flags_from_hf_config  # noqa: E402
 from hf_files import read_hf_folder  # noqa: E402
 from hf_weights import from_hf, hf_vocab  # noqa: E402
-from megatron_sp.data.tokenizers import add_tokenizer_arguments, build_tokenizer_from_args  # noqa: E402
-from megatron_sp.training.arguments import build_parser, padded_vocab_size, validate_args  # noqa: E402
+from megatron_sp.arguments.tokenizer_flags import add_tokenizer_arguments  # noqa: E402
+from megatron_sp.data.tokenizers import build_tokenizer_from_args  # noqa: E402
+from megatron_sp.arguments import build_parser, padded_vocab_size, validate_args  # noqa: E402
 
 
 def get_args(argv=None):

@@ -16,7 +16,7 @@ vocabulary, ``e`` bytes per activation element (4 fp32, 2 under bf16/fp16 autoca
 Tensors in the Megatron-SP region (norms, residual) are divided by ``T`` under
 ``--sequence-parallel``; everything after the column-parallel linears is divided by ``T``.
 
-Activations (``activation_memory.py``) are counted phase by phase: what each layer keeps
+Activations (``memory/activations.py``) are counted phase by phase: what each layer keeps
 for backward (by recompute mode; the tiled MLP keeps no intermediate; offloaded layers keep
 theirs in host memory on CUDA), the final norm and the loss (the fp32 softmax unfused,
 nothing chunk-sized once chunked), and the transients of the loss, a layer's backward (MLP
@@ -71,21 +71,20 @@ Communication per step and rank (bytes sent, forward + backward):
 * gradients: a ring all-reduce over DP x CP of the local gradients, ``2(n-1)/n`` of them.
 
 Pipeline parallelism (``LayoutSpec.pp > 1``): a stage holds only its layers, and the
-activations of the micro-batches its schedule keeps in flight; ``pipeline_parallel/memory.py``
-builds the per-stage estimate from the pieces in ``memory_terms.py`` and ``activation_memory.py``, and :func:`estimate` returns its largest stage.
+activations of the micro-batches its schedule keeps in flight; ``memory/stages.py``
+builds the per-stage estimate from the pieces in ``memory/terms.py`` and ``memory/activations.py``, and :func:`estimate` returns its largest stage.
 """
 from __future__ import annotations
 
-from . import activation_memory
-from .activation_memory import UNFUSED_BACKENDS, probs_bytes, unfused_transient  # noqa: F401 (re-exported)
-from .memory_terms import (Estimate, LayoutSpec, ModelSpec, comm, layer_parameters,  # noqa: F401 (re-exported)
-                           local_parameters, model_state, optimizer_peak, outside_saved, parameter_tensors)
-from .pipeline_parallel.memory import stage_estimates
+from . import activations as activation_memory
+from .stages import stage_estimates
+from .terms import (Estimate, LayoutSpec, ModelSpec, comm, layer_parameters, local_parameters, model_state,
+                    optimizer_peak, parameter_tensors)
 
 
 def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int) -> Estimate:
     """Memory (bytes, per rank) and communication of one training step (see module doc); under
-    pipeline parallelism the stage with the largest step peak (pipeline_parallel/memory.py)."""
+    pipeline parallelism the stage with the largest step peak (memory/stages.py)."""
     if lay.pp > 1:
         return max(stage_estimates(spec, lay, seq_length, micro_batch), key=lambda e: e.step_peak)
     s = seq_length / lay.cp

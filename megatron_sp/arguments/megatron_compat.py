@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..flag_types import Range
+from .types import Range
 from .megatron_flags import (DEPRECATED, NO_EFFECT, REFUSED, REFUSED_FAMILIES,  # noqa: F401 (the tables)
                              SAME_AS_HERE)
 

@@ -3,9 +3,9 @@
 depend on the step's phases: model state by sharding mode, the optimizer step's peak, the head's kept
 tensors and the communication per step.
 
-``memory_model`` (the estimate, its searches) and ``pipeline_parallel/memory.py`` (one estimate
+``memory/estimate.py`` (the estimate, its searches) and ``memory/stages.py`` (one estimate
 per stage) both build on this module; it imports neither.  The notation and the accounting
-are in ``memory_model``'s docstring.  Pure Python (no torch).
+are in ``memory/estimate.py``'s docstring.  Pure Python (no torch).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from . import activation_memory
-from .model.config import default_ffn_hidden_size
+from . import activations as activation_memory
+from ..model.config import default_ffn_hidden_size
 
 
 @dataclass
@@ -100,7 +100,7 @@ class LayoutSpec:
     sharding: str = "none"  # none (DDP) | dist-opt | fsdp2
     offload: bool = False   # --optimizer-cpu-offload
     micro_batches: int = 1  # gradient accumulation steps per global batch
-    pp: int = 1             # pipeline stages (pipeline_parallel/memory.py)
+    pp: int = 1             # pipeline stages (memory/stages.py)
     virtual: int = 1        # virtual stages (model chunks) per pipeline rank
     schedule: str = "1F1B"  # --pipeline-schedule
 
@@ -127,7 +127,7 @@ class Estimate:
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
     host: float = 0.0      # host bytes of the model state (--optimizer-cpu-offload)
-    buffers: float = 0.0   # persistent pipeline receive buffers (pipeline_parallel/memory.py)
+    buffers: float = 0.0   # persistent pipeline receive buffers (memory/stages.py)
     optimizer: float = 0.0  # peak of the optimizer step (activations freed by then)
     host_activations: float = 0.0  # activations offloaded to (pinned) host memory (--cpu-offloading, CUDA)
     phases: dict = None    # peak bytes of each phase of the step (activation_memory.phases)

@@ -1,6 +1,6 @@
 """argparse helpers: a bad flag value is one line naming the flag, at parse time, on every rank.
 
-    from megatron_sp.flag_types import ArgumentParser, at_least, in_range, POSITIVE_INT, NON_NEGATIVE
+    from megatron_sp.arguments.types import ArgumentParser, at_least, in_range, POSITIVE_INT, NON_NEGATIVE
 
     p = ArgumentParser(description="...")                    # errors: one line, exit 2
     p.add_argument("--log-interval", type=POSITIVE_INT, default=100)

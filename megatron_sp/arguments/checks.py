@@ -1,6 +1,6 @@
 """Flag combinations that cannot work, reported as the user typed them (after the ranges).
 
-Each flag alone is range-checked at parse time (megatron_sp/flag_types.py); these need
+Each flag alone is range-checked at parse time (megatron_sp/arguments/types.py); these need
 several flags at once.  Called at the end of ``validate_args``, before any collective,
 so every rank stops with the same line.  Example::
 

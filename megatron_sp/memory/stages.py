@@ -28,7 +28,7 @@ last, and at its peak the activations of the chunks its schedule keeps in flight
 
 Layers split evenly (``--decoder-first/last-pipeline-num-layers`` are not modelled).
 :func:`stage_estimates` gives one :class:`~megatron_sp.memory_terms.Estimate` per PP rank;
-``memory_model.estimate`` returns the one with the largest step peak (what a scaling trial
+``memory.estimate`` returns the one with the largest step peak (what a scaling trial
 measures: the maximum over ranks).
 
 Worked example, 80 layers, K = 8, m = 16, 1F1B: rank 0 keeps 8 micro-batches of 10 layers
@@ -40,9 +40,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .. import activation_memory
-from .. import memory_terms as mt
-from .schedule_rules import in_flight_chunks
+from . import activations as activation_memory
+from . import terms as mt
+from ..pipeline_parallel.schedule_rules import in_flight_chunks
 
 
 def stage_parameters(spec: "mt.ModelSpec", tp: int, layers: int, first: bool, last: bool) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from ..checkpointing import checkpoint_dir, read_metadata, read_tracker
+from ..checkpointing.files import checkpoint_dir, read_metadata, read_tracker
 
 IF_UNSET = ("num_layers", "hidden_size", "ffn_hidden_size", "seq_length", "num_attention_heads", "kv_channels",
             "max_position_embeddings", "padded_vocab_size")

@@ -1,7 +1,7 @@
-"""Activation bytes of one training step on one rank, phase by phase (used by ``memory_model``).
+"""Activation bytes of one training step on one rank, phase by phase (used by ``memory/estimate.py``).
 
 Pure Python (no torch): the scaling tool and the planner import it before any process starts.
-Notation as in ``memory_model``: ``tok = s b`` tokens of this rank (``s`` = N/P), ``h``, ``f``,
+Notation as in ``memory/estimate.py``: ``tok = s b`` tokens of this rank (``s`` = N/P), ``h``, ``f``,
 ``a``/``g`` heads / query groups, ``d`` head dim, ``T`` TP size, ``V`` padded vocabulary,
 ``/sp`` = divided by ``T`` under Megatron-SP, ``e`` bytes of a matmul operand (4, or 2 under
 bf16/fp16 autocast), ``r = 4`` bytes of the residual stream and norm internals (fp32 weights
