@@ -98,8 +98,8 @@ def main(argv=None) -> int:
             if args.save_load:
                 shutil.rmtree(args.save_load, ignore_errors=True)
             res = run_distributed(_rank, world, argv, args.save_load, args.formats, timeout=3600)
-            sharding = {"replicated": "none", "fsdp2": "fsdp2", "dist-opt": "dist-opt"}[mode.split("+")[0]]
-            state = mm.model_state(spec, mm.LayoutSpec(dp=world, sharding=sharding, offload="offload" in mode))
+            sharding = mode.split("+")[0]
+            state = mm.model_state(spec, mm.ParallelConfig(dp=world, sharding=sharding, offload="offload" in mode))
             mine = max(r["weights"] + r["adam"] for r in res)
             line = (f"| {mode} | {world} | {mine / MiB:,.1f} | {(state['params'] + state['adam']) / MiB:,.1f} | "
                     f"{max(r['rss'] for r in res) / MiB:,.1f} |")

@@ -47,7 +47,7 @@ def check(model_flags: str, case: str, layout, seq: int, mbs: int, device: str, 
     argv += ["--seq-length", str(seq), "--micro-batch-size", str(mbs), "--global-batch-size", str(mbs * layout.dp),
              "--train-iters", str(steps), "--seed", "1234"] + (["--bf16"] if bf16 else [])
     spec = mm.ModelSpec.from_flags(argv, bf16=bf16, device=device)
-    est = mm.estimate(spec, se.model_layout(layout), seq, mbs)
+    est = mm.estimate(spec, layout.parallel, seq, mbs)
     r = se.run_trial(argv, layout.tp * layout.cp * layout.dp, None, steps=steps, timeout=600, device=device)
     if r.status != "ok":
         raise RuntimeError(f"{case!r}: {r.status} {r.error}")

@@ -151,7 +151,7 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
              "train_state": dict(vars(state))}
     meta = {"format_version": FORMAT_VERSION, "ckpt_format": fmt, "iteration": iteration,
             "consumed_samples": state.consumed_samples, "layout": _layout(mesh),
-            "sharding": _sharding(args), "model_shape": {k: jsonable(getattr(args, k, None))
+            "sharding": ctx.parallel.sharding, "model_shape": {k: jsonable(getattr(args, k, None))
                                                           for k in MODEL_SHAPE_FLAGS},
             "args": {k: jsonable(v) for k, v in sorted(vars(args).items())}}
     pending = PendingSave(iteration, save_dir, tmp, [rng_file], meta, start)
@@ -174,11 +174,6 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
             print(f"  checkpoint of iteration {iteration:7d} is being written to {tmp} in the background "
                   f"(--async-save) [ staged in {time.perf_counter() - start:.2f}s ]", flush=True)
     return final
-
-
-def _sharding(args) -> str:
-    return ("fsdp2" if getattr(args, "use_torch_fsdp2", False) else
-            "dist-opt" if getattr(args, "use_distributed_optimizer", False) else "replicated")
 
 
 def finish_pending_save(ctx, blocking: bool = True) -> None:

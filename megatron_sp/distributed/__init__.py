@@ -5,10 +5,10 @@
 gradient path of every mode (DDP or FSDP2 over DP x CP, Megatron-SP gradients over
 TP, the clipping norm, the overflow check).
 """
-from .fsdp import describe_model_state, ensure_process_group, is_sharded, shard_model, sharding_mode
+from .fsdp import describe_model_state, ensure_process_group, is_sharded, shard_model
 from .grads import (allreduce_embedding_grads, allreduce_sequence_parallel_grads, clip_grad_norm, found_inf,
                     grad_norm, grad_sync, local, wrap_data_parallel)
 
-__all__ = ["describe_model_state", "ensure_process_group", "is_sharded", "shard_model", "sharding_mode",
+__all__ = ["describe_model_state", "ensure_process_group", "is_sharded", "shard_model",
            "allreduce_embedding_grads", "allreduce_sequence_parallel_grads", "clip_grad_norm", "found_inf",
            "grad_norm", "grad_sync", "local", "wrap_data_parallel"]

@@ -52,7 +52,7 @@ class GPTConfig:
     cpu_offloading_num_layers: int = 0
     # Megatron-LM interop (issue 13)
     rotary_percent: float = 1.0  # fraction of each head's channels RoPE rotates
-    rotary_interpolation_factor: Optional[float] = None  # positions / factor
+    rotary_seq_len_interpolation_factor: Optional[float] = None  # positions / factor
     rope_scaling_factor: Optional[float] = None  # Llama-3.1 frequency scaling (--use-rope-scaling)
     apply_layernorm_1p: bool = False  # norm weight stored as gamma - 1
     add_qkv_bias: bool = False  # bias in linear_qkv even without add_bias_linear (Qwen2)
