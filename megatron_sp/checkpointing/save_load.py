@@ -32,7 +32,6 @@ file is named before anything is read into the model.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -43,9 +42,8 @@ import torch.distributed as dist
 
 from . import torch_dist, torch_legacy
 from .files import (FORMAT_VERSION, METADATA, TRACKER, CheckpointError, check_save_dir,  # noqa: F401
-                    checkpoint_dir, ckpt_format, crc32_file, free_bytes, fsync_dir, iter_dir_name, jsonable, list_files,
-                    maybe_fault, prune, read_metadata, read_tracker, torch_save, verify_checksums,
-                    write_text_atomic)
+                    checkpoint_dir, ckpt_format, commit_checkpoint, crc32_file, free_bytes, iter_dir_name, jsonable,
+                    list_files, maybe_fault, prune, read_metadata, read_tracker, torch_save, verify_checksums)
 from .state import ensure_optimizer_state, model_entries, optimizer_entries
 
 # Flags that fix the shapes (and meaning) of the weights: they must match on load.
@@ -212,26 +210,13 @@ def _finalize(ctx, pending: PendingSave) -> None:
         for rel in sorted(set(listed) - set(checksums)):  # DCP's .metadata, written by the coordinator
             checksums[rel] = crc32_file(os.path.join(pending.tmp, rel))
         meta = dict(pending.meta, files=listed, checksums=checksums, saved_at=time.time())
-        with open(os.path.join(pending.tmp, METADATA), "w") as f:
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(os.path.join(pending.tmp, "rng"))
-        fsync_dir(pending.tmp)
-        final = pending.tmp[:-len(".tmp")]
-        if os.path.exists(final):  # a checkpoint of this iteration the tracker no longer points at
-            stale = final + ".old.tmp"
-            shutil.rmtree(stale, ignore_errors=True)
-            os.rename(final, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.rename(pending.tmp, final)
-        fsync_dir(pending.save_dir)
-    maybe_fault(pending.iteration, "rename")
-    if rank == 0:
-        write_text_atomic(os.path.join(pending.save_dir, TRACKER), f"{pending.iteration}\n")
+        commit_checkpoint(pending.tmp, meta, pending.save_dir, pending.iteration, subdirs=("rng",),
+                          before_tracker=lambda: maybe_fault(pending.iteration, "rename"))
         keep = getattr(ctx.args, "keep_last_n_checkpoints", None)
         if keep:
             prune(pending.save_dir, keep, pending.iteration)
+    else:
+        maybe_fault(pending.iteration, "rename")
     _barrier()
     if rank == mesh.world_size - 1:
         print(f"  successfully saved checkpoint at iteration {pending.iteration:7d} to {pending.save_dir} "

@@ -9,7 +9,6 @@ are in ``memory/estimate.py``'s docstring.  Pure Python (no torch).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
