@@ -96,14 +96,6 @@ class ParallelMesh:
         return self.rank // (self.tp_size * self.cp_size * self.dp_size)
 
     @property
-    def is_first_stage(self) -> bool:
-        return self.pp_rank == 0
-
-    @property
-    def is_last_stage(self) -> bool:
-        return self.pp_rank == self.pp_size - 1
-
-    @property
     def ulysses_rank(self) -> int:
         return self.cp_rank % self.ulysses_size
 

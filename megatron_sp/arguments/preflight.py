@@ -9,6 +9,7 @@ alone, and returns what the run is built from::
     pre.model       # GPTConfig, from the flags by field name (model_config.py)
     pre.parallel    # ParallelConfig, derived once (parallel.py)
     pre.tokenizer   # the tokenizer the flags name (its vocabulary sizes the model)
+    pre.pipeline_layout  # under PP: which layers each stage holds (else None)
 
     refusal(argv, world_size)   # '' when it runs, else the one line pretrain_gpt.py would print
 
@@ -24,7 +25,7 @@ from ..data.tokenizers import build_tokenizer_from_args
 from ..model.config import GPTConfig
 from ..sequence_parallel.config import check_backend_for_mode, check_cp_config
 from .model_config import gpt_config, model_vocab_size
-from .parallel import ParallelConfig
+from .parallel import ParallelConfig, pipeline_layout
 from .parser import build_parser
 from .validate import validate_args
 
@@ -38,6 +39,7 @@ class Preflight:
     model: GPTConfig
     parallel: ParallelConfig
     tokenizer: object
+    pipeline_layout: object = None  # the PipelineLayout under PP (which layers each stage holds)
 
 
 def check_layout(args, cfg: GPTConfig) -> None:
@@ -64,7 +66,8 @@ def preflight(argv, world_size: int, on_this_machine: bool = True) -> Preflight:
     args.padded_vocab_size = model_vocab_size(args, tokenizer.vocab_size)
     model = gpt_config(args, args.padded_vocab_size)
     check_layout(args, model)
-    return Preflight(args, model, ParallelConfig.from_args(args), tokenizer)
+    parallel = ParallelConfig.from_args(args)
+    return Preflight(args, model, parallel, tokenizer, pipeline_layout(args) if parallel.pipelined else None)
 
 
 def refusal(argv, world_size: int, on_this_machine: bool = False) -> str:

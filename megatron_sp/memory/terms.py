@@ -135,10 +135,6 @@ class Estimate:
         gradients, and each phase counts those made before it."""
         return max(self.activations + self.transient, self.optimizer)
 
-    @property
-    def total_peak(self) -> float:
-        return self.params + self.adam + (self.grads if self.grads_in_baseline else 0) + self.buffers + self.step_peak
-
     def breakdown(self) -> dict:
         mib = 2 ** 20
         return {"params_mib": self.params / mib, "grads_mib": self.grads / mib, "adam_mib": self.adam / mib,

@@ -22,27 +22,26 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..model import GPTConfig, GPTModel
+from ..model import GPTModel
 from ..parallel_state import init_distributed, initialize_model_parallel
-from ..pipeline_parallel import Pipeline, stage_modules
 from ..sequence_parallel import attention_summary, check_backend
 from ..tensor_parallel import RNGTracker
-from ..tensor_parallel.sharding import keeping_tp_attributes
 from ..arguments import build_parser
-from ..arguments.parallel import ParallelConfig, pipeline_layout
+from ..arguments.parallel import ParallelConfig
 from ..arguments.preflight import preflight
 from .batches import build_datasets, datasets_for_resume, evaluation_on, global_batches
 from ..checkpointing import check_save_dir, finish_pending_save, load_checkpoint, save_checkpoint
 from .divergence import DivergenceGuard
 from .exit_conditions import ExitSignal, should_exit
 from .faults import install_stop_fault
-from ..distributed import describe_model_state, ensure_process_group, shard_model, wrap_data_parallel
+from ..distributed import describe_model_state, ensure_process_group
 from .log_stats import log_extras
 from .logging import (MetricsWriter, eval_line, flops_per_iteration, log_line, memory_mb, peak_tflops,
                       print_rank_last)
 from .lr_scheduler import LRScheduler, build_scheduler
 from .optimizer import MixedPrecisionOptimizer
-from .step import autocast_context, forward_backward, masked_loss, train_step
+from .model_parts import build_model_parts, compute_dtype
+from .step import forward_backward, train_step
 
 @dataclass
 class TrainState:
@@ -50,54 +49,6 @@ class TrainState:
     consumed_samples: int = 0
     skipped_iterations: int = 0
     nan_iterations: int = 0
-
-
-def compute_dtype(args):
-    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-
-
-def build_model(args, cfg: GPTConfig, mesh, rng, device, layout=None, sharding: str = "replicated") -> tuple:
-    """``(model, stages)``: the GPT of this rank with its weights initialised, its state sharded
-    over DP x CP under a sharding flag, and under pipeline parallelism (``layout``) the
-    :class:`~megatron_sp.pipeline_parallel.StageModule` of each of its virtual stages (else
-    None).  Built on the meta device, sharded, then only this rank's elements are allocated
-    and initialised (layout-invariant: the full tensor of each parameter from ``--seed`` and
-    its name, then this rank's pieces)."""
-    mode = sharding if sharding != "replicated" else None
-    low = None if compute_dtype(args) == torch.float32 else compute_dtype(args)
-    stages = None
-    with torch.device("meta"):
-        if layout is None:
-            model = GPTModel(cfg, mesh, rng)
-        else:
-            ids = layout.stages_of(mesh.pp_rank)
-            model = GPTModel(cfg, mesh, rng, layout.layers_of(mesh.pp_rank), pre_process=0 in ids,
-                             post_process=layout.num_stages - 1 in ids)
-            hidden_dtype = low if (mode and low is not None) else torch.float32  # what the one-stage model passes
-            stages = stage_modules(model, layout, mesh.pp_rank, lambda: autocast_context(args, device), hidden_dtype)
-    roots = stages if (stages and mode) else [model]
-    if mode:
-        shard_model(model, mesh, mode, device, low, args.optimizer_cpu_offload, roots=roots)
-    with keeping_tp_attributes(model):
-        for root in roots:
-            root.to_empty(device=torch.device("cpu") if args.optimizer_cpu_offload else device)
-    model.init_weights(args.seed)
-    return model, stages
-
-
-def model_parts(model, stages, mesh, parallel: ParallelConfig) -> list:
-    """What runs a forward on this rank, one shape with and without PP (torchtitan's model parts):
-    ``[model]`` or this rank's pipeline stages, each DDP-wrapped over DP x CP when the state is
-    replicated (FSDP2 already reduces a sharded one)."""
-    parts = stages if parallel.pipelined else [model]
-    return parts if parallel.sharded else [wrap_data_parallel(p, mesh) for p in parts]
-
-
-def build_pipeline(args, stages, parts, layout, mesh, device) -> Pipeline:
-    """The schedule that runs this rank's stages (``parts``: the stages as they run, wrapped)."""
-    return Pipeline(stages, parts, layout, mesh, device, masked_loss, args.pipeline_schedule,
-                    args.num_micro_batches, args.micro_batch_size, args.seq_length // mesh.cp_size,
-                    args.hidden_size, stages[0].hidden_dtype)
 
 
 # --- setup and the loop ----------------------------------------------------------------
@@ -136,10 +87,7 @@ def setup(args) -> Context:
                                      args.hierarchical_context_parallel_sizes, args.pipeline_model_parallel_size,
                                      args.distributed_timeout_minutes * 60)
     rng = RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank, device, mesh.pp_rank)
-    layout = pipeline_layout(args) if parallel.pipelined else None
-    model, stages = build_model(args, cfg, mesh, rng, device, layout, parallel.sharding)
-    parts = model_parts(model, stages, mesh, parallel)
-    pipeline = build_pipeline(args, stages, parts, layout, mesh, device) if parallel.pipelined else None
+    model, parts, pipeline = build_model_parts(args, cfg, parallel, mesh, rng, device, pre.pipeline_layout)
     optimizer = MixedPrecisionOptimizer(model, args, mesh)
     scheduler = build_scheduler(optimizer, args)
     return Context(args, mesh, device, pre.tokenizer, model, parts, pipeline, parallel, optimizer, scheduler, rng,
