@@ -1,6 +1,6 @@
 """The rank mesh ``world = PP x DP x CP x TP`` and its process groups.
 
-Rank order (DESIGN.md section 1): TP varies fastest, then CP, then DP, then PP;
+Rank order (docs/ARCHITECTURE.md, "parallel_state.py"): TP varies fastest, then CP, then DP, then PP;
 inside CP the Ulysses degree varies fastest, then the ring degree::
 
     rank = tp_rank + T * (cp_rank + P * (dp_rank + D * pp_rank)),   cp_rank = ulysses_rank + U * ring_rank

@@ -1,4 +1,4 @@
-"""Gradient reduction and model-state sharding over the DP x CP group (DESIGN.md section 6).
+"""Gradient reduction and model-state sharding over the DP x CP group (docs/ARCHITECTURE.md, "distributed").
 
 ``fsdp``: the model state sharded with torch FSDP2 (``--use-torch-fsdp2``,
 ``--use-distributed-optimizer``, ``--optimizer-cpu-offload``); ``grads``: the one

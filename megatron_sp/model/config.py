@@ -90,7 +90,7 @@ class GPTConfig:
                              f"(got {self.recompute_method!r})")
 
     def check_tensor_parallel(self, tp: int) -> None:
-        """Errors name the flags and the numbers (DESIGN.md section 6)."""
+        """Errors name the flags and the numbers."""
         if tp > self.num_attention_heads:
             raise ValueError(f"--tensor-model-parallel-size {tp} exceeds --num-attention-heads "
                              f"{self.num_attention_heads}: tensor parallelism splits whole heads, so it stops at "

@@ -1,4 +1,4 @@
-"""Pipeline parallelism on ``torch.distributed.pipelining`` (DESIGN.md section 1, PP).
+"""Pipeline parallelism on ``torch.distributed.pipelining`` (docs/ARCHITECTURE.md, "pipeline_parallel").
 
 ``layout``: which decoder layers each (virtual) stage holds; ``schedule_rules``: the library's
 schedules, what each needs of the layout and what it costs (in-flight micro-batches, bubble);

@@ -1,4 +1,4 @@
-"""The pretraining loop: build everything from the flags, then train (DESIGN.md section 2).
+"""The pretraining loop: build everything from the flags, then train (docs/ARCHITECTURE.md, "Data flow of a run").
 
 One iteration on a rank::
 
