@@ -27,7 +27,7 @@ from typing import Optional
 
 from ..pipeline_parallel import (PipelineLayout, PipelineLayoutError, build_layout, check_schedule, placement,
                                 schedule_name)
-from ..sequence_parallel.config import HIERARCHICAL_MODES, ROW_MODES, cp_sizes, ulysses_degree, uses_zigzag
+from ..sequence_parallel.config import RING, HIERARCHICAL_MODES, ROW_MODES, cp_sizes, ulysses_degree, uses_zigzag
 
 # Model-state sharding over the DP x CP group: the flag of each mode ("replicated": none, DDP).
 SHARDING_FLAGS = {"replicated": [], "dist-opt": ["--use-distributed-optimizer"], "fsdp2": ["--use-torch-fsdp2"]}
@@ -48,7 +48,7 @@ class ParallelConfig:
     tp: int = 1
     cp: int = 1
     dp: int = 1
-    mode: str = "p2p"          # --cp-comm-type (sequence_parallel/config.py: CP_COMM_TYPES)
+    mode: str = RING           # --cp-comm-type (sequence_parallel/config.py: CP_COMM_TYPES)
     sp: bool = False           # --sequence-parallel (Megatron-SP inside the TP group)
     ulysses: int = 1           # the Ulysses degree U of --hierarchical-context-parallel-sizes (a2a: = cp)
     sharding: str = "replicated"  # replicated | dist-opt | fsdp2 (model state over DP x CP)

@@ -1,7 +1,7 @@
 """The memory model: every byte a rank holds in a training step, device and host, from the flags.
 
     from megatron_sp import memory
-    est = memory.estimate(spec, memory.ParallelConfig(tp=1, cp=4, mode="p2p"), seq_length=8192, micro_batch=1)
+    est = memory.estimate(spec, memory.ParallelConfig(tp=1, cp=4), seq_length=8192, micro_batch=1)
 
 Modules: ``terms`` (the specs, ``Estimate``, model state and communication), ``activations``
 (what each layer keeps and the transients of each phase), ``stages`` (per pipeline stage),

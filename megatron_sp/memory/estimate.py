@@ -1,7 +1,7 @@
 """Per-rank memory and per-step communication of a GPT training step, by layout.
 
     spec = ModelSpec.from_flags("--num-layers 4 --hidden-size 128 ...".split())
-    est = estimate(spec, ParallelConfig(tp=1, cp=4, mode="p2p"), seq_length=8192, micro_batch=1)
+    est = estimate(spec, ParallelConfig(tp=1, cp=4), seq_length=8192, micro_batch=1)
     est.step_peak        # bytes the step adds above the post-setup baseline (what the scaling tool measures)
     est.breakdown()      # params / grads / adam / activations / transients / phases / host / comm
     est.host             # activation bytes offloaded to pinned host memory (--cpu-offloading, CUDA)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..sequence_parallel.config import RING
+
 
 def default_ffn_hidden_size(hidden_size: int, swiglu: bool) -> int:
     """Megatron-LM's default MLP width: ``4 h``, or with SwiGLU (two input projections)
@@ -38,7 +40,7 @@ class GPTConfig:
     attention_dropout: float = 0.1
     init_method_std: float = 0.02
     sequence_parallel: bool = False
-    cp_comm_type: str = "p2p"
+    cp_comm_type: str = RING
     attention_backend: str = "auto"  # --attention-backend (sequence_parallel/backends.py)
     recompute_granularity: Optional[str] = None  # None, "full", "selective"
     recompute_method: Optional[str] = None  # "uniform" or "block" (full only)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from ..arguments.parallel import ParallelConfig
-from ..sequence_parallel.config import CP_COMM_TYPES, effective_mode, ulysses_degree
+from ..sequence_parallel.config import CP_COMM_TYPES, RING, effective_mode, ulysses_degree
 
 
 # --- layouts ---------------------------------------------------------------------------
@@ -31,7 +31,7 @@ class Layout:
     tp: int
     cp: int
     dp: int
-    mode: str = "p2p"
+    mode: str = RING
     sp: bool = False
     ulysses: int = 1  # Ulysses degree U (a2a: U = CP; a2a+p2p: hierarchical U)
     sharding: str = "replicated"  # replicated | dist-opt | fsdp2 (model state over DP x CP)
@@ -120,7 +120,7 @@ def _make_parallel_layout(name: str, rest: str, world: int) -> Optional[Layout]:
     if rest == "dp":
         return Layout(name, 1, 1, world)
     if rest in ("tp", "tp+sp"):
-        return Layout(name, world, 1, 1, "p2p", rest == "tp+sp")
+        return Layout(name, world, 1, 1, RING, rest == "tp+sp")
     if rest.startswith("tp") and rest[2:3].isdigit():  # mixes: tp2+p2p, tp2+sp+a2a ...
         head, _, rest = rest.partition("+")
         tp = int(head[2:])

@@ -37,7 +37,7 @@ import os
 import time
 
 from .. import memory as mm
-from ..sequence_parallel.config import ulysses_degree
+from ..sequence_parallel.config import RING, ulysses_degree
 
 PAPER_PRESETS = {
     "bert-base-like": "--num-layers 12 --hidden-size 96 --num-attention-heads 12 --ffn-hidden-size 384 "
@@ -94,7 +94,7 @@ def _spec(flags: str, backend: str) -> mm.ModelSpec:
 def _layout(name: str, world: int) -> mm.ParallelConfig:
     if name == "tp":
         return mm.ParallelConfig(tp=world)
-    return mm.ParallelConfig(cp=world, mode=name if world > 1 else "p2p", ulysses=ulysses_degree(name, world))
+    return mm.ParallelConfig(cp=world, mode=name if world > 1 else RING, ulysses=ulysses_degree(name, world))
 
 
 def _granularity(name: str, world: int) -> int:

@@ -27,6 +27,7 @@ from typing import Optional
 
 from .. import memory as mm
 from ..arguments.validate import padded_vocab_size
+from ..sequence_parallel.config import RING, ULYSSES, USP
 from .layouts import Layout, long_sequence_flags
 
 GB = 1e9
@@ -137,15 +138,15 @@ def _cp_modes(spec: "mm.ModelSpec", tp: int, cp: int, node_size: int) -> list:
     (query and K/V) of a TP rank; the hybrid with the largest Ulysses degree that does and stays
     within a node."""
     if cp == 1:
-        return [("p2p", 1)]
+        return [(RING, 1)]
     heads, groups = spec.num_attention_heads // tp, spec.num_query_groups // tp
     ok = [u for u in _divisors(cp) if heads % u == 0 and (groups % u == 0 or u % groups == 0)]
-    modes = [("p2p", 1)]
+    modes = [(RING, 1)]
     if cp in ok:
-        modes.append(("a2a", cp))
+        modes.append((ULYSSES, cp))
     hybrid = [u for u in ok if 1 < u < cp and u * tp <= node_size]
     if hybrid:
-        modes.append(("a2a+p2p", max(hybrid)))
+        modes.append((USP, max(hybrid)))
     return modes
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Tuple
 
-CP_COMM_TYPES = ("rsa", "p2p", "a2a", "a2a+p2p")
+RSA, RING, ULYSSES, USP = "rsa", "p2p", "a2a", "a2a+p2p"  # --cp-comm-type values; RING is the default
+CP_COMM_TYPES = (RSA, RING, ULYSSES, USP)
 ATTENTION_BACKENDS = ("flash", "fused", "unfused", "local", "auto")  # --attention-backend (backends.py)
-ZIGZAG_MODES = ("p2p", "a2a+p2p")       # causal ring modes: zigzag layout
-HIERARCHICAL_MODES = ("a2a+p2p",)       # Ulysses x ring: --hierarchical-context-parallel-sizes U R
-ROW_MODES = ("rsa",)                    # the paper's algorithm: full score rows materialised, no block kernel
+ZIGZAG_MODES = (RING, USP)       # causal ring modes: zigzag layout
+HIERARCHICAL_MODES = (USP,)       # Ulysses x ring: --hierarchical-context-parallel-sizes U R
+ROW_MODES = (RSA,)                    # the paper's algorithm: full score rows materialised, no block kernel
 DROPOUT_MODES = CP_COMM_TYPES           # every mode: rsa natively, others via the reference kernel
 
 
@@ -72,7 +73,7 @@ def effective_mode(mode: str, cp: int, u: int) -> str:
     """The plain mode a hierarchical layout runs when one degree is 1: Ulysses x a ring of one is
     ``a2a``, a Ulysses degree of one is the ``p2p`` ring."""
     if mode in HIERARCHICAL_MODES and u in (1, cp):
-        return "p2p" if u == 1 else "a2a"
+        return RING if u == 1 else ULYSSES
     return mode
 
 
