@@ -32,9 +32,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-MODE_FLAGS = {"replicated": [], "fsdp2": ["--use-torch-fsdp2"], "dist-opt": ["--use-distributed-optimizer"],
-              "fsdp2+offload": ["--use-torch-fsdp2", "--optimizer-cpu-offload"],
-              "dist-opt+offload": ["--use-distributed-optimizer", "--optimizer-cpu-offload"]}
+from megatron_sp.arguments.parallel import SHARDING_FLAGS  # noqa: E402
+
+MODE_FLAGS = {**SHARDING_FLAGS, **{f"{m}+offload": SHARDING_FLAGS[m] + ["--optimizer-cpu-offload"]
+                                   for m in ("fsdp2", "dist-opt")}}
 COMMON = ("--mock-data --tokenizer-type NullTokenizer --seq-length 64 --micro-batch-size 1 --train-iters 1 "
           "--lr 1e-4 --hidden-dropout 0 --attention-dropout 0 --eval-interval 0 --log-interval 1000").split()
 MiB = 2 ** 20
