@@ -6,7 +6,7 @@ build the model and optimizer exactly as ``pretrain_gpt.py`` does (``loop.setup`
 create the Adam state (the first step would).  Each rank reports:
 
 * ``state``: bytes of its fp32 master weights + Adam m, v, counted from the tensors it holds
-  (next to ``memory_model.model_state``), and the resident-set growth they caused;
+  (next to ``memory.model_state``), and the resident-set growth they caused;
 * with ``--save-load DIR``: the time of ``save_checkpoint`` (files written, checksums,
   rename, tracker) and of ``load_checkpoint`` in each ``--formats``, and the resident
   high-water mark above the baseline during the save (the gather of ``torch`` vs the

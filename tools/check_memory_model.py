@@ -4,7 +4,7 @@
 Each case is a set of extra flags (recompute, chunked loss, tiled MLP, offload ...) on one
 model, layout and length; each runs one real trial with the scaling tool's measurement
 (``megatron_sp/scaling/trial.py``: fresh processes, a warm-up step, then the peak of the
-measured step above the baseline) and is printed next to ``memory_model.estimate``'s
+measured step above the baseline) and is printed next to ``memory.estimate``'s
 ``step_peak`` (on CPU host and device are one memory, so offloaded bytes count too)::
 
     python tools/check_memory_model.py --model llama-32k --seq-length 4096 \\
