@@ -97,6 +97,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from megatron_sp import memory as mm  # noqa: E402  (pure python: imports no torch)
+from megatron_sp.sequence_parallel.config import ATTENTION_BACKENDS  # noqa: E402
 from megatron_sp.arguments.types import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, Range, in_range  # noqa: E402
 from megatron_sp.scaling.layouts import Layout, long_sequence_flags, make_layout  # noqa: E402,F401
 from megatron_sp.scaling.presets import MODEL_PRESETS  # noqa: E402
@@ -280,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-length", type=POSITIVE_INT, default=None,
                    help="fixed sequence length for max-batch (default 2048; paper: 64, BERT's 512 x 1/8)")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--attention-backend", choices=["flash", "fused", "unfused", "local", "auto"], default="auto",
+    p.add_argument("--attention-backend", choices=list(ATTENTION_BACKENDS), default="auto",
                    help="pretrain_gpt.py's --attention-backend for every layout (unfused: the paper's TP baseline)")
     p.add_argument("--paper-models", nargs="+", default=["bert-base-like", "bert-large-like"],
                    help="--experiment paper: the presets to run")
