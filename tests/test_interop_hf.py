@@ -146,8 +146,9 @@ def test_imported_llama_trains_at_tp2_cp2_from_hf_loss_and_exports(tmp_path):
     ("--apply-layernorm-1p --openai-gelu", "GPT2LMHeadModel"),
     ("--disable-bias-linear", "GPT2LMHeadModel"),
 ])
-def test_export_of_trained_checkpoints(flags, arch, tmp_path):
-    """Checkpoints trained here (LayerNorm-1p folded, padded vocabulary 128 trimmed to 100) export exactly."""
+def test_export_of_trained_checkpoints(flags, arch, tmp_path, capfd):
+    """Checkpoints trained here (LayerNorm-1p folded, padded vocabulary 128 trimmed to 100) export exactly;
+    transformers loads them without a warning (Llama 3.1 scaling: max_position_embeddings above the original)."""
     from megatron_sp.training.loop import pretrain
     ckpt, out = str(tmp_path / "ck"), str(tmp_path / "out")
     pretrain(["--mock-data", "--vocab-size", "100", "--num-layers", "2", "--hidden-size", "32",
@@ -155,8 +156,13 @@ def test_export_of_trained_checkpoints(flags, arch, tmp_path):
               "--train-iters", "2", "--eval-interval", "0", "--hidden-dropout", "0", "--attention-dropout", "0",
               "--save", ckpt] + flags.split())
     assert export_hf.main(["--load", ckpt, "--save-dir", out]) == 0
+    capfd.readouterr()
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").float().eval()
+    assert "max_position_embeddings" not in capfd.readouterr().err
     assert type(hf).__name__ == arch and hf.config.vocab_size == 100
+    scaling = json.load(open(os.path.join(out, "config.json"))).get("rope_scaling") or {}
+    if "original_max_position_embeddings" in scaling:
+        assert hf.config.max_position_embeddings > scaling["original_max_position_embeddings"]
     tokens = torch.randint(0, 100, (2, 32), generator=torch.Generator().manual_seed(2))
     ours, _ = _ours_logits(ckpt, tokens)
     with torch.no_grad():
