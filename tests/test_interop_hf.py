@@ -167,3 +167,15 @@ def test_export_of_trained_checkpoints(flags, arch, tmp_path, capfd):
     ours, _ = _ours_logits(ckpt, tokens)
     with torch.no_grad():
         assert rel_err(hf(tokens).logits, ours[..., :100]) <= 1e-5
+
+
+def test_a_truncated_safetensors_file_is_named_in_one_line(tmp_path, capsys):
+    hf_dir = str(tmp_path / "hf")
+    _hf_model("llama-gqa", hf_dir)
+    weights = os.path.join(hf_dir, "model.safetensors")
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[:len(data) // 2])  # an interrupted download
+    capsys.readouterr()
+    assert import_hf.main(["--hf-dir", hf_dir, "--save", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and weights in err[0] and "truncated" in err[0], err
