@@ -301,6 +301,7 @@ def _load_tensors(path: str, meta: dict, ctx, load_optim: bool) -> dict:
     try:
         torch_dist.load(torch_dist.state_dict(model_e, optim_e), path, _group(mesh))
     except torch_dist.DCP_ERRORS as exc:  # noqa: BLE001 - DCP raises the same CheckpointException on every rank
+        exc = torch_dist.first_failure(exc)
         raise CheckpointError(f"checkpoint {path} cannot be read: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     return meta

@@ -142,6 +142,14 @@ def state_dict(model_entries: dict, optimizer_entries: dict, staged: bool = Fals
 DCP_ERRORS = (Exception, CheckpointException)
 
 
+def first_failure(exc: BaseException) -> BaseException:
+    """The first rank's own exception inside DCP's CheckpointException (else ``exc``)."""
+    failures = getattr(exc, "failures", None) or {}
+    for failure in failures.values():
+        return failure[0] if isinstance(failure, tuple) else failure
+    return exc
+
+
 def _no_dist() -> bool:
     return not dist.is_initialized()
 
