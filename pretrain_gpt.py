@@ -5,6 +5,7 @@
 
 See README.md for the flags; ``--help`` lists them all.
 """
+import os
 import sys
 
 from megatron_sp.collective_errors import explain as explain_collective_failure
@@ -35,5 +36,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code``.  After an error, a rank of a torchrun job leaves without tearing down its
+    process groups: their background threads, still joined to peers that are exiting too, made the
+    interpreter's teardown abort (SIGABRT) after the one-line error."""
+    import torch.distributed as dist
+    if code and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

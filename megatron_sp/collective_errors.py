@@ -30,7 +30,7 @@ import re
 import torch
 import torch.distributed as dist
 
-GROUP_NAMES = {"tp": "TP", "cp": "CP", "dp": "DP", "dp_cp": "DP x CP", "tp_cp": "TP x CP",
+GROUP_NAMES = {"tp": "TP", "cp": "CP", "dp": "DP", "pp": "PP", "dp_cp": "DP x CP", "tp_cp": "TP x CP",
                "ulysses": "Ulysses", "ring": "ring", "checkpoint": "checkpoint (every rank, gloo)"}
 _TIMED_OUT = re.compile(r"timed out|timeout", re.I)
 _LOST_PEER = re.compile(r"connection (closed|reset) by peer|broken pipe|connection refused|"

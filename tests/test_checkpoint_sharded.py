@@ -113,6 +113,37 @@ def test_full_disk_during_a_save_stops_every_rank_with_one_line(tmp_path, monkey
     ckpt.checkpoint_dir(save, 2)
 
 
+def _full_disk_in_dcp(rank, world, argv):
+    """Rank 1's DCP write of the second save fails as on a full disk (DCP then raises its
+    CheckpointException, a BaseException, on every rank)."""
+    import errno
+    from megatron_sp.checkpointing import torch_dist
+    calls, write = [], torch_dist.RecordingWriter.write_data
+
+    def failing(self, plan, planner):
+        calls.append(1)
+        if rank == 1 and len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(self, plan, planner)
+
+    torch_dist.RecordingWriter.write_data = failing
+    try:
+        pretrain(argv)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def test_full_disk_inside_the_dcp_write_stops_every_rank_with_one_line(tmp_path):
+    save = str(tmp_path / "ck")
+    messages = run_distributed(_full_disk_in_dcp, 2, BASE + ["--use-distributed-optimizer", "--train-iters", "6",
+                                                             "--save", save, "--save-interval", "2"])
+    assert all(m and "iteration 4" in m and "failed on rank 1" in m and "No space left on device" in m
+               and "\n" not in m for m in messages), messages
+    assert ckpt.read_tracker(save) == 2
+    ckpt.checkpoint_dir(save, 2)
+
+
 def test_an_older_single_file_checkpoint_loads(tmp_path):
     """A format-version-1 checkpoint (model_optim.pt, no checksums) loads into a sharded run."""
     save = str(tmp_path / "ck")

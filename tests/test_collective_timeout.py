@@ -120,3 +120,26 @@ def test_every_mesh_group_has_the_timeout_and_a_blocking_collective_is_named():
     message = run_distributed(_sync_timeout, 2)[0]
     assert message.startswith("rank 0: all_reduce over the TP group (global ranks 0, 1) timed out after 1 s "
                               "(--distributed-timeout-minutes 0.0166667)"), message
+
+
+@pytest.mark.parametrize("layout", [
+    "--num-layers 2 --pipeline-model-parallel-size 2",
+    "--num-layers 4 --pipeline-model-parallel-size 2 --num-layers-per-virtual-pipeline-stage 1",
+], ids=["pp2", "pp2-virtual-stages"])
+def test_a_killed_pipeline_rank_gives_its_peer_one_line(layout):
+    """kill -9 of one pipeline rank: the survivor, waiting in the pipelining library's P2P, prints
+    the one "lost a peer" line naming the PP group (it used to print gloo's raw traceback)."""
+    at = FLAGS.index("--num-layers")
+    flags = FLAGS[:at] + FLAGS[at + 2:]  # the layout gives --num-layers
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MEGATRON_SP_STOP_FAULT="1:2:attention:kill")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+           "pretrain_gpt.py"] + flags + ["--global-batch-size", "2"] + layout.split()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    text = "\n".join(lines[-40:])
+    assert proc.returncode != 0, text
+    assert any("stops itself with SIGKILL" in ln for ln in lines), text
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: rank 0: send/recv (pipeline P2P) over the PP group "
+                                                     "(global ranks 0, 1) lost a peer"), text
+    assert not any(ln.startswith("[rank0]:") for ln in lines), text  # no raw traceback from the survivor

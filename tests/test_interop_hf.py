@@ -146,8 +146,9 @@ def test_imported_llama_trains_at_tp2_cp2_from_hf_loss_and_exports(tmp_path):
     ("--apply-layernorm-1p --openai-gelu", "GPT2LMHeadModel"),
     ("--disable-bias-linear", "GPT2LMHeadModel"),
 ])
-def test_export_of_trained_checkpoints(flags, arch, tmp_path):
-    """Checkpoints trained here (LayerNorm-1p folded, padded vocabulary 128 trimmed to 100) export exactly."""
+def test_export_of_trained_checkpoints(flags, arch, tmp_path, capfd):
+    """Checkpoints trained here (LayerNorm-1p folded, padded vocabulary 128 trimmed to 100) export exactly;
+    transformers loads them without a warning (Llama 3.1 scaling: max_position_embeddings above the original)."""
     from megatron_sp.training.loop import pretrain
     ckpt, out = str(tmp_path / "ck"), str(tmp_path / "out")
     pretrain(["--mock-data", "--vocab-size", "100", "--num-layers", "2", "--hidden-size", "32",
@@ -155,9 +156,26 @@ def test_export_of_trained_checkpoints(flags, arch, tmp_path):
               "--train-iters", "2", "--eval-interval", "0", "--hidden-dropout", "0", "--attention-dropout", "0",
               "--save", ckpt] + flags.split())
     assert export_hf.main(["--load", ckpt, "--save-dir", out]) == 0
+    capfd.readouterr()
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").float().eval()
+    assert "max_position_embeddings" not in capfd.readouterr().err
     assert type(hf).__name__ == arch and hf.config.vocab_size == 100
+    scaling = json.load(open(os.path.join(out, "config.json"))).get("rope_scaling") or {}
+    if "original_max_position_embeddings" in scaling:
+        assert hf.config.max_position_embeddings > scaling["original_max_position_embeddings"]
     tokens = torch.randint(0, 100, (2, 32), generator=torch.Generator().manual_seed(2))
     ours, _ = _ours_logits(ckpt, tokens)
     with torch.no_grad():
         assert rel_err(hf(tokens).logits, ours[..., :100]) <= 1e-5
+
+
+def test_a_truncated_safetensors_file_is_named_in_one_line(tmp_path, capsys):
+    hf_dir = str(tmp_path / "hf")
+    _hf_model("llama-gqa", hf_dir)
+    weights = os.path.join(hf_dir, "model.safetensors")
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[:len(data) // 2])  # an interrupted download
+    capsys.readouterr()
+    assert import_hf.main(["--hf-dir", hf_dir, "--save", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and weights in err[0] and "truncated" in err[0], err

@@ -205,6 +205,10 @@ def test_bad_pipeline_layouts_fail_on_every_rank_with_one_line():
         (4, "--pipeline-model-parallel-size 4 --global-batch-size 2", "needs at least 4 micro-batches"),
         (2, "--pipeline-model-parallel-size 2 --decoder-first-pipeline-num-layers 1 "
             "--decoder-last-pipeline-num-layers 2", "must equal --num-layers 4"),
+        (2, "--pipeline-model-parallel-size 2 --decoder-first-pipeline-num-layers 5",
+         "--decoder-first-pipeline-num-layers 5 > --num-layers 4: more layers than the model has"),
+        (3, "--pipeline-model-parallel-size 3 --decoder-first-pipeline-num-layers 2 "
+            "--decoder-last-pipeline-num-layers 2 --global-batch-size 3", "leaves 0 of --num-layers 4 for the other 1"),
         (1, "--num-layers-per-virtual-pipeline-stage 1", "--pipeline-model-parallel-size > 1"),
         (4, "--pipeline-model-parallel-size 2 --pipeline-schedule ZBVZeroBubble "
             "--num-virtual-stages-per-pipeline-rank 2 --context-parallel-size 2", "DP x CP"),

@@ -51,3 +51,9 @@ def test_generate_from_tp2_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and out.count("--- sample") == 2
     assert all(len(line.split()) == 8 for line in out.splitlines() if not line.startswith("---"))
+    # --iteration naming a checkpoint that is not there: the flag is blamed, not the tracker
+    capsys.readouterr()
+    assert generate_text.main(["--load", save, "--iteration", "99", "--prompt", "5 6 7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --iteration 99: --load ") and \
+        "no iter_0000099" in err and "iterations 2; the tracker names 2" in err and "points at" not in err, err

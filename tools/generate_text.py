@@ -38,6 +38,13 @@ def load_model(load_dir: str, iteration: int | None = None, device: str = "cpu")
         iteration = ckpt.read_tracker(load_dir)
         if iteration is None:
             raise ckpt.CheckpointError(f"--load {load_dir}: no {ckpt.TRACKER}; pass --iteration N")
+    elif not os.path.isdir(os.path.join(load_dir, ckpt.iter_dir_name(iteration))):  # the flag's, not the tracker's
+        names = os.listdir(load_dir) if os.path.isdir(load_dir) else []
+        have = sorted(int(n[5:]) for n in names if n.startswith("iter_") and n[5:].isdigit())
+        tracker = ckpt.read_tracker(load_dir) if os.path.isdir(load_dir) else None
+        raise ckpt.CheckpointError(f"--iteration {iteration}: --load {load_dir} has no {ckpt.iter_dir_name(iteration)} "
+                                   f"(its checkpoints: iterations {', '.join(map(str, have)) or 'none'}; the "
+                                   f"tracker names {tracker}); pass one of those, or leave --iteration out")
     path = ckpt.checkpoint_dir(load_dir, iteration)
     stored = types.SimpleNamespace(**ckpt.read_metadata(path)["args"])
     stored.hidden_dropout = stored.attention_dropout = 0.0

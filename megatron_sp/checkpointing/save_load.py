@@ -161,7 +161,7 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
             meta.update(small)
             sd = torch_dist.state_dict(model_e, optim_e, staged=async_save)
             pending.writer, pending.future = torch_dist.save(sd, tmp, group, async_save)
-    except Exception as exc:  # noqa: BLE001 - DCP raises the same CheckpointException on every rank
+    except torch_dist.DCP_ERRORS as exc:  # noqa: BLE001 - DCP raises the same CheckpointException on every rank
         error = _failure(exc, iteration, tmp, save_dir, rank)
     if pending.future is None:
         _agree(error, group)
@@ -190,7 +190,7 @@ def finish_pending_save(ctx, blocking: bool = True) -> None:
     error = None
     try:
         pending.future.result()
-    except Exception as exc:  # noqa: BLE001
+    except torch_dist.DCP_ERRORS as exc:  # noqa: BLE001
         error = _failure(exc, pending.iteration, pending.tmp, pending.save_dir, ctx.mesh.rank)
     _agree(error, _group(ctx.mesh))
     _finalize(ctx, pending)
@@ -280,7 +280,8 @@ def _load_tensors(path: str, meta: dict, ctx, load_optim: bool) -> dict:
                               "--finetune, or --no-load-optim to keep its iteration")
     try:
         torch_dist.load(torch_dist.state_dict(model_e, optim_e), path, _group(mesh))
-    except Exception as exc:  # noqa: BLE001 - DCP raises the same CheckpointException on every rank
+    except torch_dist.DCP_ERRORS as exc:  # noqa: BLE001 - DCP raises the same CheckpointException on every rank
+        exc = torch_dist.first_failure(exc)
         raise CheckpointError(f"checkpoint {path} cannot be read: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     return meta

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, MetadataIndex, TensorProperties,
                                                    TensorStorageMetadata)
@@ -134,6 +135,19 @@ def state_dict(model_entries: dict, optimizer_entries: dict, staged: bool = Fals
         sd["optimizer"] = {n: {k: wrap(*v) if isinstance(v, tuple) else scalar(v) for k, v in entry.items()}
                            for n, entry in optimizer_entries.items()}
     return sd
+
+
+# What a DCP save or load raises: DCP gathers the ranks' failures into a CheckpointException, which
+# derives from BaseException, so ``except Exception`` alone lets it through.
+DCP_ERRORS = (Exception, CheckpointException)
+
+
+def first_failure(exc: BaseException) -> BaseException:
+    """The first rank's own exception inside DCP's CheckpointException (else ``exc``)."""
+    failures = getattr(exc, "failures", None) or {}
+    for failure in failures.values():
+        return failure[0] if isinstance(failure, tuple) else failure
+    return exc
 
 
 def _no_dist() -> bool:

@@ -97,6 +97,13 @@ def _uneven_sizes(num_layers: int, pp: int, first, last) -> list:
               f"(got {given})")
     middle = pp - len(given)
     rest = num_layers - sum(given)
+    if middle and rest < middle:
+        named = " + ".join(f"--decoder-{w}-pipeline-num-layers {x}" for w, x in (("first", first), ("last", last))
+                           if x is not None)
+        total = f" = {sum(given)}" if len(given) == 2 else ""
+        _fail(f"{named}{total} > --num-layers {num_layers}: more layers than the model has" if rest < 0 else
+              f"{named} leaves {rest} of --num-layers {num_layers} for the other {middle} pipeline stage(s), "
+              "which need at least one layer each; lower them or raise --num-layers")
     if middle == 0:
         if rest != 0:
             _fail(f"--decoder-first-pipeline-num-layers {first} + --decoder-last-pipeline-num-layers {last} must "

@@ -17,9 +17,13 @@ Which schedules exist and what they need: schedule_rules.py.
 """
 from __future__ import annotations
 
+import logging
+import sys
+
 import torch
 import torch.distributed as dist
 
+from ..collective_errors import failure_kind, raise_named
 from .schedule_rules import SINGLE_STAGE
 
 _BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
@@ -28,6 +32,18 @@ _BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 def _schedule_class(name: str):
     from torch.distributed import pipelining
     return getattr(pipelining, "Schedule" + name)
+
+
+def _drop_schedule_dump_of_lost_peer(record: logging.LogRecord) -> bool:
+    """The library logs its whole schedule before re-raising a failed action; when the failure is a
+    lost or hung peer (named in one line by :meth:`Pipeline.forward_backward`), drop that dump."""
+    return failure_kind(sys.exc_info()[1]) is None
+
+
+def _quiet_schedule_dump() -> None:
+    log = logging.getLogger("torch.distributed.pipelining.schedules")
+    if _drop_schedule_dump_of_lost_peer not in log.filters:
+        log.addFilter(_drop_schedule_dump_of_lost_peer)
 
 
 class MaskedLoss:
@@ -66,6 +82,7 @@ class Pipeline:
                                      input_args=tokens if m.is_first else hidden,
                                      output_args=per_token if m.is_last else hidden, group=mesh.pp_group)
                        for m, w in zip(modules, wrapped)]
+        _quiet_schedule_dump()
         cls = _schedule_class(schedule)
         target = self.stages[0] if schedule in SINGLE_STAGE else self.stages
         self.schedule = cls(target, micro_batches, loss_fn=self.loss, scale_grads=False)
@@ -81,7 +98,11 @@ class Pipeline:
         args = (cat["tokens"],) if self.has_first else ()
         target = cat["loss_mask"] if self.has_last else None
         run = self.schedule.step if optimizer is not None else self.schedule.eval
-        run(*args, target=target, return_outputs=False, position_ids=cat["position_ids"], labels=cat["labels"])
+        try:
+            run(*args, target=target, return_outputs=False, position_ids=cat["position_ids"], labels=cat["labels"])
+        except RuntimeError as exc:  # a stage's peer died or hung: the library's wait has no group name
+            raise_named(exc, "send/recv (pipeline P2P)", self.mesh.pp_group)
+            raise
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         for value in self.loss.values:
             total += value

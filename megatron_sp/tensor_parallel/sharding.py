@@ -91,13 +91,18 @@ def full_of(shard: torch.Tensor, param, tp_group, tp_size: int) -> torch.Tensor:
 
 
 def _local_data(tensor) -> tuple:
-    """``(local tensor, its row offset along dim 0 in the TP shard)``; FSDP2 DTensors shard dim 0."""
+    """``(local tensor, its row offset along dim 0 in the TP shard)``; FSDP2 DTensors shard dim 0.
+
+    The local tensor is detached (the same storage, outside autograd): a checkpoint load writes
+    into several views of it in turn, which autograd forbids for views of ``to_local()``'s output
+    ("... is a view and its base ... has been modified inplace") whenever one piece receives more
+    than one saved chunk."""
     from torch.distributed.tensor import DTensor
     if not isinstance(tensor, DTensor):
-        return tensor, 0
+        return tensor.detach(), 0
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
     _, offsets = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
-    return tensor.to_local(), (offsets[0] if len(offsets) else 0)
+    return tensor.to_local().detach(), (offsets[0] if len(offsets) else 0)
 
 
 def local_pieces(param, tp_rank: int, tp_size: int, tensor=None) -> list:

@@ -163,6 +163,11 @@ def hf_config_from_args(args: dict, vocab_size: int, family: str, eod: int | Non
     scaling = None
     if args.get("use_rope_scaling"):
         scaling = {"rope_type": "llama3", "factor": float(args["rope_scaling_factor"]), **LLAMA3_CONSTANTS}
+        # The scaled context (factor x original length) is the model's reach; transformers wants the
+        # config's length above the original one (it does not enter the llama3 frequencies).
+        original = LLAMA3_CONSTANTS["original_max_position_embeddings"]
+        cfg["max_position_embeddings"] = max(cfg["max_position_embeddings"], int(scaling["factor"] * original),
+                                             original + 1)
     elif args.get("rotary_seq_len_interpolation_factor"):
         scaling = {"rope_type": "linear", "factor": float(args["rotary_seq_len_interpolation_factor"])}
     if scaling:

@@ -33,15 +33,25 @@ def read_hf_folder(path: str) -> tuple:
         except ImportError as e:
             raise ValueError("reading .safetensors needs the safetensors package: pip install safetensors") from e
         for file in files:
-            tensors.update(load_file(file))
+            tensors.update(_read(load_file, file))
     else:
         import torch
         bins = sorted(glob.glob(os.path.join(path, "pytorch_model*.bin")))
         if not bins:
             raise ValueError(f"--hf-dir {path}: no *.safetensors or pytorch_model*.bin weights there")
         for file in bins:
-            tensors.update(torch.load(file, map_location="cpu", weights_only=True))
+            tensors.update(_read(lambda f: torch.load(f, map_location="cpu", weights_only=True), file))
     return config, tensors
+
+
+def _read(load, file: str) -> dict:
+    """``load(file)``; a damaged file (truncated download, wrong format) is one line naming it."""
+    try:
+        return load(file)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError, torch.load many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"--hf-dir: weight file {file} cannot be read ({type(exc).__name__}: {first}); it is "
+                         "damaged or truncated (an interrupted download?): fetch it again") from None
 
 
 def write_hf_folder(path: str, config: dict, tensors: dict, tokenizer_from: str | None = None) -> None:
