@@ -68,6 +68,14 @@ class LiveTracker(MemTracker):
         self.step, self.label = 0, "setup"
         self.peak_where: dict = {}  # device -> "step 2, backward, decoder.layers.3.mlp"
 
+    def _pre_fw_hook(self, module, inputs) -> None:
+        # MemTracker refuses a root module run twice in one tracking (gradient accumulation, a
+        # pipeline stage per micro-batch); only its per-module statistics care, and none are used here
+        parents = set(self._mod_tracker.parents) - {self._mod_tracker.get_known_fqn(module)}
+        if module in self.memory_tracking and not self._mod_tracker.is_bw and parents <= {"Global"}:
+            del self.memory_tracking[module]
+        super()._pre_fw_hook(module, inputs)
+
     def phase(self) -> str:
         if self._in_opt:
             return "optimizer step"

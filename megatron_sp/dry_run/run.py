@@ -45,6 +45,27 @@ def _kernel(args, ctx) -> str:
     return text + (f" (WARNING: {warning})" if warning else "")
 
 
+class _ReducerKeepingBuckets:
+    """DDP's reducer, except that it never rebuilds its buckets (see :func:`_keep_ddp_buckets`)."""
+
+    def __init__(self, reducer):
+        self._reducer = reducer
+
+    def _rebuild_buckets(self):
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self._reducer, name)
+
+
+def _keep_ddp_buckets(model) -> None:
+    """DDP rebuilds its gradient buckets in gradient order at the first forward after the first
+    backward, in C++ code that reads tensor data (fake tensors have none).  The rebuilt buckets
+    hold the same gradients in the same total bytes, so the dry run keeps the first ones."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model.reducer = _ReducerKeepingBuckets(model.reducer)
+
+
 def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True) -> Measurement:
     """Setup and ``steps`` training steps of ``argv`` under a :class:`LiveTracker` (module doc)."""
     from ..arguments import build_parser
@@ -64,6 +85,8 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True) -> Me
             stack.enter_context(counter)
         stack.enter_context(tracker)
         ctx = setup(args)
+        if fake:
+            _keep_ddp_buckets(ctx.ddp_model)
         tracker.track_external(ctx.model, ctx.optimizer.optimizer)
         source = global_batches(ctx.datasets[0], 0, steps, args, ctx.mesh, ctx.device)
         for i in range(steps):
