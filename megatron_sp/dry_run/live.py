@@ -34,8 +34,9 @@ def fake_mode():
     ``Module.to_empty`` swaps a fake parameter for its new one (``torch.utils.swap_tensors``),
     which refuses a tensor with a weak reference, and the fake mode's converter memo holds one
     to every ``nn.Parameter`` made under it; the memo is emptied before each swap (it only
-    saves re-converting a tensor)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    saves re-converting a tensor).  Restoring a saved RNG state (recompute, the TP RNG tracker) is
+    skipped for a state copied under fake tensors: it has no bytes, and no random number is drawn."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     mode.cache_enabled = False
     real_swap = torch.utils.swap_tensors
@@ -45,11 +46,19 @@ def fake_mode():
         return real_swap(t1, t2)
 
     torch.utils.swap_tensors = swap_tensors
+    real_set_rng_state = torch.set_rng_state
+
+    def set_rng_state(state):  # a saved RNG state copied under fake tensors has no bytes to restore
+        if not isinstance(state, FakeTensor):
+            real_set_rng_state(state)
+
+    torch.set_rng_state = torch.random.set_rng_state = set_rng_state
     try:
         with mode:
             yield mode
     finally:
         torch.utils.swap_tensors = real_swap
+        torch.set_rng_state = torch.random.set_rng_state = real_set_rng_state
 
 
 def _storages(t: torch.Tensor) -> list:
