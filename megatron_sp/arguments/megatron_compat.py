@@ -211,6 +211,35 @@ def apply_megatron_compat(args) -> list:
     return apply_deprecated(args) + no_effect_notes(args)
 
 
+# What kind of model a script trains decides first: an MoE or fp8 script is refused for that,
+# before any other flag (an unknown one, a value out of range) is looked at.
+MODEL_KIND_FAMILIES = ("--moe-", "--fp8", "--fp4")
+MODEL_KIND_FLAGS = ("--num-experts", "--expert-model-parallel-size", "--expert-tensor-parallel-size")
+
+
+def model_kind_refusal(argv) -> str | None:
+    """The one-line reason a command line trains a model kind that is not built (MoE, fp8, fp4):
+    its first such flag, in command-line order; None when there is none."""
+    words = list(argv)
+    for i, word in enumerate(words):
+        flag, _, inline = word.partition("=")
+        if not flag.startswith("--"):
+            continue
+        for prefix in MODEL_KIND_FAMILIES:
+            if flag.startswith(prefix):
+                return f"{flag}: {REFUSED_FAMILIES[prefix]}"
+        if flag in MODEL_KIND_FLAGS:
+            value = inline or (words[i + 1] if i + 1 < len(words) else "")
+            try:
+                number = int(value)
+            except ValueError:
+                continue  # argparse names the bad value
+            _, reason, harmless = REFUSED[flag]
+            if number not in harmless:
+                return f"{flag} {number}: {reason}"
+    return None
+
+
 def unknown_flag_message(flag: str) -> str:
     for prefix, reason in REFUSED_FAMILIES.items():
         if flag.startswith(prefix):

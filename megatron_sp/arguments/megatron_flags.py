@@ -15,7 +15,6 @@ MANY = {"nargs": "*"}
 NO_EFFECT = {
     # Megatron-LM itself ignores these now
     "--use-mcore-models": (SWITCH, "Megatron-LM ignores it too (megatron-core models are its only models)"),
-    "--rampup-batch-size": ({"nargs": 3}, "Megatron-LM ignores it too (deprecated; the global batch is constant)"),
     # kernel and fusion choices: this codebase picks kernels by device and dtype
     "--use-legacy-models": (SWITCH, "there is one model implementation here"),
     "--transformer-impl": (VALUE, "there is one transformer implementation here; kernels are chosen by device"),
@@ -41,6 +40,10 @@ NO_EFFECT = {
     "--overlap-p2p-communication": (SWITCH, "stage-to-stage sends are torch.distributed.pipelining's own"),
     "--defer-embedding-wgrad-compute": (SWITCH, "an overlap optimisation of pipeline parallelism"),
     "--use-nccl-ub": (SWITCH, "an NCCL buffer-registration optimisation"),
+    "--fsdp-double-buffer": (SWITCH, "Megatron-FSDP keeps persistent double buffers for its gathers and reductions "
+                                     "(for NCCL buffer registration); torch FSDP2 here manages its own buffers"),
+    "--fsdp-manual-registration": (SWITCH, "Megatron-FSDP registers its communication buffers with NCCL in few "
+                                           "calls (with --use-nccl-ub); no NCCL buffer registration here"),
     "--enable-cuda-graph": (SWITCH, "CUDA graphs are not used here"),
     "--external-cuda-graph": (SWITCH, "CUDA graphs are not used here"),
     "--cuda-graph-impl": (VALUE, "CUDA graphs are not used here"),
@@ -104,6 +107,22 @@ NO_EFFECT = {
     "--mmap-warmup": (SWITCH, ".bin files are memory-mapped on demand"),
     "--trust-remote-code": (SWITCH, "tokenizers here never run remote code"),
     # checkpoint tuning of other formats; saving policy here is fixed
+    "--dist-ckpt-strictness": (VALUE, "Megatron's rule for a torch_dist load whose keys differ from the model's; a "
+                                      "load here fills every tensor the model has by its global name, stops on a "
+                                      "missing one and leaves extra ones in the checkpoint unread, whatever the value"),
+    "--use-persistent-ckpt-worker": (SWITCH, "Megatron keeps one background process for all --async-save writes "
+                                             "instead of one per save; here --async-save writes with "
+                                             "torch.distributed.checkpoint's async save, and what is saved is the "
+                                             "same either way"),
+    "--dist-ckpt-optim-fully-reshardable": (SWITCH, "Megatron then saves the distributed optimizer's state so it "
+                                                    "loads at another TP/PP size, not only another DP size; here every "
+                                                    "checkpoint's optimizer state is keyed by global parameter names "
+                                                    "and shapes and loads into any TP/CP/PP/DP layout already"),
+    "--log-optimizer-states-to-tensorboard": (SWITCH, "Megatron-DeepSpeed writes norms of the Adam moments and "
+                                                      "weights to TensorBoard; those scalars are not written here"),
+    "--export-force-local-attention": (SWITCH, "Megatron reads it only when building a ModelOpt (post-training) "
+                                               "model, to use its local attention instead of Transformer Engine's; "
+                                               "this codebase has one attention implementation and no ModelOpt"),
     "--no-save-optim": (SWITCH, "checkpoints always hold the optimizer state here (load with --no-load-optim)"),
     "--no-save-rng": (SWITCH, "checkpoints always hold the RNG state here (load with --no-load-rng)"),
     # DeepSpeed engine (Megatron-DeepSpeed scripts): the native loop trains the same model
@@ -130,8 +149,10 @@ REFUSED_FAMILIES = {
     "--rl-": "reinforcement learning is not supported",
     "--grpo-": "reinforcement learning is not supported",
     "--inference-": "inference-engine options do not apply to pretraining",
-    "--megatron-fsdp-": "Megatron-FSDP is not built (FSDP here is torch FSDP2)",
-    "--fsdp-": "Megatron-FSDP is not built (FSDP here is torch FSDP2)",
+    "--megatron-fsdp-": "this Megatron-FSDP option has no equivalent here (--use-megatron-fsdp runs on torch FSDP2 "
+                        "or the distributed optimizer)",
+    "--fsdp-": "this Megatron-FSDP option has no equivalent here (--use-megatron-fsdp runs on torch FSDP2 or the "
+               "distributed optimizer)",
     "--vision-": "vision models are not supported",
     "--non-persistent-": "non-persistent checkpoints are not supported",
 }
@@ -160,8 +181,6 @@ REFUSED = {
     "--spec": (MANY, "custom layer specs are not supported", None),
     "--yaml-cfg": (VALUE, "YAML configurations are not supported; pass flags", None),
     "--use-precision-aware-optimizer": (SWITCH, "the optimizer state is always fp32 here", None),
-    "--use-megatron-fsdp": (SWITCH, "Megatron-FSDP is not built (FSDP here is torch FSDP2)", None),
-    "--data-parallel-sharding-strategy": (VALUE, "Megatron-FSDP is not built (FSDP here is torch FSDP2)", None),
     "--recompute-modules": (MANY, "selective recompute here recomputes core attention only "
                                   "(--recompute-modules core_attn)", (["core_attn"],)),
     "--reset-position-ids": (SWITCH, "per-document position ids are not supported", None),
@@ -181,7 +200,6 @@ REFUSED = {
     "--start-weight-decay": ({"type": float}, "weight-decay schedules are not supported", None),
     "--end-weight-decay": ({"type": float}, "weight-decay schedules are not supported", None),
     "--weight-decay-incr-style": (VALUE, "weight-decay schedules are not supported", ("constant",)),
-    "--step-batch-size-schedule": (VALUE, "batch-size schedules are not supported", None),
     "--decrease-batch-size-if-needed": (SWITCH, "the global batch must divide exactly here", None),
     "--init-method-xavier-uniform": (SWITCH, "Xavier initialisation is not supported", None),
     "--data-parallel-random-init": (SWITCH, "initialisation is the same on every rank here by design", None),
@@ -190,9 +208,6 @@ REFUSED = {
     "--use-mp-args-from-checkpoint-args": (SWITCH, "the parallel layout always comes from the flags here "
                                                    "(any checkpoint loads into any layout)", None),
     "--save-retain-interval": (INT, "use --keep-last-n-checkpoints", None),
-    "--train-tokens": (INT, "token-based training lengths are not supported; use --train-samples", None),
-    "--lr-decay-tokens": (INT, "token-based schedules are not supported; use --lr-decay-samples", None),
-    "--lr-warmup-tokens": (INT, "token-based schedules are not supported; use --lr-warmup-samples", None),
     "--head-lr-mult": ({"type": float}, "per-head learning-rate multipliers are not supported", None),
     "--freeze-all-layers": (SWITCH, "freezing layers is not supported", None),
     # DeepSpeed: ZeRO stages above 0 map to other flags here
@@ -228,6 +243,8 @@ SAME_AS_HERE = {
     "--no-query-key-layer-scaling": (SWITCH, "query-key layer scaling is off here, as in Megatron-LM"),
     "--no-create-attention-mask-in-dataloader": (SWITCH, "no mask is ever created here"),
     "--log-throughput": (SWITCH, "the log line always carries throughput"),
+    "--auto-detect-ckpt-format": (SWITCH, "a load always reads the format (torch_dist or torch) from the "
+                                          "checkpoint's metadata"),
     "--local-rank": ({"type": int, "dest": "compat_local_rank"}, "torchrun's LOCAL_RANK is used"),
     "--local_rank": ({"type": int, "dest": "compat_local_rank"}, "torchrun's LOCAL_RANK is used"),
     "--deepspeed_config": (VALUE, "once its batch sizes and precision agree with the flags"),

@@ -29,6 +29,7 @@ from ..sequence_parallel import attention_summary, check_backend, check_cp_confi
 from ..tensor_parallel import RNGTracker
 from ..tensor_parallel.sharding import keeping_tp_attributes
 from ..arguments import build_parser, padded_vocab_size, validate_args
+from .batch_schedule import batch_schedule_from_args
 from .batches import build_datasets, build_tokenizer, datasets_for_resume, evaluation_on, global_batches
 from ..checkpointing import check_save_dir, finish_pending_save, load_checkpoint, save_checkpoint
 from .divergence import DivergenceGuard
@@ -162,6 +163,7 @@ class Context:
     exit_reason: str | None = None
     pending_save: object = None  # an --async-save being written (checkpointing.save_load.PendingSave)
     own_process_group: bool = False  # the world-of-one group setup() created for FSDP2 without torchrun
+    batch_schedule: object = None  # the global batch by consumed samples (training/batch_schedule.py)
 
 
 def setup(args) -> Context:
@@ -174,6 +176,8 @@ def setup(args) -> Context:
     cfg = model_config(args, vocab)
     check_layout(args, cfg)
     init_distributed(args.distributed_backend, args.distributed_timeout_minutes * 60)
+    if args.bf16 and args.disable_bf16_reduced_precision_matmul:  # as Megatron's TransformerConfig
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
     device = torch.device("cuda", torch.cuda.current_device()) if (
         torch.cuda.is_available() and (args.distributed_backend or "nccl") == "nccl") else torch.device("cpu")
     check_backend(args.attention_backend, args.cp_comm_type, args.context_parallel_size, device,
@@ -192,7 +196,8 @@ def setup(args) -> Context:
     optimizer = MixedPrecisionOptimizer(model, args, mesh)
     scheduler = build_scheduler(optimizer, args)
     return Context(args, mesh, device, tokenizer, model, ddp_model, optimizer, scheduler, rng,
-                   build_datasets(args, tokenizer), TrainState(), own_process_group=own_group)
+                   build_datasets(args, tokenizer), TrainState(), own_process_group=own_group,
+                   batch_schedule=batch_schedule_from_args(args))
 
 
 def _is_last_rank(mesh) -> bool:
@@ -223,7 +228,7 @@ def print_summary(ctx) -> None:
         f"{a.num_attention_heads} (query groups {a.num_query_groups}), seq {a.seq_length}, padded vocab "
         f"{ctx.model.cfg.vocab_size}; parameters: {total / 1e6:.3f} M total, {n_params / 1e6:.3f} M on this rank\n"
         f"> batch: global {a.global_batch_size} = micro {a.micro_batch_size} x {a.num_micro_batches} accumulation "
-        f"x DP {ctx.mesh.dp_size}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}\n"
+        f"x DP {ctx.mesh.dp_size}{_schedule_text(ctx)}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}\n"
         f"> model state: {model_state}\n"
         f"{_overlap_note(a)}"
         f"> attention: {attn}\n"
@@ -232,6 +237,11 @@ def print_summary(ctx) -> None:
         + "".join(f"\n> note: {n}" for n in getattr(a, "startup_notes", []))
         + (f"\nWARNING: {attn_warning}" if attn_warning else ""),
         _is_last_rank(ctx.mesh))
+
+
+def _schedule_text(ctx) -> str:
+    s = ctx.batch_schedule
+    return "" if s is None or s.kind == "constant" else f" at the end of a {s.describe()}"
 
 
 def _ranges(layers) -> str:
@@ -309,18 +319,20 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
     losses, interval_start, interval = [], time.perf_counter(), _new_interval()
     saved_at = state.iteration if args.load else None
     guard = DivergenceGuard(args, ctx.optimizer.scaler)
+    schedule = ctx.batch_schedule or batch_schedule_from_args(args)
     batches_source = global_batches(ctx.datasets[0], state.consumed_samples, args.train_iters - state.iteration,
-                                    args, mesh, ctx.device)
+                                    args, mesh, ctx.device, schedule)
     with contextlib.closing(batches_source) as train_batches:  # --num-workers: the workers stop with it
         while state.iteration < args.train_iters:
             batches = next(train_batches)
+            gbs = schedule.global_batch_size(state.consumed_samples)  # this iteration's (a ramp changes it)
             scale = ctx.optimizer.loss_scale
             stats = train_step(ctx, batches)
             lr = ctx.optimizer.param_groups[0]["lr"]
             if not stats["skipped"]:  # as Megatron: a skipped (overflow) step does not advance the schedule
-                ctx.scheduler.step()
+                ctx.scheduler.step(samples=gbs)
             state.iteration += 1
-            state.consumed_samples += args.global_batch_size
+            state.consumed_samples += gbs
             nan = not math.isfinite(stats["loss"])
             state.skipped_iterations += int(stats["skipped"])
             state.nan_iterations += int(nan)
@@ -333,13 +345,13 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
                 interval["loss"] += stats["loss"]
             if state.iteration % args.log_interval == 0 or state.iteration == args.train_iters:
                 elapsed = (time.perf_counter() - interval_start) / interval["iters"]
-                tflops = flops / elapsed / mesh.world_size / 1e12
-                tokens_per_s = args.global_batch_size * args.seq_length / elapsed
+                tflops = flops * gbs / args.global_batch_size / elapsed / mesh.world_size / 1e12
+                tokens_per_s = gbs * args.seq_length / elapsed
                 loss = interval["loss"] / interval["advanced"] if interval["advanced"] else None
                 extras = log_extras(ctx)
                 print_rank_last(log_line(
                     iteration=state.iteration, train_iters=args.train_iters, consumed=state.consumed_samples,
-                    elapsed_ms=elapsed * 1e3, lr=lr, global_batch=args.global_batch_size,
+                    elapsed_ms=elapsed * 1e3, lr=lr, global_batch=gbs,
                     loss=loss, loss_scale=ctx.optimizer.loss_scale, grad_norm=stats["grad_norm"],
                     skipped=interval["skipped"], nans=interval["nans"], tokens_per_s=tokens_per_s, tflops=tflops,
                     mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device),
