@@ -128,3 +128,12 @@ def test_token_lengths_are_megatron_deepspeeds():
     b = pretrain(TINY + ["--global-batch-size", "4", "--train-samples", "24", "--lr-warmup-samples", "8",
                          "--lr-decay-samples", "64"])
     assert a == b and len(a) == 6
+
+
+def test_rampup_under_pipeline_parallelism_matches_one_rank():
+    """PP 2: each micro-batch count of the ramp gets its schedule; losses as the one-rank run."""
+    argv = TINY + ["--num-layers", "2", "--global-batch-size", "8", "--rampup-batch-size", "4", "2", "8",
+                   "--train-iters", "4"]
+    one = pretrain(argv)
+    two = run_distributed(_ramp_run, 2, argv + ["--pipeline-model-parallel-size", "2"])
+    assert two[-1] == pytest.approx(one, rel=1e-5)  # the last stage reports the loss

@@ -167,6 +167,15 @@ def _data(p):
     g = p.add_argument_group("data and tokenizer")
     g.add_argument("--data-path", nargs="*", default=None)
     g.add_argument("--split", default="969,30,1")
+    for split in ("train", "valid", "test"):
+        g.add_argument(f"--{split}-data-path", nargs="*", default=None,
+                       help=f"the {split} split's own blend (as --data-path; every document of its prefixes, "
+                            "no --split)")
+    g.add_argument("--multiple-validation-sets", action="store_true",
+                   help="each --valid-data-path prefix is evaluated on its own ('validation-0 loss', ...); "
+                        "needs --full-validation, as Megatron-LM")
+    g.add_argument("--full-validation", action="store_true",
+                   help="each evaluation runs the whole --valid-data-path set (one epoch, whole global batches)")
     g.add_argument("--mock-data", action="store_true")
     g.add_argument("--data-cache-path", default=None)
     g.add_argument("--eod-mask-loss", action="store_true")

@@ -70,8 +70,7 @@ def validate_args(args, world_size: int, on_this_machine: bool = True):
     if args.train_tokens is not None:  # Megatron-DeepSpeed: stop at whichever comes first
         args.train_iters = min(args.train_iters, schedule.iterations_to_reach(-(-args.train_tokens //
                                                                                 args.seq_length)))
-    if args.mock_data == bool(args.data_path):
-        _fail("give exactly one of --mock-data and --data-path")
+    _data_source(args)
     if args.tokenizer_type == "NullTokenizer" and args.vocab_size is None:
         _fail("--tokenizer-type NullTokenizer needs --vocab-size")
     if args.recompute_activations:
@@ -103,6 +102,39 @@ def _megatron_prelude(args) -> None:
     if not 0.0 < args.rotary_percent <= 1.0:
         _fail(f"--rotary-percent {args.rotary_percent} must be in (0, 1]")
     args.startup_notes = notes
+
+
+def _data_source(args) -> None:
+    """Exactly one of --mock-data, --data-path and the per-split paths (Megatron-LM would take
+    --data-path and silently ignore per-split paths given beside it)."""
+    per_split = [f"--{s}-data-path" for s in ("train", "valid", "test") if getattr(args, f"{s}_data_path")]
+    given = [f for f, on in (("--mock-data", args.mock_data), ("--data-path", bool(args.data_path))) if on]
+    if per_split:
+        given.append(" / ".join(per_split))
+    if len(given) != 1:
+        _fail("give exactly one of --mock-data, --data-path and the per-split paths (--train-data-path ...)"
+              + (f"; got {' and '.join(given)}" if given else ""))
+    if per_split and not args.train_data_path:
+        _fail(f"{per_split[0]} without --train-data-path: the per-split paths need a train blend")
+    if args.multiple_validation_sets:
+        if not args.valid_data_path:
+            _fail("--multiple-validation-sets evaluates the prefixes of --valid-data-path: give it")
+        if not args.full_validation:
+            _fail("--multiple-validation-sets needs --full-validation (Megatron-LM requires it too)")
+        if any(_is_number(w) for w in args.valid_data_path):
+            _fail(f"--multiple-validation-sets: --valid-data-path {' '.join(args.valid_data_path)} holds weights; "
+                  "list the prefixes only (as Megatron-LM)")
+    if args.full_validation and not args.valid_data_path:
+        _fail("--full-validation runs the whole validation set of --valid-data-path here; give it (with "
+              "--data-path/--split use --eval-iters)")
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+        return True
+    except ValueError:
+        return False
 
 
 def _check_pipeline_counts(args, schedule) -> None:

@@ -67,10 +67,45 @@ def build_datasets(args, tokenizer, train_samples: int | None = None):
         return build_mock_gpt_datasets(args.split, args.seq_length, args.seed, num_samples, tokenizer.vocab_size,
                                        tokenizer.eod, args.eod_mask_loss, args.data_cache_path)
     from ..data.token_ids import check_token_ids
-    check_token_ids(args.data_path, tokenizer.vocab_size, getattr(args, "padded_vocab_size", tokenizer.vocab_size),
-                    tokenizer_flags(args), args.data_cache_path, default_cache_dir)
+    paths = [args.data_path] if args.data_path else [getattr(args, f"{s}_data_path") for s in ("train", "valid",
+                                                                                               "test")]
+    for path in paths:
+        if path:
+            check_token_ids(path, tokenizer.vocab_size, getattr(args, "padded_vocab_size", tokenizer.vocab_size),
+                            tokenizer_flags(args), args.data_cache_path, default_cache_dir)
+    if not args.data_path:  # Megatron's per-split paths: each split its own blend
+        from ..data.gpt_dataset import build_per_split_gpt_datasets
+        if getattr(args, "full_validation", False):
+            num_samples[1] = None if evaluation_on(args) else 0  # one epoch of each validation set
+        return build_per_split_gpt_datasets(paths, args.seq_length, args.seed, num_samples, tokenizer.eod,
+                                            args.eod_mask_loss, args.data_cache_path,
+                                            getattr(args, "multiple_validation_sets", False))
     return build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, num_samples,
                               tokenizer.eod, args.eod_mask_loss, args.data_cache_path)
+
+
+def validation_sets(datasets) -> list:
+    """``[(name, dataset)]`` of the validation split: ``validation``, or ``validation-0``,
+    ``validation-1`` ... with --multiple-validation-sets (Megatron's names); [] without one."""
+    valid = datasets[1]
+    if isinstance(valid, list):
+        return [(f"validation-{i}", d) for i, d in enumerate(valid)]
+    return [] if valid is None else [("validation", valid)]
+
+
+def evaluation_window(args, dataset, iteration: int, split: int) -> tuple:
+    """``(first sample, global batches)`` an evaluation reads.  Validation: ``--eval-iters``
+    batches at a position that is a function of the iteration only (a resumed run evaluates
+    the same samples), or with --full-validation every whole global batch of the one-epoch set;
+    test: the first ``--eval-iters`` batches."""
+    gbs = args.global_batch_size
+    if split == 1 and getattr(args, "full_validation", False):
+        if len(dataset) < gbs:
+            raise ValueError(f"--full-validation: the validation set holds {len(dataset)} samples, fewer than one "
+                             f"--global-batch-size {gbs}; give it more documents or drop --full-validation")
+        return 0, len(dataset) // gbs
+    run = max(iteration // args.eval_interval - 1, 0) if split == 1 else 0
+    return run * args.eval_iters * gbs, args.eval_iters
 
 
 def datasets_for_resume(datasets, args, tokenizer, state):

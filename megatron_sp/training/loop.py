@@ -30,7 +30,8 @@ from ..tensor_parallel import RNGTracker
 from ..tensor_parallel.sharding import keeping_tp_attributes
 from ..arguments import build_parser, padded_vocab_size, validate_args
 from .batch_schedule import batch_schedule_from_args
-from .batches import build_datasets, build_tokenizer, datasets_for_resume, evaluation_on, global_batches
+from .batches import (build_datasets, build_tokenizer, datasets_for_resume, evaluation_on, evaluation_window,
+                      global_batches, validation_sets)
 from ..checkpointing import check_save_dir, finish_pending_save, load_checkpoint, save_checkpoint
 from .divergence import DivergenceGuard
 from .exit_conditions import ExitSignal, should_exit
@@ -268,11 +269,20 @@ def _evaluation_text(ctx) -> str:
     a = ctx.args
     if not evaluation_on(a):
         return "off (--eval-interval 0 or --eval-iters 0)"
-    parts = [f"{a.eval_iters} global batches of the {name} split {when}" if d is not None else
-             f"no {name} split (--split {a.split} gives it weight 0)"
-             for name, d, when in (("validation", ctx.datasets[1], f"every {a.eval_interval} iterations"),
-                                   ("test", ctx.datasets[2], "at the end"))]
-    return "; ".join(parts)
+    per_split = not a.data_path and not a.mock_data
+    missing = lambda key: (f"no --{key}-data-path" if per_split  # noqa: E731
+                           else f"--split {a.split} gives it weight 0")
+    sets = validation_sets(ctx.datasets)
+    if not sets:
+        valid = f"no validation split ({missing('valid')})"
+    else:
+        size = ("every whole global batch (--full-validation)" if getattr(a, "full_validation", False)
+                else f"{a.eval_iters} global batches")
+        valid = (f"{size} of the validation split" if len(sets) == 1 else f"{size} of each of {len(sets)} "
+                 "validation sets") + f" every {a.eval_interval} iterations"
+    test = (f"{a.eval_iters} global batches of the test split at the end" if ctx.datasets[2] is not None
+            else f"no test split ({missing('test')})")
+    return f"{valid}; {test}"
 
 
 def _peak_text(ctx) -> str:
@@ -281,23 +291,19 @@ def _peak_text(ctx) -> str:
 
 
 @torch.no_grad()
-def evaluate(ctx, iteration: int, split: int = 1) -> float:
-    """Mean lm loss over ``--eval-iters`` global batches of a split (model.eval(), no grad).
-
-    Validation (``split`` 1): the position is a function of the iteration only, so a resumed
-    run evaluates on the same samples as an uninterrupted one.  Test (2): the first batches.
-    """
+def evaluate(ctx, iteration: int, split: int = 1, dataset=None) -> float:
+    """Mean lm loss over the global batches of a split that batches.evaluation_window names
+    (model.eval(), no grad); ``dataset``: one of several validation sets."""
     args = ctx.args
-    dataset = ctx.datasets[split]
-    run = max(iteration // args.eval_interval - 1, 0) if split == 1 else 0
-    start = run * args.eval_iters * args.global_batch_size
+    dataset = ctx.datasets[split] if dataset is None else dataset
+    start, count = evaluation_window(args, dataset, iteration, split)
     ctx.model.eval()
     model = ctx.ddp_model if getattr(ctx.ddp_model, "is_pipeline", False) else ctx.model
     total = 0.0
-    for batches in global_batches(dataset, start, args.eval_iters, args, ctx.mesh, ctx.device):
+    for batches in global_batches(dataset, start, count, args, ctx.mesh, ctx.device):
         total += forward_backward(model, batches, args, ctx.mesh, ctx.device).item()
     ctx.model.train()
-    return total / max(args.eval_iters, 1)
+    return total / max(count, 1)
 
 
 def _new_interval() -> dict:
@@ -363,11 +369,12 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
                     "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3, **extras})
                 interval_start, interval = time.perf_counter(), _new_interval()
             guard.update(stats["skipped"], scale, state.iteration, stats["loss"])
-            if evaluation_on(args) and ctx.datasets[1] is not None and state.iteration % args.eval_interval == 0:
-                val = evaluate(ctx, state.iteration)
-                print_rank_last(eval_line(state.iteration, val), last_rank)
-                writer.scalars(state.iteration, {"validation lm loss": val,
-                                                 "validation lm loss PPL": math.exp(min(20.0, val))})
+            for name, dataset in (validation_sets(ctx.datasets) if evaluation_on(args) and
+                                  state.iteration % args.eval_interval == 0 else []):
+                val = evaluate(ctx, state.iteration, dataset=dataset)
+                print_rank_last(eval_line(state.iteration, val, name=name), last_rank)
+                writer.scalars(state.iteration, {f"{name} lm loss": val,
+                                                 f"{name} lm loss PPL": math.exp(min(20.0, val))})
             finish_pending_save(ctx, blocking=False)
             if args.save and args.save_interval and state.iteration % args.save_interval == 0 and not guard.holding:
                 save_checkpoint(ctx)
