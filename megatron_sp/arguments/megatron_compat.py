@@ -1,4 +1,4 @@
-"""Megatron-LM flags that are not features of their own here (DESIGN.md section 7).
+"""Megatron-LM flags that are not features of their own here.
 
 Real launch scripts carry flags for kernels, fusions, profilers and engines that a
 different codebase cannot (or need not) have.  Each such flag is in exactly one table of

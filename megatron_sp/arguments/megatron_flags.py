@@ -21,8 +21,10 @@ NO_EFFECT = {
     "--use-flash-attn": (SWITCH, "the flash kernel is chosen by device (see the '> attention:' start-up line)"),
     "--use-flash-attn-v2": (SWITCH, "the flash kernel is chosen by device (see the '> attention:' start-up line)"),
     "--use-flash-attn-triton": (SWITCH, "the flash kernel is chosen by device"),
-    "--no-masked-softmax-fusion": (SWITCH, "softmax runs inside the attention kernel, always in fp32"),
-    "--masked-softmax-fusion": (SWITCH, "softmax runs inside the attention kernel, always in fp32"),
+    "--no-masked-softmax-fusion": (SWITCH, "there is no fused scale-mask-softmax kernel here: the attention "
+                                           "backend computes the softmax, in fp32"),
+    "--masked-softmax-fusion": (SWITCH, "there is no fused scale-mask-softmax kernel here: the attention "
+                                        "backend computes the softmax, in fp32"),
     "--attention-softmax-in-fp32": (SWITCH, "softmax always runs in fp32 here"),
     "--apply-query-key-layer-scaling": (SWITCH, "it only rescales fp16 scores around an fp32 softmax, which "
                                                 "the attention kernels here always use"),
@@ -51,12 +53,14 @@ NO_EFFECT = {
     "--use-te-rng-tracker": (SWITCH, "the RNG tracker here is torch's"),
     "--te-rng-tracker": (SWITCH, "the RNG tracker here is torch's"),
     "--use-cpu-initialization": (SWITCH, "weights are always initialised on the CPU, layout-invariantly"),
-    "--init-model-with-meta-device": (SWITCH, "weights are always initialised on the CPU, layout-invariantly"),
+    "--init-model-with-meta-device": (SWITCH, "the model is always built on the meta device here, then only this "
+                                              "rank's pieces are allocated and filled from full tensors drawn on "
+                                              "the CPU"),
     "--distribute-saved-activations": (SWITCH, "a memory optimisation of full recompute not built here"),
     "--distribute-checkpointed-activations": (SWITCH, "a memory optimisation of full recompute not built here"),
     "--deepspeed-activation-checkpointing": (SWITCH, "activation recompute is --recompute-granularity here"),
     # precision: this codebase keeps these in fp32, which is at least as exact
-    "--grad-reduce-in-bf16": (SWITCH, "gradients are reduced in fp32 here (DESIGN.md section 6)"),
+    "--grad-reduce-in-bf16": (SWITCH, "gradients are always reduced in fp32 here"),
     "--accumulate-allreduce-grads-in-fp32": (SWITCH, "gradients are always accumulated and reduced in fp32 here"),
     "--fp16-lm-cross-entropy": (SWITCH, "the cross entropy is always computed in fp32 here"),
     # memory management, profiling and monitoring hooks

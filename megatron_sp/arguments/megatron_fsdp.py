@@ -1,7 +1,7 @@
 """Megatron-FSDP's flags mapped onto this codebase's model-state sharding (distributed/fsdp.py).
 
 Megatron-LM's own FSDP (``--use-megatron-fsdp``) shards by ``--data-parallel-sharding-strategy``;
-each strategy has an equivalent here with the same math (DESIGN: model state sharded over DP x CP):
+each strategy has an equivalent here with the same math (model state sharded over DP x CP):
 
     no_shard            -> plain data parallelism (DDP)
     optim               -> --use-distributed-optimizer (which also shards the gradients: ZeRO-2)
