@@ -81,6 +81,14 @@ def test_rampup_batches_are_exact_against_the_one_rank_run():
     assert two == pytest.approx(one, rel=1e-5)
 
 
+def test_a_checkpoint_is_saved_where_the_batch_size_changes(tmp_path):
+    save = tmp_path / "ck"
+    pretrain(TINY + RAMP + ["--train-iters", "6", "--save", str(save)])
+    # batches 4, 4, 4 | 8, 8 | 12: the count changes before iterations 4 and 6 (as Megatron); the end saves 6
+    assert sorted(p.name for p in save.iterdir() if p.name.startswith("iter_")) == [
+        "iter_0000003", "iter_0000005", "iter_0000006"]
+
+
 def test_resume_in_the_middle_of_a_ramp(tmp_path, capsys):
     save = str(tmp_path / "ck")
     full = pretrain(TINY + RAMP + ["--train-iters", "6"])
@@ -97,6 +105,8 @@ def test_step_schedule_in_tokens_as_megatron():
                                                                    (4800000000 // 2048, 624)]
     with pytest.raises(ValueError, match="the first threshold must be 0"):
         parse_step_schedule("10K:16", 2048)
+    with pytest.raises(ValueError, match="must not decrease"):
+        parse_step_schedule("0:16 10K:8", 2048)
     # seq 16: 64 tokens = 4 samples, 160 tokens = 10 samples
     args = _validate(TINY + ["--step-batch-size-schedule", "0:2 64:4 160:6", "--train-samples", "30"])
     assert args.global_batch_size == 6

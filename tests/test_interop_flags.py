@@ -59,6 +59,11 @@ NOTED_LLAMA = {"--use-mcore-models", "--grad-reduce-in-bf16", "--manual-gc", "--
                "--profile", "--profile-step-start", "--profile-step-end", "--no-mmap-bin-files"}
 
 
+NOTED_FUNCTIONAL = {"--attention-softmax-in-fp32", "--dist-ckpt-strictness", "--log-timers-to-tensorboard",
+                    "--no-gradient-accumulation-fusion", "--timing-log-level", "--transformer-impl",
+                    "--use-mcore-models", "--use-persistent-ckpt-worker"}
+
+
 @pytest.mark.parametrize("script,world,refused,noted", [
     ("gpt3_175b", 128, set(), set()),  # --rampup-batch-size is honoured (tests/test_batch_schedule.py)
     ("llama3_8b_fp8_mock", 1, {"--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo",
@@ -67,6 +72,9 @@ NOTED_LLAMA = {"--use-mcore-models", "--grad-reduce-in-bf16", "--manual-gc", "--
                                "--fp8-param-gather"}, NOTED_LLAMA | {"--vocab-size"}),
     ("deepspeed_llama2", 4, {"--distributed-backend"},
      {"--deepspeed", "--use-rotary-position-embeddings", "--num-key-value-heads"}),
+    # Megatron-LM's own functional tests (issue 22: three checkpoint flags used to stop them)
+    ("functional_cp4_a2a_p2p_pp2", 8, {"--distributed-backend"}, NOTED_FUNCTIONAL),
+    ("functional_tp2_cp2", 4, {"--distributed-backend"}, NOTED_FUNCTIONAL | {"--dist-ckpt-optim-fully-reshardable"}),
 ])
 def test_real_scripts_flags_follow_the_three_way_rule(script, world, refused, noted, ds_config):
     words = script_flags(script, {"DS_CONFIG": ds_config})

@@ -53,6 +53,9 @@ def parse_step_schedule(text: str, seq_length: int) -> list:
                                      f"{seq_length}); make the thresholds strictly increasing")
     if any(bs <= 0 for _, bs in steps):
         raise BatchScheduleError(f"{flag} {text!r}: batch sizes must be positive")
+    if any(b < a for (_, a), (_, b) in zip(steps, steps[1:])):
+        raise BatchScheduleError(f"{flag} {text!r}: the batch size must not decrease (Megatron-LM stops when the "
+                                 "micro-batch count falls); order the batch sizes upwards")
     return steps
 
 

@@ -326,12 +326,18 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
     saved_at = state.iteration if args.load else None
     guard = DivergenceGuard(args, ctx.optimizer.scaler)
     schedule = ctx.batch_schedule or batch_schedule_from_args(args)
+    last_gbs = schedule.global_batch_size(state.consumed_samples)
     batches_source = global_batches(ctx.datasets[0], state.consumed_samples, args.train_iters - state.iteration,
                                     args, mesh, ctx.device, schedule)
     with contextlib.closing(batches_source) as train_batches:  # --num-workers: the workers stop with it
         while state.iteration < args.train_iters:
-            batches = next(train_batches)
             gbs = schedule.global_batch_size(state.consumed_samples)  # this iteration's (a ramp changes it)
+            if gbs != last_gbs and args.save and state.iteration and saved_at != state.iteration \
+                    and not guard.holding:  # as Megatron: a checkpoint where the micro-batch count changes
+                save_checkpoint(ctx)
+                saved_at = state.iteration
+            last_gbs = gbs
+            batches = next(train_batches)
             scale = ctx.optimizer.loss_scale
             stats = train_step(ctx, batches)
             lr = ctx.optimizer.param_groups[0]["lr"]
@@ -354,7 +360,7 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
                 tflops = flops * gbs / args.global_batch_size / elapsed / mesh.world_size / 1e12
                 tokens_per_s = gbs * args.seq_length / elapsed
                 loss = interval["loss"] / interval["advanced"] if interval["advanced"] else None
-                extras = log_extras(ctx)
+                extras = log_extras(ctx, gbs)
                 print_rank_last(log_line(
                     iteration=state.iteration, train_iters=args.train_iters, consumed=state.consumed_samples,
                     elapsed_ms=elapsed * 1e3, lr=lr, global_batch=gbs,
