@@ -330,3 +330,38 @@ def test_megatron_fsdp_trains_as_fsdp2():
     base = TINY + ["--train-iters", "2"]
     assert pretrain(base + ["--use-megatron-fsdp", "--data-parallel-sharding-strategy", "optim_grads_params",
                             "--ckpt-format", "fsdp_dtensor"]) == pretrain(base + ["--use-torch-fsdp2"])
+
+
+def _ds_config(tmp_path, stage, **extra):
+    path = tmp_path / f"ds_{stage}.json"
+    path.write_text(json.dumps({"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1,
+                                "zero_optimization": {"stage": stage}, "fp16": {"enabled": True}, **extra}))
+    return str(path)
+
+
+def test_deepspeed_sequence_parallel_recipe_follows_the_three_way_rule(tmp_path):
+    """Megatron-DeepSpeed's 1.3B 32K recipe: Ulysses CP 4, token lengths, ZeRO stage 1."""
+    words = script_flags("deepspeed_gpt_1p3b_sp_32k", {"DS_CONFIG": _ds_config(tmp_path, 1)})
+    refused, noted, honoured = classify(words, 8)
+    assert refused == set()
+    assert noted == {"--deepspeed", "--no-async-tensor-model-parallel-allreduce", "--use-flash-attn-triton",
+                     "--log-timers-to-tensorboard", "--log-optimizer-states-to-tensorboard", "--no-pipeline-parallel",
+                     "--deepspeed-activation-checkpointing", "--ds-sequence-parallel-size", "--checkpoint-activations",
+                     "--deepspeed_config"}
+    assert {"--train-tokens", "--lr-warmup-tokens", "--lr-decay-tokens"} <= honoured
+    args = _validate(words, 8)
+    assert args.use_distributed_optimizer and (args.context_parallel_size, args.cp_comm_type) == (4, "a2a")
+    assert args.train_iters == -(-300000000000 // 32768 // 2) and args.lr_warmup_steps == 3000000000 / 32768
+
+
+@pytest.mark.parametrize("stage,fsdp2,dist_opt", [(0, False, False), (1, False, True), (2, False, True),
+                                                  (3, True, False)])
+def test_deepspeed_zero_stages_map_onto_the_sharding_here(tmp_path, stage, fsdp2, dist_opt):
+    args = _validate(TINY + ["--train-iters", "1", "--global-batch-size", "2", "--fp16", "--deepspeed",
+                             "--deepspeed_config", _ds_config(tmp_path, stage), "--zero-stage", str(stage)], 2)
+    assert (args.use_torch_fsdp2, args.use_distributed_optimizer) == (fsdp2, dist_opt)
+    assert any(n.startswith(f"--deepspeed_config: ZeRO stage {stage} runs as") for n in args.startup_notes) == (
+        stage > 0)
+    with pytest.raises(ValueError, match=f"--zero-stage {(stage + 1) % 4} disagrees with"):
+        _validate(TINY + ["--train-iters", "1", "--global-batch-size", "2", "--fp16", "--deepspeed_config",
+                          _ds_config(tmp_path, stage), "--zero-stage", str((stage + 1) % 4)], 2)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .megatron_fsdp import apply_zero_stage
 from .types import Range
 from .megatron_flags import (DEPRECATED, NO_EFFECT, REFUSED, REFUSED_FAMILIES,  # noqa: F401 (the tables)
                              SAME_AS_HERE)
@@ -133,9 +134,12 @@ def _check_deepspeed_config(args, path: str) -> None:
             raise ValueError(f"--deepspeed_config {path}: {key} is {value} but {flag} is {mine}; this loop "
                              f"takes batch sizes and precision from the flags, make them agree")
     stage = (cfg.get("zero_optimization") or {}).get("stage", 0)
-    if stage:
-        raise ValueError(f"--deepspeed_config {path}: zero_optimization.stage {stage}: "
-                         f"{REFUSED['--zero-stage'][1]}")
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"--deepspeed_config {path}: zero_optimization.stage {stage} is not a ZeRO stage (0-3)")
+    if args.zero_stage is not None and args.zero_stage != stage:
+        raise ValueError(f"--zero-stage {args.zero_stage} disagrees with --deepspeed_config {path}'s "
+                         f"zero_optimization.stage {stage} (the stage DeepSpeed's engine takes); make them agree")
+    return stage
 
 
 def apply_deprecated(args) -> list:
@@ -199,7 +203,11 @@ def apply_deprecated(args) -> list:
         raise ValueError(f"--data-impl {args.data_impl}: only Megatron's mmap indexed dataset is supported "
                          "(--data-impl mmap)")
     if args.deepspeed_config is not None:
-        _check_deepspeed_config(args, args.deepspeed_config)
+        notes += apply_zero_stage(args, _check_deepspeed_config(args, args.deepspeed_config))
+    elif args.zero_stage:
+        notes.append(f"--zero-stage {args.zero_stage} has no effect here: Megatron-DeepSpeed's engine takes the "
+                     "ZeRO stage from --deepspeed_config, and none is given (sharding here is "
+                     "--use-distributed-optimizer or --use-torch-fsdp2)")
     return notes
 
 

@@ -209,9 +209,6 @@ REFUSED = {
     "--save-retain-interval": (INT, "use --keep-last-n-checkpoints", None),
     "--head-lr-mult": ({"type": float}, "per-head learning-rate multipliers are not supported", None),
     "--freeze-all-layers": (SWITCH, "freezing layers is not supported", None),
-    # DeepSpeed: ZeRO stages above 0 map to other flags here
-    "--zero-stage": (INT, "ZeRO stages above 0 are this codebase's --use-distributed-optimizer (1, 2) or "
-                          "--use-torch-fsdp2 (3)", (0,)),
     # Megatron-LM refuses these itself ("no longer valid")
     "--batch-size": (INT, "no longer valid in Megatron-LM either: use --micro-batch-size", None),
     "--warmup": (INT, "no longer valid in Megatron-LM either: use --lr-warmup-iters or --lr-warmup-fraction", None),
@@ -249,4 +246,6 @@ SAME_AS_HERE = {
     "--deepspeed_config": (VALUE, "once its batch sizes and precision agree with the flags"),
     "--deepspeed-config": ({"dest": "deepspeed_config"}, "once its batch sizes and precision agree "
                                                          "with the flags"),
+    "--zero-stage": (INT, "when it agrees with --deepspeed_config's zero_optimization.stage, which maps onto "
+                          "--use-distributed-optimizer (1, 2) or --use-torch-fsdp2 (3)"),
 }

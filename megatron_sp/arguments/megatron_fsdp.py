@@ -9,8 +9,10 @@ each strategy has an equivalent here with the same math (model state sharded ove
     optim_grads_params  -> --use-torch-fsdp2 (ZeRO-3)
 
 and ``--ckpt-format fsdp_dtensor`` (Megatron-FSDP's DTensor checkpoint on
-torch.distributed.checkpoint) is written as ``torch_dist``, this codebase's DCP format.  Each
-mapping prints one start-up note.  Imports no torch.
+torch.distributed.checkpoint) is written as ``torch_dist``, this codebase's DCP format.
+DeepSpeed's ZeRO stage (``--deepspeed_config``'s zero_optimization.stage) maps the same way:
+1 and 2 -> --use-distributed-optimizer, 3 -> --use-torch-fsdp2.  Each mapping prints one
+start-up note.  Imports no torch.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from .checks import ArgumentError
 
 STRATEGIES = ("no_shard", "optim", "optim_grads", "optim_grads_params")
 _TARGET = {"no_shard": "plain data parallelism (DDP, nothing sharded)",
-           "optim": "--use-distributed-optimizer (fp32 weights and Adam state sharded over DP x CP; the "
-                    "gradients too, which Megatron-FSDP's optim leaves whole: the same math, less memory)",
+           "optim": "--use-distributed-optimizer (fp32 weights and Adam state sharded over DP x CP, and the "
+                    "gradients too, which ZeRO-1 leaves whole: the same math, less memory)",
            "optim_grads": "--use-distributed-optimizer (gradients and fp32 weights and Adam state sharded over "
                           "DP x CP, ZeRO-2)",
            "optim_grads_params": "--use-torch-fsdp2 (weights, gradients and Adam state sharded over DP x CP by "
@@ -56,3 +58,15 @@ def apply_megatron_fsdp(args) -> list:
                      "shards, as Megatron-FSDP's format, keyed by global parameter names and loadable in any "
                      "layout")
     return notes
+
+
+def apply_zero_stage(args, stage: int) -> list:
+    """DeepSpeed's ZeRO ``stage`` (from its config file) as the sharding here; the start-up note."""
+    if stage == 0:
+        return []
+    strategy = {1: "optim", 2: "optim_grads", 3: "optim_grads_params"}[stage]
+    if args.use_torch_fsdp2 and stage != 3:
+        raise ArgumentError(f"--deepspeed_config's ZeRO stage {stage} and --use-torch-fsdp2 ask for different "
+                            "sharding; drop one")
+    args.use_torch_fsdp2, args.use_distributed_optimizer = stage == 3, stage != 3
+    return [f"--deepspeed_config: ZeRO stage {stage} runs as {_TARGET[strategy]}"]
