@@ -60,14 +60,22 @@ NOTED_LLAMA = {"--use-mcore-models", "--grad-reduce-in-bf16", "--manual-gc", "--
                "--profile", "--profile-step-start", "--profile-step-end", "--no-mmap-bin-files"}
 
 
+NOTED_FUNCTIONAL = {"--attention-softmax-in-fp32", "--dist-ckpt-strictness", "--log-timers-to-tensorboard",
+                    "--no-gradient-accumulation-fusion", "--timing-log-level", "--transformer-impl",
+                    "--use-mcore-models", "--use-persistent-ckpt-worker"}
+
+
 @pytest.mark.parametrize("script,world,refused,noted", [
-    ("gpt3_175b", 128, set(), {"--rampup-batch-size"}),
+    ("gpt3_175b", 128, set(), set()),  # --rampup-batch-size is honoured (tests/test_batch_schedule.py)
     ("llama3_8b_fp8_mock", 1, {"--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo",
                                "--fp8-param-gather"}, NOTED_LLAMA | {"--tiktoken-pattern"}),
     ("llama3_8b_fp8_real", 1, {"--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo",
                                "--fp8-param-gather"}, NOTED_LLAMA | {"--vocab-size"}),
     ("deepspeed_llama2", 4, {"--distributed-backend"},
      {"--deepspeed", "--use-rotary-position-embeddings", "--num-key-value-heads"}),
+    # Megatron-LM's own functional tests (issue 22: three checkpoint flags used to stop them)
+    ("functional_cp4_a2a_p2p_pp2", 8, {"--distributed-backend"}, NOTED_FUNCTIONAL),
+    ("functional_tp2_cp2", 4, {"--distributed-backend"}, NOTED_FUNCTIONAL | {"--dist-ckpt-optim-fully-reshardable"}),
 ])
 def test_real_scripts_flags_follow_the_three_way_rule(script, world, refused, noted, ds_config):
     words = script_flags(script, {"DS_CONFIG": ds_config})
@@ -266,3 +274,95 @@ def test_logging_switches(capsys):
     w.tb = Recorder()
     w.scalars(1, {"lm loss": 1.0, "learning-rate": 1e-3, "loss-scale": 1.0, "validation lm loss PPL": 2.0})
     assert w.tb.names == ["lm loss"]  # PPL only with --log-validation-ppl-to-tensorboard, as Megatron
+
+
+# --- issue 22: real flags, refusal order, Megatron-FSDP --------------------------------------------
+SEVEN = ["--dist-ckpt-strictness", "log_all", "--use-persistent-ckpt-worker", "--dist-ckpt-optim-fully-reshardable",
+         "--auto-detect-ckpt-format", "--disable-bf16-reduced-precision-matmul",
+         "--log-optimizer-states-to-tensorboard", "--export-force-local-attention"]
+
+
+def test_real_checkpoint_and_logging_flags_are_accepted():
+    args = _validate(TINY + ["--train-iters", "1", "--bf16"] + SEVEN)
+    noted = _note_flags(args)
+    assert noted == {"--dist-ckpt-strictness", "--use-persistent-ckpt-worker", "--dist-ckpt-optim-fully-reshardable",
+                     "--log-optimizer-states-to-tensorboard", "--export-force-local-attention"}
+    assert args.auto_detect_ckpt_format and args.disable_bf16_reduced_precision_matmul  # honoured: no note
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = True
+    try:
+        pretrain(TINY + ["--train-iters", "1", "--bf16", "--disable-bf16-reduced-precision-matmul"])
+        assert torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction is False
+    finally:
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = True
+
+
+@pytest.mark.parametrize("script,first", [
+    ("gpt_oss_20b_mock", "--num-experts 4: mixture of experts is not supported"),
+    ("megatron_fsdp_llama3_8b_fp8", "--fp8-format: fp8 training is not supported"),
+])
+def test_moe_and_fp8_scripts_are_refused_for_that_first(script, first):
+    with pytest.raises(ValueError) as e:
+        _validate(script_flags(script), 8)
+    assert str(e.value).startswith(first)
+
+
+def test_megatron_fsdp_script_without_fp8_maps_onto_fsdp2_and_dcp():
+    words = flatten([g for g in groups(script_flags("megatron_fsdp_llama3_8b_fp8")) if not g[0].startswith("--fp8")])
+    args = _validate(words, 8)
+    assert args.use_torch_fsdp2 and not args.use_distributed_optimizer and args.ckpt_format == "torch_dist"
+    notes = "\n".join(args.startup_notes)
+    assert "--use-megatron-fsdp --data-parallel-sharding-strategy optim_grads_params runs as --use-torch-fsdp2" in notes
+    assert "--ckpt-format fsdp_dtensor is written as torch_dist" in notes
+    assert {"--fsdp-double-buffer", "--fsdp-manual-registration"} <= _note_flags(args)
+
+
+@pytest.mark.parametrize("strategy,fsdp2,dist_opt", [("no_shard", False, False), ("optim", False, True),
+                                                     ("optim_grads", False, True),
+                                                     ("optim_grads_params", True, False)])
+def test_megatron_fsdp_strategies_map_onto_the_sharding_here(strategy, fsdp2, dist_opt):
+    args = _validate(TINY + ["--train-iters", "1", "--use-megatron-fsdp", "--data-parallel-sharding-strategy",
+                             strategy], 2)
+    assert (args.use_torch_fsdp2, args.use_distributed_optimizer) == (fsdp2, dist_opt)
+    assert any(n.startswith(f"--use-megatron-fsdp --data-parallel-sharding-strategy {strategy} runs as")
+               for n in args.startup_notes)
+
+
+def test_megatron_fsdp_trains_as_fsdp2():
+    base = TINY + ["--train-iters", "2"]
+    assert pretrain(base + ["--use-megatron-fsdp", "--data-parallel-sharding-strategy", "optim_grads_params",
+                            "--ckpt-format", "fsdp_dtensor"]) == pretrain(base + ["--use-torch-fsdp2"])
+
+
+def _ds_config(tmp_path, stage, **extra):
+    path = tmp_path / f"ds_{stage}.json"
+    path.write_text(json.dumps({"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1,
+                                "zero_optimization": {"stage": stage}, "fp16": {"enabled": True}, **extra}))
+    return str(path)
+
+
+def test_deepspeed_sequence_parallel_recipe_follows_the_three_way_rule(tmp_path):
+    """Megatron-DeepSpeed's 1.3B 32K recipe: Ulysses CP 4, token lengths, ZeRO stage 1."""
+    words = script_flags("deepspeed_gpt_1p3b_sp_32k", {"DS_CONFIG": _ds_config(tmp_path, 1)})
+    refused, noted, honoured = classify(words, 8)
+    assert refused == set()
+    assert noted == {"--deepspeed", "--no-async-tensor-model-parallel-allreduce", "--use-flash-attn-triton",
+                     "--log-timers-to-tensorboard", "--log-optimizer-states-to-tensorboard", "--no-pipeline-parallel",
+                     "--deepspeed-activation-checkpointing", "--ds-sequence-parallel-size", "--checkpoint-activations",
+                     "--deepspeed_config"}
+    assert {"--train-tokens", "--lr-warmup-tokens", "--lr-decay-tokens"} <= honoured
+    args = _validate(words, 8)
+    assert args.use_distributed_optimizer and (args.context_parallel_size, args.cp_comm_type) == (4, "a2a")
+    assert args.train_iters == -(-300000000000 // 32768 // 2) and args.lr_warmup_steps == 3000000000 / 32768
+
+
+@pytest.mark.parametrize("stage,fsdp2,dist_opt", [(0, False, False), (1, False, True), (2, False, True),
+                                                  (3, True, False)])
+def test_deepspeed_zero_stages_map_onto_the_sharding_here(tmp_path, stage, fsdp2, dist_opt):
+    args = _validate(TINY + ["--train-iters", "1", "--global-batch-size", "2", "--fp16", "--deepspeed",
+                             "--deepspeed_config", _ds_config(tmp_path, stage), "--zero-stage", str(stage)], 2)
+    assert (args.use_torch_fsdp2, args.use_distributed_optimizer) == (fsdp2, dist_opt)
+    assert any(n.startswith(f"--deepspeed_config: ZeRO stage {stage} runs as") for n in args.startup_notes) == (
+        stage > 0)
+    with pytest.raises(ValueError, match=f"--zero-stage {(stage + 1) % 4} disagrees with"):
+        _validate(TINY + ["--train-iters", "1", "--global-batch-size", "2", "--fp16", "--deepspeed_config",
+                          _ds_config(tmp_path, stage), "--zero-stage", str((stage + 1) % 4)], 2)

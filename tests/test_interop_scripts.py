@@ -60,11 +60,14 @@ def test_gpt3_175b_script_runs(corpus, tmp_path, capfd):
     words = script_flags("gpt3_175b", {"DATA": data, "VOCAB": vocab, "MERGES": merges,
                                        "CKPT": str(tmp_path / "ck"), "TB": str(tmp_path / "tb")})
     argv = _cpu(words, tmp_path, num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64,
-                max_position_embeddings=64, global_batch_size=4, train_iters=3, lr_decay_iters=3,
-                tensor_model_parallel_size=2, pipeline_model_parallel_size=1, log_interval=1, eval_iters=1)
+                max_position_embeddings=64, global_batch_size=4, rampup_batch_size=[2, 2, 4], train_iters=3,
+                lr_decay_iters=3, tensor_model_parallel_size=2, pipeline_model_parallel_size=1, log_interval=1,
+                eval_iters=1)
     losses = run_distributed(_run, 2, argv)[0]  # two ranks, as torchrun starts them (tests/test_pretrain_cli.py)
     out = capfd.readouterr().out
-    assert len(losses) == 3 and "> note: --rampup-batch-size 16 16 5859375 has no effect" in out
+    assert len(losses) == 3 and "at the end of a ramp-up from 2 by 2 every 4 samples to 4" in out
+    assert [ln.split("global batch size:")[1].split("|")[0].strip() for ln in out.splitlines()
+            if ln.startswith(" iteration")] == ["2", "2", "4"]  # the ramp, in consumed samples 0, 2, 4
     assert "validation loss at iteration 3 on test set" in out
     assert os.path.isdir(tmp_path / "ck" / "iter_0000003")
 

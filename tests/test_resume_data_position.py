@@ -25,8 +25,8 @@ def _recording(monkeypatch):
     """Record (start sample, tokens) of every training batch the loop takes."""
     seen = []
 
-    def spy(dataset, start, count, args, mesh, device):
-        for i, batches in enumerate(global_batches(dataset, start, count, args, mesh, device)):
+    def spy(dataset, start, count, args, mesh, device, schedule=None):
+        for i, batches in enumerate(global_batches(dataset, start, count, args, mesh, device, schedule)):
             seen.append((start + i * args.global_batch_size, torch.cat([b["tokens"] for b in batches])))
             yield batches
 

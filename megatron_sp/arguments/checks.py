@@ -26,6 +26,9 @@ def check_schedule(args) -> None:
               "rate while it decays; lower --min-lr")
     if args.lr_decay_style == "constant" or not args.lr_warmup_steps:
         return
+    if args.lr_warmup_steps >= args.lr_decay_steps and getattr(args, "lr_decay_tokens", None) is not None:
+        _fail(f"the warmup ({args.lr_warmup_steps * args.seq_length:g} tokens) must be shorter than --lr-decay-tokens "
+              f"{args.lr_decay_tokens}: nothing is left to decay; lower the warmup or raise --lr-decay-tokens")
     if args.lr_warmup_steps >= args.lr_decay_steps:
         unit = "samples" if args.train_samples is not None else "iters"
         decay_flag = f"--lr-decay-{unit}"

@@ -27,6 +27,7 @@ import argparse
 import json
 
 from ..sequence_parallel.config import ULYSSES
+from .megatron_fsdp import apply_zero_stage
 from .types import Range
 from .megatron_flags import (DEPRECATED, NO_EFFECT, REFUSED, REFUSED_FAMILIES,  # noqa: F401 (the tables)
                              SAME_AS_HERE)
@@ -134,9 +135,12 @@ def _check_deepspeed_config(args, path: str) -> None:
             raise ValueError(f"--deepspeed_config {path}: {key} is {value} but {flag} is {mine}; this loop "
                              f"takes batch sizes and precision from the flags, make them agree")
     stage = (cfg.get("zero_optimization") or {}).get("stage", 0)
-    if stage:
-        raise ValueError(f"--deepspeed_config {path}: zero_optimization.stage {stage}: "
-                         f"{REFUSED['--zero-stage'][1]}")
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"--deepspeed_config {path}: zero_optimization.stage {stage} is not a ZeRO stage (0-3)")
+    if args.zero_stage is not None and args.zero_stage != stage:
+        raise ValueError(f"--zero-stage {args.zero_stage} disagrees with --deepspeed_config {path}'s "
+                         f"zero_optimization.stage {stage} (the stage DeepSpeed's engine takes); make them agree")
+    return stage
 
 
 def apply_deprecated(args) -> list:
@@ -200,7 +204,11 @@ def apply_deprecated(args) -> list:
         raise ValueError(f"--data-impl {args.data_impl}: only Megatron's mmap indexed dataset is supported "
                          "(--data-impl mmap)")
     if args.deepspeed_config is not None:
-        _check_deepspeed_config(args, args.deepspeed_config)
+        notes += apply_zero_stage(args, _check_deepspeed_config(args, args.deepspeed_config))
+    elif args.zero_stage:
+        notes.append(f"--zero-stage {args.zero_stage} has no effect here: Megatron-DeepSpeed's engine takes the "
+                     "ZeRO stage from --deepspeed_config, and none is given (sharding here is "
+                     "--use-distributed-optimizer or --use-torch-fsdp2)")
     return notes
 
 
@@ -210,6 +218,35 @@ def apply_megatron_compat(args) -> list:
     if reason:
         raise ValueError(reason)
     return apply_deprecated(args) + no_effect_notes(args)
+
+
+# What kind of model a script trains decides first: an MoE or fp8 script is refused for that,
+# before any other flag (an unknown one, a value out of range) is looked at.
+MODEL_KIND_FAMILIES = ("--moe-", "--fp8", "--fp4")
+MODEL_KIND_FLAGS = ("--num-experts", "--expert-model-parallel-size", "--expert-tensor-parallel-size")
+
+
+def model_kind_refusal(argv) -> str | None:
+    """The one-line reason a command line trains a model kind that is not built (MoE, fp8, fp4):
+    its first such flag, in command-line order; None when there is none."""
+    words = list(argv)
+    for i, word in enumerate(words):
+        flag, _, inline = word.partition("=")
+        if not flag.startswith("--"):
+            continue
+        for prefix in MODEL_KIND_FAMILIES:
+            if flag.startswith(prefix):
+                return f"{flag}: {REFUSED_FAMILIES[prefix]}"
+        if flag in MODEL_KIND_FLAGS:
+            value = inline or (words[i + 1] if i + 1 < len(words) else "")
+            try:
+                number = int(value)
+            except ValueError:
+                continue  # argparse names the bad value
+            _, reason, harmless = REFUSED[flag]
+            if number not in harmless:
+                return f"{flag} {number}: {reason}"
+    return None
 
 
 def unknown_flag_message(flag: str) -> str:

@@ -15,15 +15,16 @@ MANY = {"nargs": "*"}
 NO_EFFECT = {
     # Megatron-LM itself ignores these now
     "--use-mcore-models": (SWITCH, "Megatron-LM ignores it too (megatron-core models are its only models)"),
-    "--rampup-batch-size": ({"nargs": 3}, "Megatron-LM ignores it too (deprecated; the global batch is constant)"),
     # kernel and fusion choices: this codebase picks kernels by device and dtype
     "--use-legacy-models": (SWITCH, "there is one model implementation here"),
     "--transformer-impl": (VALUE, "there is one transformer implementation here; kernels are chosen by device"),
     "--use-flash-attn": (SWITCH, "the flash kernel is chosen by device (see the '> attention:' start-up line)"),
     "--use-flash-attn-v2": (SWITCH, "the flash kernel is chosen by device (see the '> attention:' start-up line)"),
     "--use-flash-attn-triton": (SWITCH, "the flash kernel is chosen by device"),
-    "--no-masked-softmax-fusion": (SWITCH, "softmax runs inside the attention kernel, always in fp32"),
-    "--masked-softmax-fusion": (SWITCH, "softmax runs inside the attention kernel, always in fp32"),
+    "--no-masked-softmax-fusion": (SWITCH, "there is no fused scale-mask-softmax kernel here: the attention "
+                                           "backend computes the softmax, in fp32"),
+    "--masked-softmax-fusion": (SWITCH, "there is no fused scale-mask-softmax kernel here: the attention "
+                                        "backend computes the softmax, in fp32"),
     "--attention-softmax-in-fp32": (SWITCH, "softmax always runs in fp32 here"),
     "--apply-query-key-layer-scaling": (SWITCH, "it only rescales fp16 scores around an fp32 softmax, which "
                                                 "the attention kernels here always use"),
@@ -41,6 +42,10 @@ NO_EFFECT = {
     "--overlap-p2p-communication": (SWITCH, "stage-to-stage sends are torch.distributed.pipelining's own"),
     "--defer-embedding-wgrad-compute": (SWITCH, "an overlap optimisation of pipeline parallelism"),
     "--use-nccl-ub": (SWITCH, "an NCCL buffer-registration optimisation"),
+    "--fsdp-double-buffer": (SWITCH, "Megatron-FSDP keeps persistent double buffers for its gathers and reductions "
+                                     "(for NCCL buffer registration); torch FSDP2 here manages its own buffers"),
+    "--fsdp-manual-registration": (SWITCH, "Megatron-FSDP registers its communication buffers with NCCL in few "
+                                           "calls (with --use-nccl-ub); no NCCL buffer registration here"),
     "--enable-cuda-graph": (SWITCH, "CUDA graphs are not used here"),
     "--external-cuda-graph": (SWITCH, "CUDA graphs are not used here"),
     "--cuda-graph-impl": (VALUE, "CUDA graphs are not used here"),
@@ -48,12 +53,14 @@ NO_EFFECT = {
     "--use-te-rng-tracker": (SWITCH, "the RNG tracker here is torch's"),
     "--te-rng-tracker": (SWITCH, "the RNG tracker here is torch's"),
     "--use-cpu-initialization": (SWITCH, "weights are always initialised on the CPU, layout-invariantly"),
-    "--init-model-with-meta-device": (SWITCH, "weights are always initialised on the CPU, layout-invariantly"),
+    "--init-model-with-meta-device": (SWITCH, "the model is always built on the meta device here, then only this "
+                                              "rank's pieces are allocated and filled from full tensors drawn on "
+                                              "the CPU"),
     "--distribute-saved-activations": (SWITCH, "a memory optimisation of full recompute not built here"),
     "--distribute-checkpointed-activations": (SWITCH, "a memory optimisation of full recompute not built here"),
     "--deepspeed-activation-checkpointing": (SWITCH, "activation recompute is --recompute-granularity here"),
     # precision: this codebase keeps these in fp32, which is at least as exact
-    "--grad-reduce-in-bf16": (SWITCH, "gradients are reduced in fp32 here"),
+    "--grad-reduce-in-bf16": (SWITCH, "gradients are always reduced in fp32 here"),
     "--accumulate-allreduce-grads-in-fp32": (SWITCH, "gradients are always accumulated and reduced in fp32 here"),
     "--fp16-lm-cross-entropy": (SWITCH, "the cross entropy is always computed in fp32 here"),
     # memory management, profiling and monitoring hooks
@@ -104,6 +111,22 @@ NO_EFFECT = {
     "--mmap-warmup": (SWITCH, ".bin files are memory-mapped on demand"),
     "--trust-remote-code": (SWITCH, "tokenizers here never run remote code"),
     # checkpoint tuning of other formats; saving policy here is fixed
+    "--dist-ckpt-strictness": (VALUE, "Megatron's rule for a torch_dist load whose keys differ from the model's; a "
+                                      "load here fills every tensor the model has by its global name, stops on a "
+                                      "missing one and leaves extra ones in the checkpoint unread, whatever the value"),
+    "--use-persistent-ckpt-worker": (SWITCH, "Megatron keeps one background process for all --async-save writes "
+                                             "instead of one per save; here --async-save writes with "
+                                             "torch.distributed.checkpoint's async save, and what is saved is the "
+                                             "same either way"),
+    "--dist-ckpt-optim-fully-reshardable": (SWITCH, "Megatron then saves the distributed optimizer's state so it "
+                                                    "loads at another TP/PP size, not only another DP size; here every "
+                                                    "checkpoint's optimizer state is keyed by global parameter names "
+                                                    "and shapes and loads into any TP/CP/PP/DP layout already"),
+    "--log-optimizer-states-to-tensorboard": (SWITCH, "Megatron-DeepSpeed writes norms of the Adam moments and "
+                                                      "weights to TensorBoard; those scalars are not written here"),
+    "--export-force-local-attention": (SWITCH, "Megatron reads it only when building a ModelOpt (post-training) "
+                                               "model, to use its local attention instead of Transformer Engine's; "
+                                               "this codebase has one attention implementation and no ModelOpt"),
     "--no-save-optim": (SWITCH, "checkpoints always hold the optimizer state here (load with --no-load-optim)"),
     "--no-save-rng": (SWITCH, "checkpoints always hold the RNG state here (load with --no-load-rng)"),
     # DeepSpeed engine (Megatron-DeepSpeed scripts): the native loop trains the same model
@@ -130,8 +153,10 @@ REFUSED_FAMILIES = {
     "--rl-": "reinforcement learning is not supported",
     "--grpo-": "reinforcement learning is not supported",
     "--inference-": "inference-engine options do not apply to pretraining",
-    "--megatron-fsdp-": "Megatron-FSDP is not built (FSDP here is torch FSDP2)",
-    "--fsdp-": "Megatron-FSDP is not built (FSDP here is torch FSDP2)",
+    "--megatron-fsdp-": "this Megatron-FSDP option has no equivalent here (--use-megatron-fsdp runs on torch FSDP2 "
+                        "or the distributed optimizer)",
+    "--fsdp-": "this Megatron-FSDP option has no equivalent here (--use-megatron-fsdp runs on torch FSDP2 or the "
+               "distributed optimizer)",
     "--vision-": "vision models are not supported",
     "--non-persistent-": "non-persistent checkpoints are not supported",
 }
@@ -160,19 +185,12 @@ REFUSED = {
     "--spec": (MANY, "custom layer specs are not supported", None),
     "--yaml-cfg": (VALUE, "YAML configurations are not supported; pass flags", None),
     "--use-precision-aware-optimizer": (SWITCH, "the optimizer state is always fp32 here", None),
-    "--use-megatron-fsdp": (SWITCH, "Megatron-FSDP is not built (FSDP here is torch FSDP2)", None),
-    "--data-parallel-sharding-strategy": (VALUE, "Megatron-FSDP is not built (FSDP here is torch FSDP2)", None),
     "--recompute-modules": (MANY, "selective recompute here recomputes core attention only "
                                   "(--recompute-modules core_attn)", (["core_attn"],)),
     "--reset-position-ids": (SWITCH, "per-document position ids are not supported", None),
     "--reset-attention-mask": (SWITCH, "per-document attention masks are not supported", None),
-    "--train-data-path": (MANY, "per-split data paths are not supported; use --data-path with --split", None),
-    "--valid-data-path": (MANY, "per-split data paths are not supported; use --data-path with --split", None),
-    "--test-data-path": (MANY, "per-split data paths are not supported; use --data-path with --split", None),
     "--data-args-path": (VALUE, "data-path files are not supported; use --data-path", None),
     "--per-split-data-args-path": (VALUE, "data-path files are not supported; use --data-path", None),
-    "--multiple-validation-sets": (SWITCH, "several validation sets are not supported", None),
-    "--full-validation": (SWITCH, "full-set validation is not supported; use --eval-iters", None),
     "--skip-train": (SWITCH, "evaluation-only runs are not supported", None),
     "--dataloader-type": (VALUE, "only the single-pass data order is supported", ("single",)),
     "--sft": (SWITCH, "supervised fine-tuning datasets are not supported", None),
@@ -181,7 +199,6 @@ REFUSED = {
     "--start-weight-decay": ({"type": float}, "weight-decay schedules are not supported", None),
     "--end-weight-decay": ({"type": float}, "weight-decay schedules are not supported", None),
     "--weight-decay-incr-style": (VALUE, "weight-decay schedules are not supported", ("constant",)),
-    "--step-batch-size-schedule": (VALUE, "batch-size schedules are not supported", None),
     "--decrease-batch-size-if-needed": (SWITCH, "the global batch must divide exactly here", None),
     "--init-method-xavier-uniform": (SWITCH, "Xavier initialisation is not supported", None),
     "--data-parallel-random-init": (SWITCH, "initialisation is the same on every rank here by design", None),
@@ -190,14 +207,8 @@ REFUSED = {
     "--use-mp-args-from-checkpoint-args": (SWITCH, "the parallel layout always comes from the flags here "
                                                    "(any checkpoint loads into any layout)", None),
     "--save-retain-interval": (INT, "use --keep-last-n-checkpoints", None),
-    "--train-tokens": (INT, "token-based training lengths are not supported; use --train-samples", None),
-    "--lr-decay-tokens": (INT, "token-based schedules are not supported; use --lr-decay-samples", None),
-    "--lr-warmup-tokens": (INT, "token-based schedules are not supported; use --lr-warmup-samples", None),
     "--head-lr-mult": ({"type": float}, "per-head learning-rate multipliers are not supported", None),
     "--freeze-all-layers": (SWITCH, "freezing layers is not supported", None),
-    # DeepSpeed: ZeRO stages above 0 map to other flags here
-    "--zero-stage": (INT, "ZeRO stages above 0 are this codebase's --use-distributed-optimizer (1, 2) or "
-                          "--use-torch-fsdp2 (3)", (0,)),
     # Megatron-LM refuses these itself ("no longer valid")
     "--batch-size": (INT, "no longer valid in Megatron-LM either: use --micro-batch-size", None),
     "--warmup": (INT, "no longer valid in Megatron-LM either: use --lr-warmup-iters or --lr-warmup-fraction", None),
@@ -228,9 +239,13 @@ SAME_AS_HERE = {
     "--no-query-key-layer-scaling": (SWITCH, "query-key layer scaling is off here, as in Megatron-LM"),
     "--no-create-attention-mask-in-dataloader": (SWITCH, "no mask is ever created here"),
     "--log-throughput": (SWITCH, "the log line always carries throughput"),
+    "--auto-detect-ckpt-format": (SWITCH, "a load always reads the format (torch_dist or torch) from the "
+                                          "checkpoint's metadata"),
     "--local-rank": ({"type": int, "dest": "compat_local_rank"}, "torchrun's LOCAL_RANK is used"),
     "--local_rank": ({"type": int, "dest": "compat_local_rank"}, "torchrun's LOCAL_RANK is used"),
     "--deepspeed_config": (VALUE, "once its batch sizes and precision agree with the flags"),
     "--deepspeed-config": ({"dest": "deepspeed_config"}, "once its batch sizes and precision agree "
                                                          "with the flags"),
+    "--zero-stage": (INT, "when it agrees with --deepspeed_config's zero_optimization.stage, which maps onto "
+                          "--use-distributed-optimizer (1, 2) or --use-torch-fsdp2 (3)"),
 }

@@ -13,6 +13,7 @@ from ..pipeline_parallel.schedule_rules import SCHEDULES
 from ..sequence_parallel.config import ATTENTION_BACKENDS, CP_COMM_TYPES, RING
 from . import megatron_compat
 from .checks import ArgumentError
+from .megatron_fsdp import STRATEGIES
 from .megatron_compat import normalization_type, position_embedding_type
 from .tokenizer_flags import add_tokenizer_arguments
 from .types import (FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, SEED,
@@ -84,6 +85,12 @@ def _parallel(p):
     g.add_argument("--use-distributed-optimizer", action="store_true",
                    help="ZeRO-2 (Megatron's distributed optimizer) on FSDP2: fp32 master weights, gradients "
                         "and Adam state sharded over DP x CP, compute weights gathered once per step")
+    g.add_argument("--use-megatron-fsdp", action="store_true",
+                   help="Megatron-FSDP: runs as the sharding below that --data-parallel-sharding-strategy "
+                        "names (arguments/megatron_fsdp.py)")
+    g.add_argument("--data-parallel-sharding-strategy", choices=list(STRATEGIES), default=None,
+                   help="with --use-megatron-fsdp: no_shard (DDP), optim / optim_grads "
+                        "(--use-distributed-optimizer), optim_grads_params (--use-torch-fsdp2)")
     g.add_argument("--optimizer-cpu-offload", action="store_true",
                    help="keep the sharded fp32 weights, gradients and Adam state in host memory")
     g.add_argument("--overlap-grad-reduce", action="store_true",
@@ -113,6 +120,14 @@ def _training(p):
     g.add_argument("--global-batch-size", type=POSITIVE_INT, default=None)
     g.add_argument("--train-iters", type=NON_NEGATIVE_INT, default=None)
     g.add_argument("--train-samples", type=NON_NEGATIVE_INT, default=None)
+    g.add_argument("--rampup-batch-size", type=POSITIVE_INT, nargs=3, default=None,
+                   metavar=("START", "INCR", "SAMPLES"),
+                   help="the global batch grows from START by INCR over SAMPLES consumed samples to "
+                        "--global-batch-size (Megatron-LM's ramp-up; arguments/batch_schedule.py)")
+    g.add_argument("--step-batch-size-schedule", default=None, metavar="'TOKENS:BATCH ...'",
+                   help="global batch by consumed tokens, e.g. '0:16 2.4B:320 4.8B:624' (Megatron-LM)")
+    g.add_argument("--train-tokens", type=POSITIVE_INT, default=None,
+                   help="also stop once this many tokens are consumed (Megatron-DeepSpeed)")
     g.add_argument("--seed", type=SEED, default=1234)
     g.add_argument("--optimizer", choices=["adam"], default="adam")
     g.add_argument("--lr", type=NON_NEGATIVE, required=True)
@@ -128,6 +143,9 @@ def _training(p):
     g.add_argument("--adam-eps", type=POSITIVE, default=1e-8)
     g.add_argument("--clip-grad", type=NON_NEGATIVE, default=1.0)
     g.add_argument("--bf16", action="store_true")
+    g.add_argument("--disable-bf16-reduced-precision-matmul", action="store_true",
+                   help="with --bf16: CUDA bf16 matmuls accumulate without reduced-precision reductions "
+                        "(torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False), as Megatron")
     g.add_argument("--fp16", action="store_true")
     g.add_argument("--loss-scale", type=POSITIVE, default=None, help="static loss scale (fp16); default dynamic")
     g.add_argument("--initial-loss-scale", type=POSITIVE, default=2.0 ** 16,
@@ -149,6 +167,15 @@ def _data(p):
     g = p.add_argument_group("data and tokenizer")
     g.add_argument("--data-path", nargs="*", default=None)
     g.add_argument("--split", default="969,30,1")
+    for split in ("train", "valid", "test"):
+        g.add_argument(f"--{split}-data-path", nargs="*", default=None,
+                       help=f"the {split} split's own blend (as --data-path; every document of its prefixes, "
+                            "no --split)")
+    g.add_argument("--multiple-validation-sets", action="store_true",
+                   help="each --valid-data-path prefix is evaluated on its own ('validation-0 loss', ...); "
+                        "needs --full-validation, as Megatron-LM")
+    g.add_argument("--full-validation", action="store_true",
+                   help="each evaluation runs the whole --valid-data-path set (one epoch, whole global batches)")
     g.add_argument("--mock-data", action="store_true")
     g.add_argument("--data-cache-path", default=None)
     g.add_argument("--eod-mask-loss", action="store_true")
@@ -165,9 +192,10 @@ def _checkpoint_and_logging(p):
     g.add_argument("--no-load-rng", action="store_true")
     g.add_argument("--finetune", action="store_true")
     g.add_argument("--keep-last-n-checkpoints", type=POSITIVE_INT, default=None)
-    g.add_argument("--ckpt-format", choices=["torch_dist", "torch"], default="torch_dist",
+    g.add_argument("--ckpt-format", choices=["torch_dist", "torch", "fsdp_dtensor"], default="torch_dist",
                    help="torch_dist: every rank writes its shards (torch.distributed.checkpoint), loadable "
-                        "in any layout; torch: one file gathered on rank 0 (the older format)")
+                        "in any layout; torch: one file gathered on rank 0 (the older format); fsdp_dtensor "
+                        "(Megatron-FSDP's): written as torch_dist")
     g.add_argument("--async-save", action="store_true",
                    help="torch_dist only: write checkpoints in the background while training continues")
     g = p.add_argument_group("logging")
@@ -200,6 +228,10 @@ def _megatron_interop(p):
     g = p.add_argument_group("learning rate (Megatron-LM interop)")
     g.add_argument("--lr-warmup-samples", type=NON_NEGATIVE_INT, default=0)
     g.add_argument("--lr-decay-samples", type=POSITIVE_INT, default=None)
+    g.add_argument("--lr-warmup-tokens", type=NON_NEGATIVE_INT, default=None,
+                   help="warmup length in tokens (Megatron-DeepSpeed): overrides the iteration/sample warmup")
+    g.add_argument("--lr-decay-tokens", type=POSITIVE_INT, default=None,
+                   help="decay length in tokens (Megatron-DeepSpeed): overrides the iteration/sample decay")
     g.add_argument("--lr-warmup-init", type=NON_NEGATIVE, default=0.0, help="the learning rate warmup starts from")
     g.add_argument("--decoupled-lr", type=NON_NEGATIVE, default=None,
                    help="learning rate of the embedding and output layer (same schedule shape)")
@@ -242,6 +274,9 @@ class MegatronArgumentParser(ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         argv = list(sys.argv[1:] if args is None else args)
+        model_kind = megatron_compat.model_kind_refusal(argv)  # MoE / fp8 first, before any other error
+        if model_kind:
+            raise ArgumentError(model_kind)
         parsed, extras = self.parse_known_args(argv, namespace)
         if extras:
             flags = [e for e in extras if e.startswith("-")]

@@ -13,7 +13,9 @@ from ..sequence_parallel.config import HIERARCHICAL_MODES, cp_sizes
 from . import megatron_compat
 from .checkpoint_args import apply_checkpoint_args
 from .checks import ArgumentError, check_combinations
+from .megatron_fsdp import apply_megatron_fsdp
 from .parser import build_parser
+from .batch_schedule import BatchScheduleError, check_batch_schedule
 
 
 def _fail(msg):
@@ -53,23 +55,25 @@ def validate_args(args, world_size: int, on_this_machine: bool = True):
               f"{args.seq_length}")
     if args.bf16 and args.fp16:
         _fail("--bf16 and --fp16 are exclusive: pick one")
-    if args.global_batch_size is None:
-        args.global_batch_size = args.micro_batch_size * args.data_parallel_size
-    per_step = args.micro_batch_size * args.data_parallel_size
-    if args.global_batch_size % per_step:
-        _fail(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
-              f"{args.micro_batch_size} x data-parallel size {args.data_parallel_size} = {per_step}")
-    args.num_micro_batches = args.global_batch_size // per_step
+    try:  # the batch-size schedule (constant, ramp-up or step); args.global_batch_size is its target
+        schedule = check_batch_schedule(args)
+    except BatchScheduleError as exc:
+        _fail(str(exc))
+    args.num_micro_batches = args.global_batch_size // schedule.per_micro  # at the target batch size
     pipeline_layout(args)  # the pipeline split and schedule (raises PipelineLayoutError, a ValueError)
+    if schedule.kind != "constant" and args.pipeline_model_parallel_size > 1:
+        _check_pipeline_counts(args, schedule)
     if (args.train_iters is None) == (args.train_samples is None):
         _fail("give exactly one of --train-iters and --train-samples")
     if args.train_iters is None:  # as Megatron: whole global batches
-        args.train_iters = args.train_samples // args.global_batch_size
+        args.train_iters = schedule.iterations_for_samples(args.train_samples)
         if args.train_iters < 1:
             _fail(f"--train-samples {args.train_samples} is less than one --global-batch-size "
-                  f"{args.global_batch_size}")
-    if args.mock_data == bool(args.data_path):
-        _fail("give exactly one of --mock-data and --data-path")
+                  f"{schedule.global_batch_size(0)}")
+    if args.train_tokens is not None:  # Megatron-DeepSpeed: stop at whichever comes first
+        args.train_iters = min(args.train_iters, schedule.iterations_to_reach(-(-args.train_tokens //
+                                                                                args.seq_length)))
+    _data_source(args)
     if args.tokenizer_type == "NullTokenizer" and args.vocab_size is None:
         _fail("--tokenizer-type NullTokenizer needs --vocab-size")
     if args.recompute_activations:
@@ -92,6 +96,7 @@ def _megatron_prelude(args) -> None:
     for the start-up summary (args.startup_notes)."""
     notes = apply_checkpoint_args(args)
     notes += megatron_compat.apply_megatron_compat(args)
+    notes += apply_megatron_fsdp(args)
     args.tokenizer_type = resolve_tokenizer_type(args.tokenizer_type, args.vocab_file)
     notes += unused_tokenizer_flags(args)
     for flag in ("num_layers", "hidden_size", "num_attention_heads", "seq_length"):
@@ -100,6 +105,54 @@ def _megatron_prelude(args) -> None:
     if not 0.0 < args.rotary_percent <= 1.0:
         _fail(f"--rotary-percent {args.rotary_percent} must be in (0, 1]")
     args.startup_notes = notes
+
+
+def _data_source(args) -> None:
+    """Exactly one of --mock-data, --data-path and the per-split paths (Megatron-LM would take
+    --data-path and silently ignore per-split paths given beside it)."""
+    per_split = [f"--{s}-data-path" for s in ("train", "valid", "test") if getattr(args, f"{s}_data_path")]
+    given = [f for f, on in (("--mock-data", args.mock_data), ("--data-path", bool(args.data_path))) if on]
+    if per_split:
+        given.append(" / ".join(per_split))
+    if len(given) != 1:
+        _fail("give exactly one of --mock-data, --data-path and the per-split paths (--train-data-path ...)"
+              + (f"; got {' and '.join(given)}" if given else ""))
+    if per_split and not args.train_data_path:
+        _fail(f"{per_split[0]} without --train-data-path: the per-split paths need a train blend")
+    if args.multiple_validation_sets:
+        if not args.valid_data_path:
+            _fail("--multiple-validation-sets evaluates the prefixes of --valid-data-path: give it")
+        if not args.full_validation:
+            _fail("--multiple-validation-sets needs --full-validation (Megatron-LM requires it too)")
+        if any(_is_number(w) for w in args.valid_data_path):
+            _fail(f"--multiple-validation-sets: --valid-data-path {' '.join(args.valid_data_path)} holds weights; "
+                  "list the prefixes only (as Megatron-LM)")
+    if args.full_validation and not args.valid_data_path:
+        _fail("--full-validation runs the whole validation set of --valid-data-path here; give it (with "
+              "--data-path/--split use --eval-iters)")
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_pipeline_counts(args, schedule) -> None:
+    """Every micro-batch count of a batch-size schedule must suit the pipeline schedule."""
+    target = args.num_micro_batches
+    flag = "--rampup-batch-size" if schedule.rampup else "--step-batch-size-schedule"
+    try:
+        for size in schedule.batch_sizes():
+            args.num_micro_batches = size // schedule.per_micro
+            try:
+                pipeline_layout(args)
+            except ValueError as exc:
+                _fail(f"{flag}: at global batch size {size}: {exc}")
+    finally:
+        args.num_micro_batches = target
 
 
 def _nccl_needs_cuda() -> None:
@@ -138,6 +191,14 @@ def _lr_schedule(args) -> None:
             _fail("give one of --lr-warmup-fraction and --lr-warmup-samples")
     args.lr_warmup_steps = (args.lr_warmup_fraction * args.lr_decay_steps
                             if args.lr_warmup_fraction is not None else warmup_steps)
+    # Megatron-DeepSpeed's token lengths override the above; tokens = samples x --seq-length here
+    if args.lr_decay_tokens is not None:
+        args.lr_decay_steps = args.lr_decay_tokens / args.seq_length
+    if args.lr_warmup_tokens is not None:
+        args.lr_warmup_steps = args.lr_warmup_tokens / args.seq_length
+        if args.lr_decay_style != "constant" and args.lr_warmup_tokens >= args.lr_decay_steps * args.seq_length:
+            _fail(f"--lr-warmup-tokens {args.lr_warmup_tokens} must be smaller than the decay length "
+                  f"({args.lr_decay_steps * args.seq_length:g} tokens): nothing is left to decay; lower it")
     if args.decoupled_min_lr is not None and args.decoupled_lr is None:
         _fail("--decoupled-min-lr needs --decoupled-lr")
 

@@ -318,6 +318,7 @@ def load_checkpoint(ctx, load_dir: str | None = None) -> int:
             setattr(ctx.state, key, value)
         if not load_optim:  # --no-load-optim: Megatron keeps the iteration, the schedule restarts from it
             ctx.scheduler.num_steps = ctx.state.iteration
+            ctx.scheduler.num_samples = ctx.state.consumed_samples  # the schedule follows samples
             ctx.scheduler.step(0)
     resumed = 0 if finetune else ctx.state.iteration
     same_layout = {"pp": 1, **(meta.get("layout") or {})} == _layout(mesh)  # checkpoints before PP: no "pp"

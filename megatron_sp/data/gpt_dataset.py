@@ -101,7 +101,6 @@ class GPTDataset(torch.utils.data.Dataset):
                  eod_mask_loss: bool = False, cache_dir: str | None = None, name: str = ""):
         if seq_length < 1:
             raise ValueError(f"--seq-length must be >= 1, got {seq_length}")
-        self.indexed, self.seq_length, self.num_samples = indexed, seq_length, num_samples
         self.eod, self.eod_mask_loss, self.name = eod, eod_mask_loss, name
         sizes = indexed.sizes
         if len(doc_ids) == 0 or int(sizes[doc_ids].sum(dtype=np.int64)) == 0:
@@ -109,6 +108,9 @@ class GPTDataset(torch.utils.data.Dataset):
                              f"({len(doc_ids)} of {len(sizes)} documents); give it documents with "
                              "--split (train,valid,test weights)" + (
                                  "" if name == "train" else " or turn evaluation off with --eval-iters 0"))
+        if num_samples is None:  # one epoch (--full-validation): the whole samples its tokens hold
+            num_samples = max((int(sizes[doc_ids].sum(dtype=np.int64)) - 1) // seq_length, 1)
+        self.indexed, self.seq_length, self.num_samples = indexed, seq_length, num_samples
         description = {
             "class": "GPTDataset", "version": 2,
             "prefix": getattr(indexed, "cache_key", None) or os.path.abspath(indexed.prefix),
@@ -195,6 +197,43 @@ def build_gpt_datasets(data_path: list[str], split: str, seq_length: int, seed: 
     return tuple(
         BlendedDataset([per_prefix[d][i] for d in range(len(prefixes))], schedules[i])
         if num_samples[i] > 0 else None for i in range(3))
+
+
+def build_per_split_gpt_datasets(paths: list, seq_length: int, seed: int, num_samples: tuple, eod: int,
+                                 eod_mask_loss: bool = False, cache_dir: str | None = None,
+                                 multiple_validation_sets: bool = False):
+    """``(train, valid, test)`` from Megatron's ``--train-data-path`` / ``--valid-data-path`` /
+    ``--test-data-path``: each split is its own blend, every document of its prefixes in it (no
+    ``--split``); a split without a path has no dataset (None).  ``num_samples[i]`` None: one
+    epoch (``--full-validation``).  With ``multiple_validation_sets`` the validation entry is a
+    list, one dataset per prefix, evaluated separately (as Megatron, unweighted prefixes)."""
+    out = []
+    for i, path in enumerate(paths):
+        if not path or num_samples[i] == 0:
+            out.append(None)
+            continue
+        prefixes, weights = parse_data_path(path)
+
+        def of_prefix(prefix, n, name=SPLIT_NAMES[i]):  # every document of the prefix is in the split
+            if n == 0:
+                return None
+            indexed = _open(prefix)
+            return GPTDataset(indexed, np.arange(len(indexed), dtype=np.int64), seq_length, n, seed, eod,
+                              eod_mask_loss, cache_dir or default_cache_dir(prefix), name)
+
+        n = num_samples[i]
+        if i == 1 and multiple_validation_sets:
+            out.append([of_prefix(prefix, n) for prefix in prefixes])
+        elif len(prefixes) == 1:
+            out.append(of_prefix(prefixes[0], n))
+        elif n is None:
+            raise ValueError(f"--full-validation over the blend {' '.join(map(str, path))}: one epoch of a "
+                             "weighted blend is not defined here; give one prefix or --multiple-validation-sets")
+        else:
+            schedule = blend_schedule(weights, int(n))
+            out.append(BlendedDataset([of_prefix(prefix, int((schedule == d).sum()))
+                                       for d, prefix in enumerate(prefixes)], schedule))
+    return tuple(out)
 
 
 def build_mock_gpt_datasets(split: str, seq_length: int, seed: int, num_samples: tuple[int, int, int],

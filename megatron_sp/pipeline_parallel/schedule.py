@@ -78,14 +78,21 @@ class Pipeline:
         tokens = torch.empty(micro_batch_size, seq_local, dtype=torch.long, device=device)
         per_token = torch.empty(micro_batch_size, seq_local, dtype=torch.float32, device=device,
                                 requires_grad=True)
-        self.stages = [PipelineStage(w, m.stage_index, layout.num_stages, device,
-                                     input_args=tokens if m.is_first else hidden,
-                                     output_args=per_token if m.is_last else hidden, group=mesh.pp_group)
-                       for m, w in zip(modules, wrapped)]
+
+        def build(n: int):  # stages and schedule for n micro-batches per step
+            stages = [PipelineStage(w, m.stage_index, layout.num_stages, device,
+                                    input_args=tokens if m.is_first else hidden,
+                                    output_args=per_token if m.is_last else hidden, group=mesh.pp_group)
+                      for m, w in zip(modules, wrapped)]
+            return _schedule_class(schedule)(stages[0] if schedule in SINGLE_STAGE else stages, n,
+                                             loss_fn=self.loss, scale_grads=False)
+
         _quiet_schedule_dump()
-        cls = _schedule_class(schedule)
-        target = self.stages[0] if schedule in SINGLE_STAGE else self.stages
-        self.schedule = cls(target, micro_batches, loss_fn=self.loss, scale_grads=False)
+        self._build = build
+        self.schedule = build(micro_batches)
+        # a batch-size ramp changes the micro-batch count: one schedule per count (torch's stages
+        # size their buffers by it), built when first met
+        self._schedules = {micro_batches: self.schedule}
         self.has_first = any(m.is_first for m in modules)
         self.has_last = any(m.is_last for m in modules)
 
@@ -97,7 +104,10 @@ class Pipeline:
         self.loss.start(tokens, optimizer.loss_scale if optimizer is not None else 1.0)
         args = (cat["tokens"],) if self.has_first else ()
         target = cat["loss_mask"] if self.has_last else None
-        run = self.schedule.step if optimizer is not None else self.schedule.eval
+        if len(batches) not in self._schedules:
+            self._schedules[len(batches)] = self._build(len(batches))
+        schedule = self._schedules[len(batches)]
+        run = schedule.step if optimizer is not None else schedule.eval
         try:
             run(*args, target=target, return_outputs=False, position_ids=cat["position_ids"], labels=cat["labels"])
         except RuntimeError as exc:  # a stage's peer died or hung: the library's wait has no group name

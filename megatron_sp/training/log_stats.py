@@ -39,15 +39,16 @@ def grad_zeros(model, mesh) -> int:
     return int(_over_model(params, lambda p: (p.grad == 0).sum().double().cpu(), mesh))
 
 
-def log_extras(ctx) -> dict:
-    """What Megatron's logging switches add to the log line and TensorBoard (collective over TP)."""
+def log_extras(ctx, batch_size: int | None = None) -> dict:
+    """What Megatron's logging switches add to the log line and TensorBoard (collective over TP);
+    ``batch_size``: the iteration's global batch (a batch-size schedule changes it)."""
     a, out = ctx.args, {}
     if getattr(a, "log_num_zeros_in_grad", False):
         out["num-zeros"] = grad_zeros(ctx.model, ctx.mesh)
     if getattr(a, "log_params_norm", False):
         out["params-norm"] = params_norm(ctx.model, ctx.mesh)
     if getattr(a, "log_batch_size_to_tensorboard", False):
-        out["batch-size"] = a.global_batch_size
+        out["batch-size"] = batch_size or a.global_batch_size
     if getattr(a, "log_world_size_to_tensorboard", False):
         out["world-size"] = ctx.mesh.world_size
     if getattr(a, "log_memory_to_tensorboard", False):

@@ -86,11 +86,12 @@ def print_rank_last(msg: str, is_last: bool) -> None:
         sys.stdout.flush()
 
 
-def eval_line(iteration: int, loss: float, where: str | None = None) -> str:
-    """Megatron's validation line, e.g. ``validation loss at iteration 10 | lm loss value: ... | lm loss PPL: ... |``."""
+def eval_line(iteration: int, loss: float, where: str | None = None, name: str = "validation") -> str:
+    """Megatron's validation line, e.g. ``validation loss at iteration 10 | lm loss value: ... | lm loss PPL: ... |``
+    (``validation-0 loss at ...`` for the first of --multiple-validation-sets)."""
     import math
     ppl = math.exp(min(20.0, loss))
-    head = f"validation loss at {where or f'iteration {iteration}'}"
+    head = f"{name} loss at {where or f'iteration {iteration}'}"
     text = f" {head} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E} | "
     bar = "-" * len(text)
     return f"{bar}\n{text}\n{bar}"

@@ -27,9 +27,11 @@ from ..parallel_state import init_distributed, initialize_model_parallel
 from ..sequence_parallel import attention_summary, check_backend
 from ..tensor_parallel import RNGTracker
 from ..arguments import build_parser
+from ..arguments.batch_schedule import batch_schedule_from_args
 from ..arguments.parallel import ParallelConfig
 from ..arguments.preflight import preflight
-from .batches import build_datasets, datasets_for_resume, evaluation_on, global_batches
+from .batches import (build_datasets, datasets_for_resume, evaluation_on, evaluation_window, global_batches,
+                      validation_sets)
 from ..checkpointing import check_save_dir, finish_pending_save, load_checkpoint, save_checkpoint
 from .divergence import DivergenceGuard
 from .exit_conditions import ExitSignal, should_exit
@@ -70,6 +72,7 @@ class Context:
     exit_reason: str | None = None
     pending_save: object = None  # an --async-save being written (checkpointing.save_load.PendingSave)
     own_process_group: bool = False  # the world-of-one group setup() created for FSDP2 without torchrun
+    batch_schedule: object = None  # the global batch by consumed samples (arguments/batch_schedule.py)
 
 
 def setup(args) -> Context:
@@ -78,6 +81,8 @@ def setup(args) -> Context:
     pre = preflight(args, world)  # every check that needs no collective, on every rank alike
     cfg, parallel = pre.model, pre.parallel
     init_distributed(args.distributed_backend, args.distributed_timeout_minutes * 60)
+    if args.bf16 and args.disable_bf16_reduced_precision_matmul:  # as Megatron's TransformerConfig
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
     device = torch.device("cuda", torch.cuda.current_device()) if (
         torch.cuda.is_available() and (args.distributed_backend or "nccl") == "nccl") else torch.device("cpu")
     check_backend(args.attention_backend, args.cp_comm_type, args.context_parallel_size, device,
@@ -91,7 +96,8 @@ def setup(args) -> Context:
     optimizer = MixedPrecisionOptimizer(model, args, mesh)
     scheduler = build_scheduler(optimizer, args)
     return Context(args, mesh, device, pre.tokenizer, model, parts, pipeline, parallel, optimizer, scheduler, rng,
-                   build_datasets(args, pre.tokenizer), TrainState(), own_process_group=own_group)
+                   build_datasets(args, pre.tokenizer), TrainState(), own_process_group=own_group,
+                   batch_schedule=batch_schedule_from_args(args))
 
 
 def _is_last_rank(mesh) -> bool:
@@ -122,7 +128,7 @@ def print_summary(ctx) -> None:
         f"{a.num_attention_heads} (query groups {a.num_query_groups}), seq {a.seq_length}, padded vocab "
         f"{ctx.model.cfg.vocab_size}; parameters: {total / 1e6:.3f} M total, {n_params / 1e6:.3f} M on this rank\n"
         f"> batch: global {a.global_batch_size} = micro {a.micro_batch_size} x {a.num_micro_batches} accumulation "
-        f"x DP {ctx.mesh.dp_size}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}\n"
+        f"x DP {ctx.mesh.dp_size}{_schedule_text(ctx)}; precision {'bf16' if a.bf16 else 'fp16' if a.fp16 else 'fp32'}\n"
         f"> model state: {model_state}\n"
         f"{_overlap_note(a)}"
         f"> attention: {attn}\n"
@@ -131,6 +137,11 @@ def print_summary(ctx) -> None:
         + "".join(f"\n> note: {n}" for n in getattr(a, "startup_notes", []))
         + (f"\nWARNING: {attn_warning}" if attn_warning else ""),
         _is_last_rank(ctx.mesh))
+
+
+def _schedule_text(ctx) -> str:
+    s = ctx.batch_schedule
+    return "" if s is None or s.kind == "constant" else f" at the end of a {s.describe()}"
 
 
 def _ranges(layers) -> str:
@@ -157,11 +168,20 @@ def _evaluation_text(ctx) -> str:
     a = ctx.args
     if not evaluation_on(a):
         return "off (--eval-interval 0 or --eval-iters 0)"
-    parts = [f"{a.eval_iters} global batches of the {name} split {when}" if d is not None else
-             f"no {name} split (--split {a.split} gives it weight 0)"
-             for name, d, when in (("validation", ctx.datasets[1], f"every {a.eval_interval} iterations"),
-                                   ("test", ctx.datasets[2], "at the end"))]
-    return "; ".join(parts)
+    per_split = not a.data_path and not a.mock_data
+    missing = lambda key: (f"no --{key}-data-path" if per_split  # noqa: E731
+                           else f"--split {a.split} gives it weight 0")
+    sets = validation_sets(ctx.datasets)
+    if not sets:
+        valid = f"no validation split ({missing('valid')})"
+    else:
+        size = ("every whole global batch (--full-validation)" if getattr(a, "full_validation", False)
+                else f"{a.eval_iters} global batches")
+        valid = (f"{size} of the validation split" if len(sets) == 1 else f"{size} of each of {len(sets)} "
+                 "validation sets") + f" every {a.eval_interval} iterations"
+    test = (f"{a.eval_iters} global batches of the test split at the end" if ctx.datasets[2] is not None
+            else f"no test split ({missing('test')})")
+    return f"{valid}; {test}"
 
 
 def _peak_text(ctx) -> str:
@@ -170,23 +190,19 @@ def _peak_text(ctx) -> str:
 
 
 @torch.no_grad()
-def evaluate(ctx, iteration: int, split: int = 1) -> float:
-    """Mean lm loss over ``--eval-iters`` global batches of a split (model.eval(), no grad).
-
-    Validation (``split`` 1): the position is a function of the iteration only, so a resumed
-    run evaluates on the same samples as an uninterrupted one.  Test (2): the first batches.
-    """
+def evaluate(ctx, iteration: int, split: int = 1, dataset=None) -> float:
+    """Mean lm loss over the global batches of a split that batches.evaluation_window names
+    (model.eval(), no grad); ``dataset``: one of several validation sets."""
     args = ctx.args
-    dataset = ctx.datasets[split]
-    run = max(iteration // args.eval_interval - 1, 0) if split == 1 else 0
-    start = run * args.eval_iters * args.global_batch_size
+    dataset = ctx.datasets[split] if dataset is None else dataset
+    start, count = evaluation_window(args, dataset, iteration, split)
     ctx.model.eval()
     parts = ctx.model_parts if ctx.parallel.pipelined else [ctx.model]  # no DDP hooks without backward
     total = 0.0
-    for batches in global_batches(dataset, start, args.eval_iters, args, ctx.mesh, ctx.device):
+    for batches in global_batches(dataset, start, count, args, ctx.mesh, ctx.device):
         total += forward_backward(parts, batches, args, ctx.mesh, ctx.device, pipeline=ctx.pipeline).item()
     ctx.model.train()
-    return total / max(args.eval_iters, 1)
+    return total / max(count, 1)
 
 
 def _new_interval() -> dict:
@@ -208,18 +224,26 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
     losses, interval_start, interval = [], time.perf_counter(), _new_interval()
     saved_at = state.iteration if args.load else None
     guard = DivergenceGuard(args, ctx.optimizer.scaler)
+    schedule = ctx.batch_schedule or batch_schedule_from_args(args)
+    last_gbs = schedule.global_batch_size(state.consumed_samples)
     batches_source = global_batches(ctx.datasets[0], state.consumed_samples, args.train_iters - state.iteration,
-                                    args, mesh, ctx.device)
+                                    args, mesh, ctx.device, schedule)
     with contextlib.closing(batches_source) as train_batches:  # --num-workers: the workers stop with it
         while state.iteration < args.train_iters:
+            gbs = schedule.global_batch_size(state.consumed_samples)  # this iteration's (a ramp changes it)
+            if gbs != last_gbs and args.save and state.iteration and saved_at != state.iteration \
+                    and not guard.holding:  # as Megatron: a checkpoint where the micro-batch count changes
+                save_checkpoint(ctx)
+                saved_at = state.iteration
+            last_gbs = gbs
             batches = next(train_batches)
             scale = ctx.optimizer.loss_scale
             stats = train_step(ctx, batches)
             lr = ctx.optimizer.param_groups[0]["lr"]
             if not stats["skipped"]:  # as Megatron: a skipped (overflow) step does not advance the schedule
-                ctx.scheduler.step()
+                ctx.scheduler.step(samples=gbs)
             state.iteration += 1
-            state.consumed_samples += args.global_batch_size
+            state.consumed_samples += gbs
             nan = not math.isfinite(stats["loss"])
             state.skipped_iterations += int(stats["skipped"])
             state.nan_iterations += int(nan)
@@ -232,13 +256,13 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
                 interval["loss"] += stats["loss"]
             if state.iteration % args.log_interval == 0 or state.iteration == args.train_iters:
                 elapsed = (time.perf_counter() - interval_start) / interval["iters"]
-                tflops = flops / elapsed / mesh.world_size / 1e12
-                tokens_per_s = args.global_batch_size * args.seq_length / elapsed
+                tflops = flops * gbs / args.global_batch_size / elapsed / mesh.world_size / 1e12
+                tokens_per_s = gbs * args.seq_length / elapsed
                 loss = interval["loss"] / interval["advanced"] if interval["advanced"] else None
-                extras = log_extras(ctx)
+                extras = log_extras(ctx, gbs)
                 print_rank_last(log_line(
                     iteration=state.iteration, train_iters=args.train_iters, consumed=state.consumed_samples,
-                    elapsed_ms=elapsed * 1e3, lr=lr, global_batch=args.global_batch_size,
+                    elapsed_ms=elapsed * 1e3, lr=lr, global_batch=gbs,
                     loss=loss, loss_scale=ctx.optimizer.loss_scale, grad_norm=stats["grad_norm"],
                     skipped=interval["skipped"], nans=interval["nans"], tokens_per_s=tokens_per_s, tflops=tflops,
                     mfu=tflops / peak if peak else None, memory=memory_mb(ctx.device),
@@ -250,11 +274,12 @@ def train(ctx, writer=None, start_time: float | None = None, exit_signal=None) -
                     "consumed-samples": state.consumed_samples, "iteration-time-ms": elapsed * 1e3, **extras})
                 interval_start, interval = time.perf_counter(), _new_interval()
             guard.update(stats["skipped"], scale, state.iteration, stats["loss"])
-            if evaluation_on(args) and ctx.datasets[1] is not None and state.iteration % args.eval_interval == 0:
-                val = evaluate(ctx, state.iteration)
-                print_rank_last(eval_line(state.iteration, val), last_rank)
-                writer.scalars(state.iteration, {"validation lm loss": val,
-                                                 "validation lm loss PPL": math.exp(min(20.0, val))})
+            for name, dataset in (validation_sets(ctx.datasets) if evaluation_on(args) and
+                                  state.iteration % args.eval_interval == 0 else []):
+                val = evaluate(ctx, state.iteration, dataset=dataset)
+                print_rank_last(eval_line(state.iteration, val, name=name), last_rank)
+                writer.scalars(state.iteration, {f"{name} lm loss": val,
+                                                 f"{name} lm loss PPL": math.exp(min(20.0, val))})
             finish_pending_save(ctx, blocking=False)
             if args.save and args.save_interval and state.iteration % args.save_interval == 0 and not guard.holding:
                 save_checkpoint(ctx)

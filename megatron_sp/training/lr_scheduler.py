@@ -45,13 +45,17 @@ class LRScheduler:
         self.samples_per_step = samples_per_step
         self.override, self.use_checkpoint = override, use_checkpoint
         self.num_steps = 0  # iterations (the loop and checkpoints count iterations)
+        self.num_samples = 0  # what the schedule follows: samples of the iterations stepped
         self.step(0)
 
     def get_lr(self, it: int, group: dict | None = None) -> float:
-        """The learning rate after ``it`` iterations (``it x samples_per_step`` samples)."""
+        """The learning rate after ``it`` iterations of ``samples_per_step`` samples each."""
+        return self.lr_at_samples(it * self.samples_per_step, group)
+
+    def lr_at_samples(self, s: float, group: dict | None = None) -> float:
+        """The learning rate after ``s`` samples (under a batch-size ramp, the sum of the batches)."""
         group = group or {}
         max_lr, min_lr = group.get("max_lr", self.max_lr), group.get("min_lr", self.min_lr)
-        s = it * self.samples_per_step
         if self.warmup_steps > 0 and s <= self.warmup_steps:
             return self.init_lr + (max_lr - self.init_lr) * s / self.warmup_steps
         if self.decay_style == "constant":
@@ -64,14 +68,18 @@ class LRScheduler:
         coeff = 1.0 - ratio if self.decay_style == "linear" else 0.5 * (1.0 + math.cos(math.pi * ratio))
         return min_lr + coeff * (max_lr - min_lr)
 
-    def step(self, increment: int = 1) -> float:
+    def step(self, increment: int = 1, samples: int | None = None) -> float:
+        """Advance ``increment`` iterations of ``samples`` samples in all (default: ``samples_per_step``
+        each; the loop passes the batch-size schedule's batch, as Megatron steps by the batch)."""
         self.num_steps += increment
+        self.num_samples += increment * self.samples_per_step if samples is None else samples
         for group in self.optimizer.param_groups:
-            group["lr"] = self.get_lr(self.num_steps, group)
-        return self.get_lr(self.num_steps)
+            group["lr"] = self.lr_at_samples(self.num_samples, group)
+        return self.lr_at_samples(self.num_samples)
 
     def state_dict(self) -> dict:
-        return {"num_steps": self.num_steps, "max_lr": self.max_lr, "min_lr": self.min_lr,
+        return {"num_steps": self.num_steps, "num_samples": self.num_samples, "max_lr": self.max_lr,
+                "min_lr": self.min_lr,
                 "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps,
                 "decay_style": self.decay_style, "samples_per_step": self.samples_per_step}
 
@@ -93,6 +101,8 @@ class LRScheduler:
                         f"({flag}); pass --override-opt_param-scheduler to use the flags or "
                         "--use-checkpoint-opt_param-scheduler to keep the checkpoint's")
         self.num_steps = state["num_steps"]
+        self.num_samples = state.get("num_samples", self.num_steps * state.get("samples_per_step",
+                                                                               self.samples_per_step))
         self.step(0)
 
 
