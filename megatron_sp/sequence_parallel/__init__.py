@@ -13,13 +13,14 @@ Public API::
     shard_for_cp(x, seq_dim, mode, causal, mesh); unshard_from_cp(x_local, seq_dim, mode, causal, mesh)
 
 Modules: kernels (block kernels), backends (--attention-backend), comm (ring P2P, all-to-all, counters),
-ring (online softmax + zigzag), rsa, ulysses, usp, shard, config, attention.
+masks (documents and windows per block), ring (online softmax + zigzag), rsa, ulysses, usp, shard, config, attention.
 """
 from .attention import ContextParallelAttention, attention_summary, build_cp_attention
 from .backends import ATTENTION_BACKENDS, check_backend, resolve_backend
+from .masks import AttentionMask
 from .config import CP_COMM_TYPES, check_cp_config, cp_sizes, uses_zigzag
 from .shard import cp_local_indices, shard_for_cp, unshard_from_cp
 
-__all__ = ["ATTENTION_BACKENDS", "CP_COMM_TYPES", "ContextParallelAttention", "attention_summary", "build_cp_attention",
+__all__ = ["ATTENTION_BACKENDS", "AttentionMask", "CP_COMM_TYPES", "ContextParallelAttention", "attention_summary", "build_cp_attention",
            "check_backend", "check_cp_config", "cp_local_indices", "cp_sizes", "resolve_backend", "shard_for_cp",
            "unshard_from_cp", "uses_zigzag"]
