@@ -35,6 +35,7 @@ computed, for the tests and the benchmark (tools/bench_masked_attention.py).
 """
 from __future__ import annotations
 
+import argparse
 import bisect
 import contextlib
 from typing import List, Optional, Sequence, Tuple
@@ -61,6 +62,30 @@ def count_blocks():
 def record_step(blocks) -> None:
     if _RECORDS is not None:
         _RECORDS.append((bool(blocks), sum((q.stop - q.start) * (k.stop - k.start) for q, k, _ in blocks)))
+
+
+def window_size_type(text) -> Tuple[int, int]:
+    """argparse type of ``--window-size``, Megatron's form: ``"4095,0"`` or ``"(4095, 0)"`` ->
+    (left, right); -1 is an unlimited side.  Only causal left windows (right 0) exist here."""
+    try:
+        parts = tuple(int(x) for x in str(text).strip().strip("()[]").split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 2 or parts[0] < -1:
+        raise argparse.ArgumentTypeError(f"--window-size {text!r}: give LEFT,RIGHT (e.g. 4095,0; -1 is unlimited)")
+    if parts[1] != 0:
+        raise argparse.ArgumentTypeError(f"--window-size {text!r}: only causal windows (RIGHT 0) are supported "
+                                         "here, as GPT attention is causal; use --window-size LEFT,0")
+    return parts
+
+
+def left_window(window_size) -> Optional[int]:
+    """The causal left window ``W`` of ``--window-size (W, 0)`` (a checkpoint's list too); None:
+    no window (flag unset, or W = -1)."""
+    if window_size is None:
+        return None
+    left = window_size_type(",".join(str(x) for x in window_size))[0]
+    return None if left < 0 else left
 
 
 def decompose(qa: int, qb: int, ka: int, kb: int, w: int, out: list) -> None:

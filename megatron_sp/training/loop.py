@@ -82,13 +82,14 @@ def model_vocab_size(args, tokenizer_vocab: int) -> int:
 
 
 def interop_model_config(args) -> dict:
+    from ..sequence_parallel.masks import left_window
     """The GPTConfig fields of the Megatron-LM interop flags (defaults for flags an older checkpoint lacks)."""
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     return dict(rotary_percent=get("rotary_percent", 1.0),
                 rotary_interpolation_factor=get("rotary_seq_len_interpolation_factor"),
                 rope_scaling_factor=get("rope_scaling_factor") if get("use_rope_scaling") else None,
                 apply_layernorm_1p=bool(get("apply_layernorm_1p")), add_qkv_bias=bool(get("add_qkv_bias")),
-                openai_gelu=bool(get("openai_gelu")))
+                openai_gelu=bool(get("openai_gelu")), window_size=left_window(get("window_size")))
 
 
 def check_layout(args, cfg: GPTConfig) -> None:
