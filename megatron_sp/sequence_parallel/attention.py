@@ -71,12 +71,16 @@ class ContextParallelAttention(nn.Module):
                 f"backend={self.attention_backend}")
 
     def _mask(self, mask: Optional[AttentionMask], seq_len: int) -> Optional[AttentionMask]:
-        """The call's mask with this layer's window; None when it masks nothing beyond causality."""
+        """The call's mask with this layer's window (else the mask's own); None when it masks nothing
+        beyond causality."""
         if mask is not None and not self.causal:
             raise ValueError("document masks (--reset-attention-mask) need causal attention")
-        window = self.window if self.window is not None and self.window < seq_len - 1 else None
-        if mask is None or mask.bounds is None:
-            return None if window is None else self._window_mask
+        window = self.window if self.window is not None else (mask.window if mask is not None else None)
+        window = window if window is not None and window < seq_len - 1 else None
+        if (mask is None or mask.bounds is None) and window is None:
+            return None
+        if (mask is None or mask.bounds is None) and window == self.window:
+            return self._window_mask  # one plan cache for every call of this layer
         return mask.with_window(window)
 
     def forward(self, q, k, v, mask: Optional[AttentionMask] = None):

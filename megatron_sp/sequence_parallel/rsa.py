@@ -36,6 +36,9 @@ from .kernels import dropout_mask, repeat_kv, sum_kv_groups
 from .ring import block_seed
 
 
+_MASK_ROWS = 256  # score rows masked at a time under documents / windows
+
+
 def _dropped(probs, cols, p, seed, ring, src):
     blk = probs[..., cols]
     if p == 0:
@@ -66,9 +69,11 @@ def rsa_forward(ring: Ring, q, k, v, causal, scale, dropout_p=0.0, seed=0, mask=
         torch.matmul(q.to(acc), repeat_kv(kc, group).to(acc).transpose(-1, -2),
                      out=probs[..., src * s:(src + 1) * s])
     probs.mul_(scale)
-    if mask is not None:
+    if mask is not None:  # by row tiles: the boolean rows alive at once are [tile x N], not [s x N]
         rows, cols = torch.arange(s) + ring.index * s, torch.arange(s * ring.size)
-        probs.masked_fill_(~mask.dense_rows(b, rows, cols, q.device), float("-inf"))
+        for r0 in range(0, s, _MASK_ROWS):
+            tile = slice(r0, min(s, r0 + _MASK_ROWS))
+            probs[:, :, tile].masked_fill_(~mask.dense_rows(b, rows[tile], cols, q.device), float("-inf"))
     elif causal:
         rows = torch.arange(s, device=q.device) + ring.index * s
         cols = torch.arange(s * ring.size, device=q.device)
