@@ -44,6 +44,7 @@ class ModelSpec:
     offload_layers: int = 0  # --cpu-offloading-num-layers (with --cpu-offloading)
     device: str = "cuda"  # "cpu": host and device are one memory (offload moves nothing)
     attention_backend: str = "auto"  # --attention-backend: unfused/local materialise scores (see module doc)
+    masked: bool = False  # --reset-attention-mask / --window-size: masked attention (activation_memory.backward_parts)
 
     def __post_init__(self):
         self.ffn_hidden_size = self.ffn_hidden_size or default_ffn_hidden_size(self.hidden_size, self.swiglu)
@@ -66,11 +67,12 @@ class ModelSpec:
             p.add_argument(flag, type=typ, default=None)
         for flag in ("--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
                      "--group-query-attention", "--bf16", "--recompute-activations", "--cross-entropy-loss-fusion",
-                     "--cpu-offloading"):
+                     "--cpu-offloading", "--reset-attention-mask"):
             p.add_argument(flag, action="store_true")
         p.add_argument("--position-embedding-type", default="learned_absolute")
         p.add_argument("--normalization", default="LayerNorm")
         p.add_argument("--attention-backend", default="auto")
+        p.add_argument("--window-size", default=None)
         a, _ = p.parse_known_args(argv)
         div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
         vocab = int(math.ceil(a.vocab_size / div) * div)  # NullTokenizer: EOD is the last of the V ids
@@ -86,7 +88,8 @@ class ModelSpec:
                    loss_chunk=2048 if a.cross_entropy_chunk_size is None else a.cross_entropy_chunk_size,
                    loss_fusion=a.cross_entropy_loss_fusion, mlp_chunk=a.tiled_mlp_chunk_size or 0,
                    offload_layers=(a.cpu_offloading_num_layers or 0) if a.cpu_offloading else 0, device=device,
-                   attention_backend=a.attention_backend)
+                   attention_backend=a.attention_backend,
+                   masked=a.reset_attention_mask or a.window_size is not None)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ Zigzag (causal): the sequence is cut in 2P chunks and rank r holds chunks r and
 e.g. rank 1 at step 1 holds K/V of rank 0 = chunks [0, 3]: src 0 < 1, so queries
 [1, 2] see chunk 0 fully and chunk 3 not at all.  Each non-diagonal step is half
 a block, identical on every rank.  Non-causal: every step is a full block.
+
+Masks (packed documents, sliding windows; masks.py): a step's block becomes the live sub-blocks
+of the mask's plan (:func:`step_blocks`), each one kernel call (full, causal, or the window's
+edge reversed into causal); a step with none calls no kernel while its K/V and dK/dV still
+travel on.  Rows then start empty (``lse = -inf``) and every sub-block merges into them.
 """
 from __future__ import annotations
 
