@@ -60,6 +60,7 @@ def test_decompose_covers_exactly_the_visible_pairs():
         decompose(qa, qb, ka, kb, w, blocks)
         seen = torch.zeros(s, s, dtype=torch.int)
         for a, b, c, d, kind in blocks:
+            assert kind == "full" or b - a == d - c, blocks  # square: every kernel aligns it alike
             for i in range(a, b):
                 row = [j for j in range(c, d) if kind == "full" or
                        (kind == "causal" and j - c <= i - a) or (kind == "flipped" and d - 1 - j <= b - 1 - i)]

@@ -16,18 +16,22 @@ rectangle that :func:`decompose` splits into live sub-blocks, each one call of a
 block kernel::
 
     full      every key visible to every query
-    causal    key j visible iff j <= i, top-left aligned (the kernels' ``causal``)
-    flipped   key j visible iff j >= i - W: both sides reversed, it is ``causal`` again
+    causal    key j visible iff j <= i (the kernels' ``causal``), square
+    flipped   key j visible iff j >= i - W: both sides reversed, it is ``causal`` again; square
+
+(Causal blocks are square, so top-left and bottom-right alignments agree: flash-attn aligns
+non-square causal blocks bottom-right, torch's ops top-left.)
 
 Worked example, W = 2, queries and keys [0, 6) of one document (x = visible)::
 
-    q\\k 0 1 2 3 4 5        decompose: queries [0, 3) x keys [0, 3) causal
-     0   x . . . . .                   queries [3, 6) x keys [1, 3) flipped (j >= i - 2)
-     1   x x . . . .                   queries [3, 6) x keys [3, 6) causal
-     2   x x x . . .
-     3   . x x x . .        every row of a live sub-block sees at least one key, so its
-     4   . . x x x .        partial result merges with the LSE of the others
-     5   . . . x x x
+    q\\k 0 1 2 3 4 5        decompose:
+     0   x . . . . .          queries [0, 3) x keys [0, 3) causal
+     1   x x . . . .          queries [3, 5) x keys [1, 3) flipped (j >= i - 2)
+     2   x x x . . .          queries [3, 6) x keys [3, 6) causal
+     3   . x x x . .        (query 5 sees none of keys [1, 3): trimmed away)
+     4   . . x x x .
+     5   . . . x x x        Every row of a live sub-block sees at least one key, so its partial
+                            result merges with the LSE of the others.
 
 A ring step whose key portion shares no live sub-block with the queries calls no kernel.
 :func:`count_blocks` records, per ring step, whether it ran and the (query, key) pairs it
@@ -107,12 +111,17 @@ def decompose(qa: int, qb: int, ka: int, kb: int, w: int, out: list) -> None:
         else:                                     # keys before qa: window edge; from qa: diagonal
             decompose(qa, qb, ka, qa, w, out)
             decompose(qa, qb, qa, kb, w, out)
-    elif upper:                                   # trimmed: qa >= ka
+    elif upper:                                   # trimmed: ka <= qa, kb <= qb
         if qa > ka:
             out.append((qa, qb, ka, qa, FULL))
-        out.append((qa, qb, qa, kb, CAUSAL))
+        out.append((qa, kb, qa, kb, CAUSAL))      # square: the same block under every kernel's alignment
+        if qb > kb:
+            out.append((kb, qb, qa, kb, FULL))
     else:                                         # lower only: keys [ka, qb - w) edge, rest full
-        out.append((qa, qb, ka, qb - w, FLIPPED))
+        edge = ka + w                             # trimmed: qa <= edge < qb - 1
+        if edge > qa:
+            out.append((qa, edge, ka, qb - w, FULL))
+        out.append((edge, qb, ka, qb - w, FLIPPED))  # square
         if kb > qb - w:
             out.append((qa, qb, qb - w, kb, FULL))
 
