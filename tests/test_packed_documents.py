@@ -121,7 +121,13 @@ def test_packed_training_matches_single_rank(name):
                                           ("-2,0", "give LEFT,RIGHT")])
 def test_bad_window_is_refused_in_one_line(value, needle):
     with pytest.raises(Exception, match=needle):
-        build_parser().parse_args(BASE + ["--train-iters", "1", "--window-size", value])
+        build_parser().parse_args(BASE + ["--train-iters", "1", f"--window-size={value}"])
+
+
+def test_unlimited_window_is_no_window():
+    args = build_parser().parse_args(BASE + ["--train-iters", "1", "--window-size=(-1,0)"])
+    from megatron_sp.sequence_parallel.masks import left_window
+    assert args.window_size == (-1, 0) and left_window(args.window_size) is None and left_window([7, 0]) == 7
 
 
 def test_documents_and_window_change_what_the_model_computes():

@@ -70,6 +70,15 @@ def model_config(args, vocab_size: int) -> GPTConfig:
         **interop_model_config(args))
 
 
+def _mask_note(a) -> str:
+    """The start-up line's masks: documents (--reset-attention-mask) and the window (--window-size)."""
+    from ..sequence_parallel.masks import left_window
+    window = left_window(getattr(a, "window_size", None))
+    parts = (["per-document (--reset-attention-mask)"] if getattr(a, "reset_attention_mask", False) else []) + (
+        [f"sliding window: keys i-{window}..i (--window-size {window},0)"] if window is not None else [])
+    return f"; masks: {', '.join(parts)}, empty ring blocks skipped" if parts else ""
+
+
 def model_vocab_size(args, tokenizer_vocab: int) -> int:
     """The embedding's rows: ``--padded-vocab-size`` (or a checkpoint's, by --use-checkpoint-args),
     else the tokenizer's vocabulary padded (``padded_vocab_size``)."""
@@ -214,6 +223,7 @@ def print_summary(ctx) -> None:
     attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype(a),
                                            a.attention_dropout, attention_backend=a.attention_backend,
                                            ring_size=ctx.mesh.ring_size)
+    attn += _mask_note(a)
     pipeline = (f"> pipeline: {ctx.ddp_model.describe()}; this rank (PP {ctx.mesh.pp_rank}) runs layers "
                 f"{_ranges(ctx.model.decoder.layers)}\n" if getattr(ctx.ddp_model, "is_pipeline", False) else "")
     model_state = describe_model_state(sharding_mode(a), ctx.mesh.dp_size * ctx.mesh.cp_size, a.bf16, a.fp16,
