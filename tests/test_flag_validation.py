@@ -88,7 +88,7 @@ def _sweep(parser, parse, base):
     for a in actions:
         flag = a.option_strings[0]
         if not isinstance(a.type, Range):
-            problems.append(f"{flag}: type {a.type.__name__} has no range (use megatron_sp.flag_types)")
+            problems.append(f"{flag}: type {a.type.__name__} has no range (use megatron_sp.arguments.types)")
             continue
         n = a.nargs if isinstance(a.nargs, int) else 1
         for bad in bad_values(a.type):

@@ -37,6 +37,8 @@ CASES = {
         "original_max_position_embeddings": 8192}, rope_theta=500000.0)),
     "qwen2": (transformers.Qwen2Config, dict(LLAMA, tie_word_embeddings=True)),
     "mistral": (transformers.MistralConfig, dict(LLAMA, sliding_window=None)),
+    # a window shorter than the 128 tokens compared: the logits past it need --window-size 63,0
+    "mistral-window": (transformers.MistralConfig, dict(LLAMA, sliding_window=64)),
     "gpt2": (transformers.GPT2Config, dict(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=128,
                                            activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
                                            attn_pdrop=0.0)),
@@ -78,6 +80,13 @@ def test_import_matches_hf_logits_and_export_round_trips(name, tmp_path):
         model.rotary.rope_scaling_factor = None  # the same base, unscaled frequencies
         with torch.no_grad():
             assert rel_err(model(tokens, torch.arange(128).expand_as(tokens))[..., :128], expected) > 1e-5 * 4
+    if name == "mistral-window":  # the window is in the checkpoint, and it matters past 64 tokens
+        assert stored.window_size in ([63, 0], (63, 0))
+        model, _ = load_model(ckpt)
+        for layer in model.decoder.layers.values():
+            layer.self_attention.core.window = None
+        with torch.no_grad():
+            assert rel_err(model(tokens, torch.arange(128).expand_as(tokens))[..., :128], expected) > 1e-3
 
     assert export_hf.main(["--load", ckpt, "--save-dir", out]) == 0
     back = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").float().eval()
@@ -97,7 +106,8 @@ def test_refusals_name_the_reason(tmp_path, capsys):
     for change, needle in (({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
                            ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}, "rope_parameters": None},
                             "rope_scaling of type 'yarn'"),
-                           ({"model_type": "mistral", "sliding_window": 64}, "sliding_window 64")):
+                           ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 64,
+                             "max_window_layers": 1}, "Qwen2 sliding_window 64")):
         json.dump(dict(cfg, **change), open(os.path.join(hf_dir, "config.json"), "w"))
         assert import_hf.main(["--hf-dir", hf_dir, "--save", str(tmp_path / "x")]) == 2
         errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]

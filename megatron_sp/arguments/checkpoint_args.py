@@ -29,7 +29,7 @@ IF_UNSET = ("num_layers", "hidden_size", "ffn_hidden_size", "seq_length", "num_a
 # Megatron forces these from the checkpoint too; here a flag given on the command line wins, so a
 # context extension can raise --rotary-base or add RoPE scaling, and a fine-tune can set dropout.
 UNLESS_GIVEN = ("rotary_base", "rotary_seq_len_interpolation_factor", "use_rope_scaling", "rope_scaling_factor",
-                "attention_dropout", "hidden_dropout")
+                "attention_dropout", "hidden_dropout", "window_size")
 ALWAYS = ("num_query_groups", "group_query_attention", "position_embedding_type", "rotary_percent",
           "disable_bias_linear", "add_qkv_bias", "swiglu", "openai_gelu", "untie_embeddings_and_output_weights",
           "apply_layernorm_1p", "normalization", "norm_epsilon")

@@ -170,8 +170,8 @@ REFUSED = {
     "--num-experts": (INT, "mixture of experts is not supported", (0,)),
     "--expert-model-parallel-size": (INT, "mixture of experts is not supported", (1,)),
     "--expert-tensor-parallel-size": (INT, "mixture of experts is not supported", (1,)),
-    "--window-size": (VALUE, "sliding-window attention is not supported", None),
-    "--window-attn-skip-freq": (VALUE, "sliding-window attention is not supported", None),
+    "--window-attn-skip-freq": (VALUE, "full-attention layers among sliding-window ones are not supported "
+                                       "(--window-size applies to every layer)", None),
     "--rotary-interleaved": (SWITCH, "interleaved RoPE is not supported (RoPE here is rotate-half)", None),
     "--rope-type": (VALUE, "only --rope-type rope is supported", ("rope",)),
     "--no-rope-freq": (VALUE, "skipping RoPE in some layers is not supported", None),
@@ -187,8 +187,6 @@ REFUSED = {
     "--use-precision-aware-optimizer": (SWITCH, "the optimizer state is always fp32 here", None),
     "--recompute-modules": (MANY, "selective recompute here recomputes core attention only "
                                   "(--recompute-modules core_attn)", (["core_attn"],)),
-    "--reset-position-ids": (SWITCH, "per-document position ids are not supported", None),
-    "--reset-attention-mask": (SWITCH, "per-document attention masks are not supported", None),
     "--data-args-path": (VALUE, "data-path files are not supported; use --data-path", None),
     "--per-split-data-args-path": (VALUE, "data-path files are not supported; use --data-path", None),
     "--skip-train": (SWITCH, "evaluation-only runs are not supported", None),

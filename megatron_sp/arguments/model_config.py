@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..model.config import GPTConfig
+from ..sequence_parallel.config import left_window
 from .validate import padded_vocab_size
 
 
@@ -42,4 +43,4 @@ def gpt_config(args, vocab_size: int) -> GPTConfig:
                        cpu_offloading_num_layers=get("cpu_offloading_num_layers", 0) if get("cpu_offloading") else 0,
                        rope_scaling_factor=get("rope_scaling_factor") if get("use_rope_scaling") else None,
                        apply_layernorm_1p=bool(get("apply_layernorm_1p")), add_qkv_bias=bool(get("add_qkv_bias")),
-                       openai_gelu=bool(get("openai_gelu")))
+                       openai_gelu=bool(get("openai_gelu")), window_size=left_window(get("window_size")))

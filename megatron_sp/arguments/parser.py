@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ..pipeline_parallel.schedule_rules import SCHEDULES
-from ..sequence_parallel.config import ATTENTION_BACKENDS, CP_COMM_TYPES, RING
+from ..sequence_parallel.config import ATTENTION_BACKENDS, CP_COMM_TYPES, RING, window_size_type
 from . import megatron_compat
 from .checks import ArgumentError
 from .megatron_fsdp import STRATEGIES
@@ -179,6 +179,9 @@ def _data(p):
     g.add_argument("--mock-data", action="store_true")
     g.add_argument("--data-cache-path", default=None)
     g.add_argument("--eod-mask-loss", action="store_true")
+    g.add_argument("--reset-position-ids", action="store_true", help="positions restart after each EOD")
+    g.add_argument("--reset-attention-mask", action="store_true",
+                   help="tokens attend within their document only (documents end with EOD)")
     g.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0)
     add_tokenizer_arguments(g)
 
@@ -223,6 +226,8 @@ def _megatron_interop(p):
                    help="norm weights are stored as (gamma - 1), zero-centred (Megatron's LayerNorm1P)")
     g.add_argument("--add-qkv-bias", action="store_true", help="a bias in the QKV projection only (Qwen2)")
     g.add_argument("--openai-gelu", action="store_true", help="tanh-approximated GELU (GPT-2's gelu_new)")
+    g.add_argument("--window-size", type=window_size_type, default=None, metavar="LEFT,RIGHT",
+                   help="sliding-window attention: query i sees keys i-LEFT..i (RIGHT must be 0; -1: unlimited)")
     g.add_argument("--padded-vocab-size", type=POSITIVE_INT, default=None,
                    help="the model's vocabulary rows (default: the tokenizer's, padded)")
     g = p.add_argument_group("learning rate (Megatron-LM interop)")

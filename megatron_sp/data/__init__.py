@@ -5,7 +5,10 @@ Every dataset here yields samples as a dict of 1-D tensors of length ``seq_lengt
     tokens       int64   input ids
     labels       int64   next-token targets (tokens shifted by one)
     loss_mask    float32 1.0 where the label counts in the loss
-    position_ids int64   0 .. seq_length-1 (global positions; CP sharding keeps them)
+    position_ids int64   0 .. seq_length-1 (global positions; CP sharding keeps them), or
+                         restarting after each EOD with --reset-position-ids
+    cu_seqlens   int64   --reset-attention-mask only: document starts [0, ..., seq_length]
+                         (one entry per document + 1; not cut by CP)
 
 Modules (import them directly; this package imports nothing, so tools start fast):
 

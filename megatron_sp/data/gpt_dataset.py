@@ -16,6 +16,8 @@ How one split of one dataset becomes samples:
    one token: the last label of one is the first input of the next).  Samples cross
    document boundaries; with ``--append-eod`` the EOD token marks them, and
    ``eod_mask_loss`` drops the loss on predictions made *from* an EOD.
+   ``--reset-position-ids`` restarts positions after each EOD and ``--reset-attention-mask``
+   adds the document starts ``cu_seqlens`` (mock_dataset.sample_dict).
 4. **Shuffle.** Samples are permuted within each epoch (seeded by ``(seed, epoch)``),
    so each epoch is seen in full before the next begins, and asking for more samples
    (a longer run) keeps the first ones unchanged.
@@ -98,10 +100,12 @@ class GPTDataset(torch.utils.data.Dataset):
 
     def __init__(self, indexed: IndexedDataset, doc_ids: np.ndarray, seq_length: int,
                  num_samples: int, seed: int, eod: int | None = None,
-                 eod_mask_loss: bool = False, cache_dir: str | None = None, name: str = ""):
+                 eod_mask_loss: bool = False, cache_dir: str | None = None, name: str = "",
+                 reset_position_ids: bool = False, reset_attention_mask: bool = False):
         if seq_length < 1:
             raise ValueError(f"--seq-length must be >= 1, got {seq_length}")
         self.eod, self.eod_mask_loss, self.name = eod, eod_mask_loss, name
+        self.resets = (reset_position_ids, reset_attention_mask)
         sizes = indexed.sizes
         if len(doc_ids) == 0 or int(sizes[doc_ids].sum(dtype=np.int64)) == 0:
             raise ValueError(f"{indexed.prefix}: the {name or 'requested'} split has no tokens "
@@ -143,14 +147,14 @@ class GPTDataset(torch.utils.data.Dataset):
         return tokens
 
     def __getitem__(self, idx: int) -> dict:
-        return sample_dict(torch.from_numpy(self.get_tokens(idx)), self.eod, self.eod_mask_loss)
+        return sample_dict(torch.from_numpy(self.get_tokens(idx)), self.eod, self.eod_mask_loss, *self.resets)
 
 
 def default_cache_dir(prefix: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(prefix)), "cache", "GPTDataset_indices")
 
 
-def _split_datasets(indexed, fractions, seq_length, seed, counts, eod, eod_mask_loss, cache_dir):
+def _split_datasets(indexed, fractions, seq_length, seed, counts, eod, eod_mask_loss, cache_dir, resets=(False, False)):
     """The three GPTDatasets (or None) of one indexed dataset, with ``counts[i]`` samples each."""
     bounds = split_bounds(len(indexed), fractions)
     out = []
@@ -160,7 +164,7 @@ def _split_datasets(indexed, fractions, seq_length, seed, counts, eod, eod_mask_
             continue
         doc_ids = np.arange(bounds[i], bounds[i + 1], dtype=np.int64)
         out.append(GPTDataset(indexed, doc_ids, seq_length, int(counts[i]), seed, eod,
-                              eod_mask_loss, cache_dir, name))
+                              eod_mask_loss, cache_dir, name, *resets))
     return out
 
 
@@ -174,7 +178,8 @@ def _counts(num_samples, fractions) -> tuple:
 
 def build_gpt_datasets(data_path: list[str], split: str, seq_length: int, seed: int,
                        num_samples: tuple[int, int, int], eod: int,
-                       eod_mask_loss: bool = False, cache_dir: str | None = None):
+                       eod_mask_loss: bool = False, cache_dir: str | None = None,
+                       reset_position_ids: bool = False, reset_attention_mask: bool = False):
     """``(train, valid, test)`` from ``--data-path``/``--split``; None where 0 samples are
     asked for or, as in Megatron, the split's ``--split`` weight is 0.
 
@@ -188,7 +193,7 @@ def build_gpt_datasets(data_path: list[str], split: str, seq_length: int, seed: 
 
     def of_prefix(prefix, counts):
         return _split_datasets(_open(prefix), fractions, seq_length, seed, counts, eod, eod_mask_loss,
-                               cache_dir or default_cache_dir(prefix))
+                               cache_dir or default_cache_dir(prefix), (reset_position_ids, reset_attention_mask))
 
     if len(prefixes) == 1:
         return tuple(of_prefix(prefixes[0], num_samples))
@@ -237,9 +242,11 @@ def build_per_split_gpt_datasets(paths: list, seq_length: int, seed: int, num_sa
 
 
 def build_mock_gpt_datasets(split: str, seq_length: int, seed: int, num_samples: tuple[int, int, int],
-                            vocab_size: int, eod: int, eod_mask_loss: bool = False, cache_dir: str | None = None):
+                            vocab_size: int, eod: int, eod_mask_loss: bool = False, cache_dir: str | None = None,
+                            reset_position_ids: bool = False, reset_attention_mask: bool = False):
     """``--mock-data``: the same splits, packing and index cache over generated documents
     (mock_dataset.MockDocuments); the index is cached only under ``--data-cache-path``."""
     fractions = parse_split(split)
     return tuple(_split_datasets(MockDocuments(seq_length, vocab_size, eod, seed), fractions, seq_length, seed,
-                                 _counts(num_samples, fractions), eod, eod_mask_loss, cache_dir))
+                                 _counts(num_samples, fractions), eod, eod_mask_loss, cache_dir,
+                                 (reset_position_ids, reset_attention_mask)))

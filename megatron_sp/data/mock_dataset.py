@@ -20,14 +20,33 @@ import torch
 MOCK_DOCUMENTS = 100_000  # as Megatron-LM's mock dataset: every split has many documents
 
 
-def sample_dict(text: torch.Tensor, eod: int | None = None, eod_mask_loss: bool = False) -> dict:
-    """Turn ``seq_length + 1`` token ids into the sample dict of this package."""
+def sample_dict(text: torch.Tensor, eod: int | None = None, eod_mask_loss: bool = False,
+                reset_position_ids: bool = False, reset_attention_mask: bool = False) -> dict:
+    """Turn ``seq_length + 1`` token ids into the sample dict of this package.
+
+    As Megatron-LM's GPT dataset: an EOD among the input tokens ends its document, the next one
+    starts after it.  ``reset_position_ids``: positions restart at 0 there.
+    ``reset_attention_mask``: the sample also carries ``cu_seqlens``, the document starts
+    ``[0, e1 + 1, e2 + 1, ..., seq_length]`` (EODs at e1, e2, ...), which the attention masks
+    with (sequence_parallel/masks.py) on every CP rank, whatever tokens it holds."""
     tokens, labels = text[:-1].long(), text[1:].long()
-    loss_mask = torch.ones(tokens.numel(), dtype=torch.float32)
+    n = tokens.numel()
+    loss_mask = torch.ones(n, dtype=torch.float32)
     if eod_mask_loss and eod is not None:
         loss_mask[tokens == eod] = 0.0
-    return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask,
-            "position_ids": torch.arange(tokens.numel(), dtype=torch.long)}
+    starts = torch.zeros(0, dtype=torch.long)
+    if eod is not None and (reset_position_ids or reset_attention_mask):
+        starts = (tokens == eod).nonzero().flatten() + 1
+        starts = starts[starts < n]
+    position_ids = torch.arange(n, dtype=torch.long)
+    if reset_position_ids and starts.numel():
+        # position - start of its document: the last start at or before each position
+        doc_start = torch.cat([torch.zeros(1, dtype=torch.long), starts])
+        position_ids -= doc_start[torch.bucketize(position_ids, starts, right=True)]
+    sample = {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids}
+    if reset_attention_mask:
+        sample["cu_seqlens"] = torch.cat([torch.zeros(1, dtype=torch.long), starts, torch.tensor([n])])
+    return sample
 
 
 class MockDocuments:

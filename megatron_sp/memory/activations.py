@@ -261,6 +261,10 @@ def backward_parts(spec, lay, s: float, b: int) -> tuple:
         attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
     if lay.score_rows:
         attn += 2 * b * (a / T) * s * (s * lay.cp) * 4  # d_probs and the softmax-backward product
+    elif spec.masked and R == 1 and not _materialised(spec, lay):
+        # documents / window over a ring of one: the live sub-blocks' dQ, dK, dV sum in fp32 accumulators
+        # (unmasked, the one kernel call's gradients are the result); the masks themselves are O(documents)
+        attn += tok * 4 * (a + 2 * max(g, U * T)) * d / T
     return mlp, attn + unfused_transient(spec, lay, s, b)
 
 

@@ -46,6 +46,8 @@ class ModelSpec:
     tiled_mlp_chunk_size: int = 0  # 0: untiled
     cpu_offloading_num_layers: int = 0  # 0 unless --cpu-offloading
     attention_backend: str = "auto"  # unfused/local materialise scores (see memory/estimate.py)
+    reset_attention_mask: bool = False  # per-document masks (--reset-attention-mask)
+    window_size: Optional[int] = None  # causal left window W of --window-size W,0
     bf16: bool = False  # --bf16 or --fp16: 2-byte activations and compute weights
     device: str = "cuda"  # "cpu": host and device are one memory (offload moves nothing)
 
@@ -67,6 +69,11 @@ class ModelSpec:
     @property
     def tied(self) -> bool:
         return not self.untie_embeddings_and_output_weights
+
+    @property
+    def masked(self) -> bool:
+        """Attention under a per-document or sliding-window mask (activations.backward_parts)."""
+        return self.reset_attention_mask or self.window_size is not None
 
     @property
     def rmsnorm(self) -> bool:

@@ -59,6 +59,10 @@ class GPTConfig:
     apply_layernorm_1p: bool = False  # norm weight stored as gamma - 1
     add_qkv_bias: bool = False  # bias in linear_qkv even without add_bias_linear (Qwen2)
     openai_gelu: bool = False  # tanh-approximated GELU
+    # --window-size (W, 0): query i attends keys i-W..i (None: unlimited); --reset-attention-mask
+    # documents come with each batch (cu_seqlens), not from the config
+    window_size: Optional[int] = None
+    reset_attention_mask: bool = False  # the batches carry document starts (the memory model asks)
 
     def __post_init__(self):
         if self.ffn_hidden_size is None:

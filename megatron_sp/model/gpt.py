@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..tensor_parallel import (ColumnParallelLinear, VocabParallelEmbedding, gather_from_tensor_parallel_region,
                                init_parameters, scatter_to_sequence_parallel_region, set_tp_attributes,
                                vocab_parallel_cross_entropy)
+from ..sequence_parallel import AttentionMask
 from ..tensor_parallel.cross_entropy import chunked_output_cross_entropy
 from .config import GPTConfig
 from .rope import RotaryEmbedding
@@ -70,9 +71,16 @@ class GPTModel(torch.nn.Module):
         init_parameters(self, seed, self.mesh.tp_rank, self.mesh.tp_size, self.cfg.init_method_std,
                         self.cfg.num_layers)
 
-    def forward(self, tokens, position_ids, labels=None):
-        # tokens, position_ids, labels: [b, s_local]
-        return self.head(self.decoder(self.embed(tokens, position_ids), self.rope(position_ids)), labels)
+    def forward(self, tokens, position_ids, labels=None, cu_seqlens=None):
+        # tokens, position_ids, labels: [b, s_local]   cu_seqlens: [b, n] document starts (global)
+        mask = self.attention_mask(cu_seqlens, tokens.shape[1])
+        return self.head(self.decoder(self.embed(tokens, position_ids), self.rope(position_ids), mask=mask), labels)
+
+    def attention_mask(self, cu_seqlens, s_local: int):
+        """The micro-batch's documents (``--reset-attention-mask``) for every layer, or None."""
+        if cu_seqlens is None:
+            return None
+        return AttentionMask.from_cu_seqlens(cu_seqlens, self.cfg.window_size, s_local * self.mesh.cp_size)
 
     def embed(self, tokens, position_ids):
         # tokens, position_ids: [b, s_local] -> x: [s, b, h] (or [s/T, b, h] under Megatron-SP)

@@ -76,16 +76,17 @@ class SelfAttention(torch.nn.Module):
             bias=cfg.add_bias_linear or cfg.add_qkv_bias, sequence_parallel=cfg.sequence_parallel)
         self.core = build_cp_attention(cfg.cp_comm_type, mesh, causal=True,
                                        attention_dropout=cfg.attention_dropout,
-                                       attention_backend=cfg.attention_backend)
+                                       attention_backend=cfg.attention_backend, window=cfg.window_size)
         self.linear_proj = RowParallelLinear(cfg.num_attention_heads * d, cfg.hidden_size, mesh.tp_group,
                                              bias=cfg.add_bias_linear,
                                              sequence_parallel=cfg.sequence_parallel)
 
-    def _core(self, q, k, v):
+    def _core(self, q, k, v, mask=None):
         with self.rng.fork():  # heads are split over TP: dropout masks must differ
-            return self.core(q, k, v)
+            return self.core(q, k, v, mask)
 
-    def forward(self, x, rope=None):
+    def forward(self, x, rope=None, mask=None):
+        # mask: sequence_parallel.AttentionMask of the micro-batch's documents, or None
         # x: [s(/T), b, h]
         mixed = self.linear_qkv(x)  # [s, b, g_local * (hpg + 2) * d]
         s, b = mixed.shape[:2]
@@ -97,9 +98,9 @@ class SelfAttention(torch.nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         self.core.train(self.training)
         if self.cfg.recompute_granularity == "selective":
-            ctx = self.rng.checkpoint(self._core, q, k, v.contiguous())
+            ctx = self.rng.checkpoint(self._core, q, k, v.contiguous(), mask)
         else:
-            ctx = self._core(q, k, v.contiguous())
+            ctx = self._core(q, k, v.contiguous(), mask)
         return self.linear_proj(ctx.reshape(s, b, -1))  # [s(/T), b, h]
 
 
@@ -155,9 +156,9 @@ class TransformerLayer(torch.nn.Module):
         self.mlp = MLP(cfg, mesh)
         self.sharded = cfg.sequence_parallel and mesh.tp_size > 1
 
-    def forward(self, x, rope=None):
+    def forward(self, x, rope=None, mask=None):
         p, train = self.cfg.hidden_dropout, self.training
-        x = dropout_add(self.self_attention(self.input_norm(x), rope), x, p, train, self.rng, self.sharded)
+        x = dropout_add(self.self_attention(self.input_norm(x), rope, mask), x, p, train, self.rng, self.sharded)
         return dropout_add(self.mlp(self.pre_mlp_norm(x)), x, p, train, self.rng, self.sharded)
 
 
@@ -187,10 +188,10 @@ class TransformerBlock(torch.nn.Module):
         self.offloader = ActivationOffloader() if cfg.cpu_offloading_num_layers > 0 else None
 
     @staticmethod
-    def _run(layers):
+    def _run(layers, mask=None):
         def run(x, *rope):
             for layer in layers:
-                x = layer(x, rope or None)
+                x = layer(x, rope or None, mask)
             return x
         return run
 
@@ -204,7 +205,8 @@ class TransformerBlock(torch.nn.Module):
             return [(start, min(n, start + step), True) for start in range(0, n, step)]
         return [(i, i + 1, i < step) for i in range(n)]  # block
 
-    def forward(self, x, rope=None, keys=None):
+    def forward(self, x, rope=None, keys=None, mask=None):
+        # mask: the micro-batch's AttentionMask (documents), the same object for every layer
         keys = [int(k) for k in self.layers] if keys is None else list(keys)  # global layer indices
         layers = [self.layers[str(k)] for k in keys]
         rope_args = tuple(rope) if rope is not None else ()
@@ -213,7 +215,7 @@ class TransformerBlock(torch.nn.Module):
         if offload is not None:
             offload.begin()
         for start, end, checkpointed in self.segments(len(layers)):
-            run = self._run(layers[start:end])
+            run = self._run(layers[start:end], mask)
             with (offload.layer(keys[start]) if offload is not None and keys[start] < self.cfg.cpu_offloading_num_layers
                   else contextlib.nullcontext()):
                 x = self.rng.checkpoint(run, x, *rope_args) if checkpointed else run(x, *rope_args)

@@ -101,6 +101,10 @@ class Pipeline:
         batch loss (the sum of its micro-batch losses on the last stage, 0 elsewhere).  Backward
         and gradients when ``optimizer`` is given (its loss scale is applied), else forward only."""
         cat = {k: torch.cat([b[k] for b in batches]) for k in _BATCH_KEYS}  # [m * b, s]
+        extra = {}
+        if "cu_seqlens" in batches[0]:  # document starts [m * b, n], rows padded to one width
+            from ..training.batches import pad_cu_seqlens
+            extra["cu_seqlens"] = pad_cu_seqlens([row for b in batches for row in b["cu_seqlens"]])
         self.loss.start(tokens, optimizer.loss_scale if optimizer is not None else 1.0)
         args = (cat["tokens"],) if self.has_first else ()
         target = cat["loss_mask"] if self.has_last else None
@@ -109,7 +113,8 @@ class Pipeline:
         schedule = self._schedules[len(batches)]
         run = schedule.step if optimizer is not None else schedule.eval
         try:
-            run(*args, target=target, return_outputs=False, position_ids=cat["position_ids"], labels=cat["labels"])
+            run(*args, target=target, return_outputs=False, position_ids=cat["position_ids"], labels=cat["labels"],
+                **extra)
         except RuntimeError as exc:  # a stage's peer died or hung: the library's wait has no group name
             raise_named(exc, "send/recv (pipeline P2P)", self.mesh.pp_group)
             raise

@@ -51,13 +51,15 @@ class StageModule(torch.nn.Module):
     def gpt(self):
         return self._gpt[0]
 
-    def forward(self, x, position_ids=None, labels=None):
+    def forward(self, x, position_ids=None, labels=None, cu_seqlens=None):
         # x: tokens [b, s] on the first stage, else hidden [s(/T), b, h]; position_ids, labels: [b, s]
+        # cu_seqlens: [b, n] document starts (--reset-attention-mask), every stage masks with them
         gpt = self.gpt
         with self.autocast():
             if self.is_first:
                 x = gpt.embed(x, position_ids)
-            x = gpt.decoder(x, gpt.rope(position_ids), self.layer_ids)
+            mask = gpt.attention_mask(cu_seqlens, position_ids.shape[1])
+            x = gpt.decoder(x, gpt.rope(position_ids), self.layer_ids, mask)
             if self.is_last:
                 return gpt.head(x, labels).clone()  # [b, s] fp32; a copy: no view leaves an FSDP2 module
         return x.to(self.hidden_dtype).contiguous()

@@ -13,17 +13,18 @@ Public API::
     shard_for_cp(x, seq_dim, mode, causal, mesh); unshard_from_cp(x_local, seq_dim, mode, causal, mesh)
 
 Modules: kernels (block kernels), backends (--attention-backend), comm (ring P2P, all-to-all, counters),
-ring (online softmax + zigzag), rsa, ulysses, usp, shard, config, attention.
+masks (documents and windows per block), ring (online softmax + zigzag), rsa, ulysses, usp, shard, config, attention.
 """
 from .config import ATTENTION_BACKENDS, CP_COMM_TYPES, check_cp_config, cp_sizes, uses_zigzag
 
-__all__ = ["ATTENTION_BACKENDS", "CP_COMM_TYPES", "ContextParallelAttention", "attention_summary", "build_cp_attention",
+__all__ = ["ATTENTION_BACKENDS", "AttentionMask", "CP_COMM_TYPES", "ContextParallelAttention", "attention_summary", "build_cp_attention",
            "check_backend", "check_cp_config", "cp_local_indices", "cp_sizes", "resolve_backend", "shard_for_cp",
            "unshard_from_cp", "uses_zigzag"]
 
 _TORCH_PARTS = {"ContextParallelAttention": "attention", "attention_summary": "attention",
                 "build_cp_attention": "attention", "check_backend": "backends", "resolve_backend": "backends",
-                "cp_local_indices": "shard", "shard_for_cp": "shard", "unshard_from_cp": "shard"}
+                "cp_local_indices": "shard", "shard_for_cp": "shard", "unshard_from_cp": "shard",
+                "AttentionMask": "masks"}
 
 
 def __getattr__(name):  # the torch parts, on first use: ``config`` (the modes and their rules) imports no torch

@@ -1,7 +1,12 @@
 """The CP attention layer the model calls: ``out = attn(q, k, v)`` on local shards.
 
-    attn = build_cp_attention("p2p", mesh, causal=True)
+    attn = build_cp_attention("p2p", mesh, causal=True, window=None)
     out = attn(q, k, v)   # q: [s_local, b, hq, d]  k, v: [s_local, b, hkv, d] -> [s_local, b, hq, d]
+    out = attn(q, k, v, AttentionMask(document_starts))   # packed documents (masks.py)
+
+``window`` (``--window-size W 0``): key j visible to query i only if ``i - W <= j <= i``.
+Documents and window reach every mode as one :class:`masks.AttentionMask`: ``rsa`` masks its
+materialised rows with it, the ring modes run only the live sub-blocks of each step.
 
 Dispatch::
 
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from .comm import Ring
+from .masks import AttentionMask
 from .config import check_cp_config, cp_sizes, mesh_layout, uses_zigzag
 from .backends import UNFUSED_BACKENDS, check_backend_for_mode, resolve_backend
 from .rsa import RingSelfAttentionFunction
@@ -34,8 +40,12 @@ class ContextParallelAttention(nn.Module):
 
     def __init__(self, mode: str, mesh, causal: bool = True, attention_dropout: float = 0.0,
                  softmax_scale: Optional[float] = None, kernel: Optional[str] = None,
-                 attention_backend: str = "auto"):
+                 attention_backend: str = "auto", window: Optional[int] = None):
         super().__init__()
+        if window is not None and not causal:
+            raise ValueError(f"--window-size {window} 0 is a causal left window; non-causal attention cannot take it")
+        self.window = window
+        self._window_mask = AttentionMask(None, window) if window is not None else None
         self.p, self.u_size, self.r_size = cp_sizes(mode, mesh)
         self.mode, self.mesh, self.causal = mode, mesh, causal
         self.attention_dropout, self.softmax_scale, self.kernel_name = (
@@ -57,9 +67,23 @@ class ContextParallelAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode}, cp={self.p} (ulysses {self.u_size} x ring {self.r_size}), "
-                f"causal={self.causal}, dropout={self.attention_dropout}, backend={self.attention_backend}")
+                f"causal={self.causal}, window={self.window}, dropout={self.attention_dropout}, "
+                f"backend={self.attention_backend}")
 
-    def forward(self, q, k, v):
+    def _mask(self, mask: Optional[AttentionMask], seq_len: int) -> Optional[AttentionMask]:
+        """The call's mask with this layer's window (else the mask's own); None when it masks nothing
+        beyond causality."""
+        if mask is not None and not self.causal:
+            raise ValueError("document masks (--reset-attention-mask) need causal attention")
+        window = self.window if self.window is not None else (mask.window if mask is not None else None)
+        window = window if window is not None and window < seq_len - 1 else None
+        if (mask is None or mask.bounds is None) and window is None:
+            return None
+        if (mask is None or mask.bounds is None) and window == self.window:
+            return self._window_mask  # one plan cache for every call of this layer
+        return mask.with_window(window)
+
+    def forward(self, q, k, v, mask: Optional[AttentionMask] = None):
         # q: [s_local, b, hq, d]   k, v: [s_local, b, hkv, d]
         s_local, _, hq, d = q.shape
         if k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != d:
@@ -70,15 +94,16 @@ class ContextParallelAttention(nn.Module):
         scale = self.softmax_scale if self.softmax_scale is not None else 1.0 / math.sqrt(d)
         dropout_p = self.attention_dropout if self.training else 0.0
         seed = int(torch.randint(0, 1 << 62, (1,))) if dropout_p > 0 else 0
+        mask = self._mask(mask, s_local * self.p)
         if self.mode == "rsa" and self.p > 1:
             out = RingSelfAttentionFunction.apply(*(x.permute(1, 2, 0, 3) for x in (q, k, v)),
-                                                  self.ring, self.causal, scale, dropout_p, seed)
+                                                  self.ring, self.causal, scale, dropout_p, seed, mask)
             return out.permute(2, 0, 1, 3)
         kernel = resolve_backend(self.attention_backend, q.device, q.dtype, dropout_p, self.kernel_name)
         u_size = self.u_size if self.p > 1 else 1
         return usp_attention(q, k, v, self.ulysses_group, u_size, self.u_index, self.ring, kernel,
                              self.causal, uses_zigzag(self.mode, self.causal) and self.r_size > 1,
-                             scale, dropout_p, seed)
+                             scale, dropout_p, seed, mask)
 
 
 def attention_summary(mode: str, cp_size: int, device, dtype, attention_dropout: float,
@@ -119,11 +144,12 @@ def attention_summary(mode: str, cp_size: int, device, dtype, attention_dropout:
 
 def build_cp_attention(mode: str, mesh, causal: bool = True, attention_dropout: float = 0.0,
                        softmax_scale: Optional[float] = None,
-                       kernel: Optional[str] = None, attention_backend: str = "auto") -> ContextParallelAttention:
+                       kernel: Optional[str] = None, attention_backend: str = "auto",
+                       window: Optional[int] = None) -> ContextParallelAttention:
     """The CP attention layer for ``--cp-comm-type mode`` on ``mesh`` (see module doc).
 
     ``attention_backend`` is ``--attention-backend`` (backends.py); ``kernel`` forces a
     block-kernel backend by name under ``auto`` (default: by device and dtype).
     """
     return ContextParallelAttention(mode, mesh, causal, attention_dropout, softmax_scale, kernel,
-                                    attention_backend)
+                                    attention_backend, window)

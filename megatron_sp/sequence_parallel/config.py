@@ -6,7 +6,8 @@ of one rank hanging in a collective the others never enter.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import argparse
+from typing import Optional, Tuple
 
 RSA, RING, ULYSSES, USP = "rsa", "p2p", "a2a", "a2a+p2p"  # --cp-comm-type values; RING is the default
 CP_COMM_TYPES = (RSA, RING, ULYSSES, USP)
@@ -144,3 +145,27 @@ def check_backend_for_mode(backend: str, mode: str, cp_size: int) -> None:
         _refuse(backend, f"cannot apply to --cp-comm-type rsa over --context-parallel-size {cp_size}: RSA "
                          "materialises its score rows by design (the paper's algorithm)",
                 "use --attention-backend auto or unfused, or --cp-comm-type p2p / a2a / a2a+p2p")
+
+
+def window_size_type(text) -> Tuple[int, int]:
+    """argparse type of ``--window-size``, Megatron's form: ``"4095,0"`` or ``"(4095, 0)"`` ->
+    (left, right); -1 is an unlimited side.  Only causal left windows (right 0) exist here."""
+    try:
+        parts = tuple(int(x) for x in str(text).strip().strip("()[]").split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 2 or parts[0] < -1:
+        raise argparse.ArgumentTypeError(f"--window-size {text!r}: give LEFT,RIGHT (e.g. 4095,0; -1 is unlimited)")
+    if parts[1] != 0:
+        raise argparse.ArgumentTypeError(f"--window-size {text!r}: only causal windows (RIGHT 0) are supported "
+                                         "here, as GPT attention is causal; use --window-size LEFT,0")
+    return parts
+
+
+def left_window(window_size) -> Optional[int]:
+    """The causal left window ``W`` of ``--window-size (W, 0)`` (a checkpoint's list too); None:
+    no window (flag unset, or W = -1)."""
+    if window_size is None:
+        return None
+    left = window_size_type(",".join(str(x) for x in window_size))[0]
+    return None if left < 0 else left

@@ -217,6 +217,27 @@ class FlashAttnPackageKernel(BlockKernel):
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 
+def block_forward(kernel: BlockKernel, q, k, v, kind: str, scale: float, dropout_p: float = 0.0,
+                  seed: Optional[int] = None):
+    """One live sub-block of a mask (masks.py): ``kind`` full, causal, or flipped (``j >= i - W``
+    seen as causal on both sides reversed); returns ``(out, lse)`` in the rows' own order."""
+    # q: [b, hq, sq, d]   k, v: [b, hkv, sk, d]
+    if kind != "flipped":
+        return kernel.forward(q, k, v, kind == "causal", scale, dropout_p, seed)
+    out, lse = kernel.forward(*(x.flip(2) for x in (q, k, v)), True, scale, dropout_p, seed)
+    return out.flip(2), lse.flip(-1)
+
+
+def block_backward(kernel: BlockKernel, dout, q, k, v, out, lse, kind: str, scale: float,
+                   dropout_p: float = 0.0, seed: Optional[int] = None):
+    """``(dq, dk, dv)`` of :func:`block_forward`'s block, given the rows' final ``out`` and ``lse``."""
+    if kind != "flipped":
+        return kernel.backward(dout, q, k, v, out, lse, kind == "causal", scale, dropout_p, seed)
+    grads = kernel.backward(*(x.flip(2) for x in (dout, q, k, v, out)), lse.flip(-1).contiguous(), True,
+                            scale, dropout_p, seed)
+    return tuple(g.flip(2) for g in grads)
+
+
 KERNELS = {k.name: k for k in (ReferenceKernel, CpuFlashKernel, CudaFlashKernel,
                                CudaEfficientKernel, FlashAttnPackageKernel)}
 _PROBED: dict = {}

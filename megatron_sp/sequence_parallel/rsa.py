@@ -36,6 +36,9 @@ from .kernels import dropout_mask, repeat_kv, sum_kv_groups
 from .ring import block_seed
 
 
+_MASK_ROWS = 256  # score rows masked at a time under documents / windows
+
+
 def _dropped(probs, cols, p, seed, ring, src):
     blk = probs[..., cols]
     if p == 0:
@@ -53,8 +56,11 @@ def _pass_on(travelling: TravellingSum, contribution) -> None:
     travelling.settle()
 
 
-def rsa_forward(ring: Ring, q, k, v, causal, scale, dropout_p=0.0, seed=0):
-    """Return ``(out, probs)``; ``probs`` ([b, hq, s, N] fp32) is saved for backward."""
+def rsa_forward(ring: Ring, q, k, v, causal, scale, dropout_p=0.0, seed=0, mask=None):
+    """Return ``(out, probs)``; ``probs`` ([b, hq, s, N] fp32) is saved for backward.
+
+    ``mask`` (masks.AttentionMask): documents and window, applied to the materialised rows
+    directly (a boolean ``[b or 1, 1, s, N]`` beside the scores of the same size)."""
     # q: [b, hq, s, d]   k, v: [b, hkv, s, d]
     b, hq, s, _ = q.shape
     group, acc = hq // k.shape[1], torch.promote_types(q.dtype, torch.float32)
@@ -63,7 +69,12 @@ def rsa_forward(ring: Ring, q, k, v, causal, scale, dropout_p=0.0, seed=0):
         torch.matmul(q.to(acc), repeat_kv(kc, group).to(acc).transpose(-1, -2),
                      out=probs[..., src * s:(src + 1) * s])
     probs.mul_(scale)
-    if causal:
+    if mask is not None:  # by row tiles: the boolean rows alive at once are [tile x N], not [s x N]
+        rows, cols = torch.arange(s) + ring.index * s, torch.arange(s * ring.size)
+        for r0 in range(0, s, _MASK_ROWS):
+            tile = slice(r0, min(s, r0 + _MASK_ROWS))
+            probs[:, :, tile].masked_fill_(~mask.dense_rows(b, rows[tile], cols, q.device), float("-inf"))
+    elif causal:
         rows = torch.arange(s, device=q.device) + ring.index * s
         cols = torch.arange(s * ring.size, device=q.device)
         probs.masked_fill_(cols[None, :] > rows[:, None], float("-inf"))
@@ -107,8 +118,8 @@ class RingSelfAttentionFunction(torch.autograd.Function):
     """Differentiable RSA on ``[b, h, s, d]`` shards (see module doc)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, ring, causal, scale, dropout_p, seed):
-        out, probs = rsa_forward(ring, q, k, v, causal, scale, dropout_p, seed)
+    def forward(ctx, q, k, v, ring, causal, scale, dropout_p, seed, mask=None):
+        out, probs = rsa_forward(ring, q, k, v, causal, scale, dropout_p, seed, mask)
         ctx.save_for_backward(q, k, v, probs)
         ctx.args = (ring, scale, dropout_p, seed)
         return out
@@ -118,4 +129,4 @@ class RingSelfAttentionFunction(torch.autograd.Function):
         q, k, v, probs = ctx.saved_tensors
         ring, scale, dropout_p, seed = ctx.args
         dq, dk, dv = rsa_backward(ring, dout, q, k, v, probs, scale, dropout_p, seed)
-        return dq, dk, dv, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None

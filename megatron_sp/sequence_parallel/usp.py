@@ -33,7 +33,7 @@ from .ulysses import heads_to_seq, kv_heads_for_degree, seq_to_heads
 
 def usp_attention(q, k, v, ulysses_group, ulysses_size: int, ulysses_index: int, ring: Ring,
                   kernel, causal: bool, zigzag: bool, scale: float, dropout_p: float = 0.0,
-                  seed: int = 0):
+                  seed: int = 0, mask=None):
     # q: [s_local, b, hq, d]   k, v: [s_local, b, hkv, d]
     k, v = kv_heads_for_degree(k, ulysses_size), kv_heads_for_degree(v, ulysses_size)
     q, k, v = (seq_to_heads(x, ulysses_group) for x in (q, k, v))
@@ -41,9 +41,9 @@ def usp_attention(q, k, v, ulysses_group, ulysses_size: int, ulysses_index: int,
     q, k, v = (x.permute(1, 2, 0, 3) for x in (q, k, v))
     if kernel.keeps_probs and ring.size == 1:  # unfused: probabilities [b, hq / U, s_ring, s_ring] kept
         out = RingSelfAttentionFunction.apply(q, k, v, ring, causal, scale, dropout_p,
-                                              block_seed(seed, ulysses_index))
+                                              block_seed(seed, ulysses_index), mask)
     else:
         out = RingAttentionFunction.apply(q, k, v, ring, kernel, causal, zigzag, scale, dropout_p, seed,
-                                          ulysses_index)
+                                          ulysses_index, mask)
     # out: [b, hq / U, s_ring, d] -> [s_ring, b, hq / U, d] -> [s_local, b, hq, d]
     return heads_to_seq(out.permute(2, 0, 1, 3), ulysses_group)

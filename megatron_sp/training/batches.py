@@ -65,7 +65,7 @@ def build_datasets(args, tokenizer, train_samples: int | None = None):
     from ..data.gpt_dataset import build_gpt_datasets, build_mock_gpt_datasets, default_cache_dir
     if args.mock_data:
         return build_mock_gpt_datasets(args.split, args.seq_length, args.seed, num_samples, tokenizer.vocab_size,
-                                       tokenizer.eod, args.eod_mask_loss, args.data_cache_path)
+                                       tokenizer.eod, args.eod_mask_loss, args.data_cache_path, *_resets(args))
     from ..data.token_ids import check_token_ids
     paths = [args.data_path] if args.data_path else [getattr(args, f"{s}_data_path") for s in ("train", "valid",
                                                                                                "test")]
@@ -81,7 +81,12 @@ def build_datasets(args, tokenizer, train_samples: int | None = None):
                                             args.eod_mask_loss, args.data_cache_path,
                                             getattr(args, "multiple_validation_sets", False))
     return build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, num_samples,
-                              tokenizer.eod, args.eod_mask_loss, args.data_cache_path)
+                              tokenizer.eod, args.eod_mask_loss, args.data_cache_path, *_resets(args))
+
+
+def _resets(args) -> tuple:
+    """``(--reset-position-ids, --reset-attention-mask)``."""
+    return bool(getattr(args, "reset_position_ids", False)), bool(getattr(args, "reset_attention_mask", False))
 
 
 def validation_sets(datasets) -> list:
@@ -132,9 +137,20 @@ def _micro_batch_indices(start: int, m: int, args, mesh, n: int) -> list:
     return [first + i for i in range(args.micro_batch_size)]
 
 
+def pad_cu_seqlens(rows) -> torch.Tensor:
+    """Document starts of several samples as one ``[b, n]`` tensor, each row padded with its
+    last value (the sequence length: empty documents, which masks.py ignores)."""
+    width = max(r.numel() for r in rows)
+    return torch.stack([torch.cat([r, r[-1:].expand(width - r.numel())]) for r in rows])
+
+
 def _collate(samples, idx):
-    """Stack samples into a micro-batch and keep this CP rank's tokens (``idx``)."""
-    return {k: torch.stack([s[k] for s in samples])[:, idx] for k in _BATCH_KEYS}
+    """Stack samples into a micro-batch and keep this CP rank's tokens (``idx``); document starts
+    (``cu_seqlens``, --reset-attention-mask) stay global: every CP rank masks with all of them."""
+    batch = {k: torch.stack([s[k] for s in samples])[:, idx] for k in _BATCH_KEYS}
+    if "cu_seqlens" in samples[0]:
+        batch["cu_seqlens"] = pad_cu_seqlens([s["cu_seqlens"] for s in samples])
+    return batch
 
 
 def micro_batches(dataset, start: int, args, mesh, device, num_micro_batches: int | None = None) -> list:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from ..model import GPTModel
 from ..parallel_state import init_distributed, initialize_model_parallel
 from ..sequence_parallel import attention_summary, check_backend
+from ..sequence_parallel.config import left_window
 from ..tensor_parallel import RNGTracker
 from ..arguments import build_parser
 from ..arguments.batch_schedule import batch_schedule_from_args
@@ -51,6 +52,14 @@ class TrainState:
     consumed_samples: int = 0
     skipped_iterations: int = 0
     nan_iterations: int = 0
+
+
+def _mask_note(a) -> str:
+    """The start-up line's masks: documents (--reset-attention-mask) and the window (--window-size)."""
+    window = left_window(getattr(a, "window_size", None))
+    parts = (["per-document (--reset-attention-mask)"] if getattr(a, "reset_attention_mask", False) else []) + (
+        [f"sliding window: keys i-{window}..i (--window-size {window},0)"] if window is not None else [])
+    return f"; masks: {', '.join(parts)}, empty ring blocks skipped" if parts else ""
 
 
 # --- setup and the loop ----------------------------------------------------------------
@@ -118,6 +127,7 @@ def print_summary(ctx) -> None:
     attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype(a),
                                            a.attention_dropout, attention_backend=a.attention_backend,
                                            ring_size=ctx.mesh.ring_size)
+    attn += _mask_note(a)
     pipeline = (f"> pipeline: {ctx.pipeline.describe()}; this rank (PP {ctx.mesh.pp_rank}) runs layers "
                 f"{_ranges(ctx.model.decoder.layers)}\n" if ctx.parallel.pipelined else "")
     model_state = describe_model_state(ctx.parallel.sharding, ctx.parallel.dp_cp, a.bf16, a.fp16,

@@ -51,7 +51,8 @@ def forward_backward(model_parts: list, batches, args, mesh, device, optimizer=N
         for i, b in enumerate(batches):
             with grad_sync(model, last_micro_batch=i == len(batches) - 1):
                 with autocast_context(args, device):
-                    per_token = model(b["tokens"], b["position_ids"], b["labels"])  # [b, s_local] fp32
+                    per_token = model(b["tokens"], b["position_ids"], b["labels"],
+                                      b.get("cu_seqlens"))  # [b, s_local] fp32
                 loss = masked_loss(per_token, b["loss_mask"], tokens)
                 if optimizer is not None:
                     optimizer.scale_loss(loss).backward()

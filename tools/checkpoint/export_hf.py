@@ -35,7 +35,7 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--load", required=True, help="checkpoint directory (the one holding the tracker file)")
     p.add_argument("--save-dir", required=True, help="the Hugging Face folder to write")
-    p.add_argument("--model-type", choices=["auto", "llama", "qwen2", "gpt2"], default="auto")
+    p.add_argument("--model-type", choices=["auto", "llama", "mistral", "qwen2", "gpt2"], default="auto")
     p.add_argument("--vocab-size", type=int, default=None,
                    help="rows of the vocabulary to keep (default: the tokenizer's size recorded by the run)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")

@@ -8,6 +8,9 @@ family     Hugging Face                                          flags
 llama      LlamaForCausalLM, MistralForCausalLM (full attention)  --position-embedding-type rope --swiglu
                                                                    --normalization RMSNorm --disable-bias-linear
                                                                    (attention_bias + mlp_bias: biases kept)
+mistral    MistralForCausalLM with sliding_window W              as llama, plus --window-size W-1,0 (key j
+                                                                   visible to query i iff i - j < W); kept
+                                                                   even when W >= the training length
 qwen2      Qwen2ForCausalLM                                      as llama, plus --add-qkv-bias
 gpt2       GPT2LMHeadModel                                       learned positions, LayerNorm, GELU (gelu_new:
                                                                    --openai-gelu), biases
@@ -15,7 +18,8 @@ gpt2       GPT2LMHeadModel                                       learned positio
 
 RoPE scaling: Llama 3.1's ``llama3`` kind with Megatron's constants (low 1, high 4, original 8192)
 is ``--use-rope-scaling --rope-scaling-factor F``; the ``linear`` kind is
-``--rotary-seq-len-interpolation-factor F``; other kinds (and sliding windows) are refused.
+``--rotary-seq-len-interpolation-factor F``; other kinds, and Qwen2's per-layer sliding windows,
+are refused.  A checkpoint with ``--window-size`` exports as Mistral with its window.
 Both ``rope_theta``/``rope_scaling`` (transformers 4) and ``rope_parameters`` (5) are read.
 """
 from __future__ import annotations
@@ -68,10 +72,11 @@ def flags_from_hf_config(cfg: dict) -> list:
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"hidden_act {cfg['hidden_act']!r} is not supported (SwiGLU needs silu)")
     window = cfg.get("sliding_window")
-    if window is not None and (kind != "qwen2" or cfg.get("use_sliding_window")) and \
+    if kind == "qwen2" and window is not None and cfg.get("use_sliding_window") and \
             window < cfg.get("max_position_embeddings", 0):
-        raise ConversionError(f"sliding_window {window} < max_position_embeddings "
-                              f"{cfg.get('max_position_embeddings')}: sliding-window attention is not supported")
+        raise ConversionError(f"Qwen2 sliding_window {window} on the layers from max_window_layers "
+                              f"{cfg.get('max_window_layers')}: windows on some layers only are not supported "
+                              "(--window-size applies to every layer)")
     groups = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or h // heads
     theta, scaling = _rope(cfg)
@@ -96,6 +101,8 @@ def flags_from_hf_config(cfg: dict) -> list:
         flags += ["--untie-embeddings-and-output-weights"]
     if scaling is not None:
         flags += _scaling_flags(scaling)
+    if kind == "mistral" and window is not None:  # HF's W keys (itself included) = Megatron's left window W - 1
+        flags += ["--window-size", f"{int(window) - 1},0"]
     return [str(f) for f in flags]
 
 
@@ -112,6 +119,11 @@ def _scaling_flags(scaling: dict) -> list:
     raise ConversionError(f"rope_scaling of type {kind!r} is not supported (llama3 and linear are)")
 
 
+def _left_window(args: dict):
+    from megatron_sp.sequence_parallel.masks import left_window
+    return left_window(args.get("window_size"))
+
+
 def family_of(args: dict) -> str:
     """The Hugging Face family a checkpoint's flags compute exactly, or ConversionError saying why none."""
     if args.get("position_embedding_type") == "rope":
@@ -122,7 +134,12 @@ def family_of(args: dict) -> str:
             (args.get("openai_gelu"), "--openai-gelu")) if bad]
         if problems:
             raise ConversionError(f"a RoPE model exports as Llama/Qwen2, but {'; '.join(problems)}")
-        return "qwen2" if args.get("disable_bias_linear") and args.get("add_qkv_bias") else "llama"
+        family = "qwen2" if args.get("disable_bias_linear") and args.get("add_qkv_bias") else "llama"
+        if _left_window(args) is None:
+            return family
+        if family != "llama" or not args.get("disable_bias_linear"):
+            raise ConversionError("a RoPE model with --window-size exports as Mistral, which has no biases")
+        return "mistral"
     problems = [why for bad, why in (
         (args.get("swiglu"), "it uses --swiglu"), (args.get("normalization") != "LayerNorm", "it uses RMSNorm"),
         (args.get("num_query_groups") != args.get("num_attention_heads"), "it uses grouped-query attention"),
@@ -147,7 +164,8 @@ def hf_config_from_args(args: dict, vocab_size: int, family: str, eod: int | Non
                 "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "scale_attn_weights": True,
                 "tie_word_embeddings": tied, "bos_token_id": eod, "eos_token_id": eod, "torch_dtype": "float32"}
     head_dim = args.get("kv_channels") or h // heads
-    cfg = {"architectures": ["Qwen2ForCausalLM" if family == "qwen2" else "LlamaForCausalLM"],
+    arch = {"qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}.get(family, "LlamaForCausalLM")
+    cfg = {"architectures": [arch],
            "model_type": family, "vocab_size": vocab_size, "hidden_size": h,
            "intermediate_size": ffn, "num_hidden_layers": args["num_layers"],
            "num_attention_heads": heads, "num_key_value_heads": args["num_query_groups"], "head_dim": head_dim,
@@ -158,6 +176,8 @@ def hf_config_from_args(args: dict, vocab_size: int, family: str, eod: int | Non
     if family == "llama":
         biases = not args.get("disable_bias_linear")
         cfg.update(attention_bias=biases, mlp_bias=biases)
+    elif family == "mistral":
+        cfg.update(sliding_window=_left_window(args) + 1)
     else:
         cfg.update(use_sliding_window=False, sliding_window=None)
     scaling = None
