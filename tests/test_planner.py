@@ -92,3 +92,92 @@ def test_cli_prints_ranking_breakdown_and_command():
     assert r.returncode == 0, r.stderr
     assert "breakdown of the best" in r.stdout and "step peak" in r.stdout
     assert "torchrun --nproc-per-node 2 pretrain_gpt.py" in r.stdout
+
+
+# --- plans that run as printed: the command's parsed values are the model's inputs ---------------
+def _parsed(command: str):
+    """The namespace pretrain_gpt.py builds from a printed command (its own parser and checks)."""
+    import shlex
+    words = shlex.split(command)
+    argv = words[words.index("pretrain_gpt.py") + 1:]
+    world = int(words[words.index("--nproc-per-node") + 1])
+    if "--nnodes" in words:
+        world *= int(words[words.index("--nnodes") + 1])
+    return validate_args(build_parser().parse_args(argv), world)
+
+
+def _inputs_from_run(args) -> tuple:
+    """What the run builds from the parsed flags (GPTConfig, the padded vocabulary, the layout), in
+    the model's terms: the values the model's inputs must equal."""
+    from megatron_sp.arguments import padded_vocab_size
+    cfg = model_config(args, padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
+                                               args.tensor_model_parallel_size))
+    full = cfg.recompute_granularity == "full"
+    spec = dict(num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
+                vocab_size=cfg.vocab_size, ffn_hidden_size=cfg.ffn_hidden_size, num_query_groups=cfg.num_query_groups,
+                kv_channels=cfg.kv_channels, swiglu=cfg.swiglu, bias=cfg.add_bias_linear,
+                rope=cfg.position_embedding_type == "rope", tied=not cfg.untie_embeddings_and_output_weights,
+                hidden_dropout=cfg.hidden_dropout, attention_dropout=cfg.attention_dropout,
+                attention_backend=cfg.attention_backend, bf16=args.bf16, recompute=cfg.recompute_granularity,
+                rmsnorm=cfg.normalization == "RMSNorm", loss_chunk=cfg.cross_entropy_chunk_size,
+                loss_fusion=cfg.cross_entropy_loss_fusion, mlp_chunk=cfg.tiled_mlp_chunk_size,
+                offload_layers=cfg.cpu_offloading_num_layers,
+                **(dict(recompute_method=cfg.recompute_method, recompute_num_layers=cfg.recompute_num_layers)
+                   if full else {}))
+    sizes = args.hierarchical_context_parallel_sizes
+    layout = dict(tp=args.tensor_model_parallel_size, cp=args.context_parallel_size, mode=args.cp_comm_type,
+                  dp=args.world_size // (args.tensor_model_parallel_size * args.context_parallel_size
+                                         * args.pipeline_model_parallel_size) if hasattr(args, "world_size") else None,
+                  sp=args.sequence_parallel, pp=args.pipeline_model_parallel_size,
+                  ulysses_degree=(sizes[0] if sizes else {"a2a": args.context_parallel_size}.get(args.cp_comm_type, 1))
+                  if args.context_parallel_size > 1 else 1,
+                  sharding="fsdp2" if args.use_torch_fsdp2 else "dist-opt" if args.use_distributed_optimizer else "none",
+                  offload=args.optimizer_cpu_offload)
+    return spec, layout
+
+
+# every preset at one device (llama-3-70b, which needs more, at 8 with the chunked loss only: fast)
+PRESET_CASES = [(name, 1, planner.FEATURES) for name in ("tiny", "small", "llama-32k", "gpt-345m", "gpt-1.3b",
+                                                          "gpt-7b", "llama-3-8b")] + [("llama-3-70b", 8, ("loss",))]
+
+
+@pytest.mark.parametrize("preset,devices,features", PRESET_CASES)
+def test_printed_command_parses_to_the_models_inputs(preset, devices, features):
+    from megatron_sp.scaling.presets import MODEL_PRESETS
+    plans = planner.plan(MODEL_PRESETS[preset].split(), devices, 80, 250, features=features)
+    best = planner.runnable(plans, 2)
+    assert best, preset
+    for p in best:
+        args = _parsed(p.command())
+        spec, layout = _inputs_from_run(args)
+        modelled = {k: getattr(p.spec, k) for k in spec}
+        assert modelled == spec, {k: (modelled[k], spec[k]) for k in spec if modelled[k] != spec[k]}
+        lay = planner.model_layout(p.layout)
+        layout["dp"] = devices // (lay.tp * lay.cp * lay.pp)
+        assert {k: getattr(lay, k) for k in layout} == layout
+        assert (args.seq_length, args.micro_batch_size, args.num_micro_batches) == (p.seq_length, 1,
+                                                                                    lay.micro_batches)
+        # what the planner assumed unless told: no dropout, a flash kernel (pretrain_gpt.py's defaults: 0.1, auto)
+        assert args.hidden_dropout == args.attention_dropout == 0.0 and args.attention_backend == "flash"
+        assert mm.attention_kernel(p.spec, lay) == "flash" and "flash kernel" in p.attention()
+
+
+def test_attention_dropout_is_planned_with_the_reference_kernels_scores():
+    """Model flags that ask for attention dropout: the command keeps it and runs ``auto`` (the reference
+    kernel), the model counts its O(s^2) scores, so the plan is much shorter, and says why."""
+    without = planner.plan(SMALL, 2, DEV_GB, HOST_GB, reserve_gb=0.05)[0]
+    plans = planner.plan(SMALL + ["--attention-dropout", "0.1"], 2, DEV_GB, HOST_GB, reserve_gb=0.05)
+    best = planner.runnable(plans, 1)[0]
+    args = _parsed(best.command())
+    assert (args.attention_dropout, args.hidden_dropout, args.attention_backend) == (0.1, 0.0, "auto")
+    lay = planner.model_layout(best.layout)
+    assert best.spec.attention_dropout == 0.1 and mm.attention_kernel(best.spec, lay) == "reference"
+    assert "reference kernel" in best.attention() and "O(s^2)" in best.attention()
+    assert any(r[0].startswith("attention scores (reference kernel") for r in best.breakdown())
+    assert best.seq_length < without.seq_length / 2, (best.seq_length, without.seq_length)
+
+
+def test_fp32_plans_name_the_memory_efficient_kernel():
+    p = planner.plan(SMALL, 1, DEV_GB, HOST_GB, reserve_gb=0.05, bf16=False)[0]
+    assert "--attention-backend fused" in p.command() and "--bf16" not in p.command()
+    assert planner.planned_model_flags(SMALL, bf16=False, device="cpu")[-1] == "flash"  # CPU: torch's flash op

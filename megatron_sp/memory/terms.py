@@ -44,6 +44,7 @@ class ModelSpec:
     offload_layers: int = 0  # --cpu-offloading-num-layers (with --cpu-offloading)
     device: str = "cuda"  # "cpu": host and device are one memory (offload moves nothing)
     attention_backend: str = "auto"  # --attention-backend: unfused/local materialise scores (see module doc)
+    attention_dropout: float = 0.0  # --attention-dropout: > 0 under auto runs the reference kernel (O(s^2) scores)
 
     def __post_init__(self):
         self.ffn_hidden_size = self.ffn_hidden_size or default_ffn_hidden_size(self.hidden_size, self.swiglu)
@@ -59,6 +60,7 @@ class ModelSpec:
         for flag, typ in (("--num-layers", int), ("--hidden-size", int), ("--num-attention-heads", int),
                           ("--ffn-hidden-size", int), ("--num-query-groups", int), ("--kv-channels", int),
                           ("--vocab-size", int), ("--max-position-embeddings", int), ("--hidden-dropout", float),
+                          ("--attention-dropout", float),
                           ("--make-vocab-size-divisible-by", int), ("--recompute-granularity", str),
                           ("--recompute-method", str), ("--recompute-num-layers", int),
                           ("--cross-entropy-chunk-size", int), ("--tiled-mlp-chunk-size", int),
@@ -86,7 +88,8 @@ class ModelSpec:
                    loss_chunk=2048 if a.cross_entropy_chunk_size is None else a.cross_entropy_chunk_size,
                    loss_fusion=a.cross_entropy_loss_fusion, mlp_chunk=a.tiled_mlp_chunk_size or 0,
                    offload_layers=(a.cpu_offloading_num_layers or 0) if a.cpu_offloading else 0, device=device,
-                   attention_backend=a.attention_backend)
+                   attention_backend=a.attention_backend,
+                   attention_dropout=a.attention_dropout if a.attention_dropout is not None else 0.0)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class Estimate:
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
     host: float = 0.0      # host bytes of the model state (--optimizer-cpu-offload)
+    host_optimizer: float = 0.0  # host temporaries of the offloaded optimizer step (host_optimizer_step)
     buffers: float = 0.0   # persistent pipeline receive buffers (memory/stages.py)
     optimizer: float = 0.0  # peak of the optimizer step (activations freed by then)
     host_activations: float = 0.0  # activations offloaded to (pinned) host memory (--cpu-offloading, CUDA)
@@ -134,8 +138,10 @@ class Estimate:
 
     @property
     def host_total(self) -> float:
-        """Host bytes this rank needs: offloaded model state and offloaded activations."""
-        return self.host + self.host_activations
+        """Host bytes this rank needs: offloaded model state, offloaded activations and the offloaded
+        optimizer step's temporaries (added, not overlapped: torch's host allocator keeps the pinned
+        activation blocks cached for the next step)."""
+        return self.host + self.host_activations + self.host_optimizer
 
     @property
     def device_peak(self) -> float:
@@ -219,15 +225,25 @@ def parameter_tensors(spec: ModelSpec) -> tuple:
 def optimizer_peak(spec: ModelSpec, lay: LayoutSpec, n_params: float, ddp: bool) -> float:
     """The optimizer step, after backward freed the activations: every gradient when they are not
     DDP buckets or shards (in the baseline), and on CPU the foreach AdamW's ``sqrt(v)`` temporaries,
-    one per local (sharded) parameter (CUDA's fused kernel makes none; offloaded state steps on the host),
-    with a page per tensor (``activation_memory.cpu_pages``)."""
+    one per local (sharded) parameter (CUDA's fused kernel makes none; on CUDA offloaded state steps
+    on the host: :func:`host_optimizer_step`), with a page per tensor (``activation_memory.cpu_pages``)."""
     grads = 0.0 if ddp else 4.0 * n_params
     if lay.sharding != "none":
         n_params /= lay.dp * lay.cp
-    temps = spec.device == "cpu" and not lay.offload
+    temps = spec.device == "cpu"  # host and device are one memory: offloaded or not, the step makes them
     outside, per_layer = parameter_tensors(spec)
     tensors = (outside + spec.num_layers * per_layer) * ((0 if ddp else 1) + (1 if temps else 0))
     return grads + (4.0 * n_params if temps else 0.0) + activation_memory.cpu_pages(spec, tensors)
+
+
+def host_optimizer_step(spec: ModelSpec, lay: LayoutSpec, n_params: float) -> float:
+    """Host bytes of the optimizer step under ``--optimizer-cpu-offload`` on CUDA: the fp32 shards
+    step on the host with the foreach AdamW (training/optimizer.py), which makes one fp32 ``sqrt(v)``
+    temporary per local (sharded) parameter, e.g. about 32 GB for Llama-3-8B on one GPU.  On CPU host
+    and device are one memory and :func:`optimizer_peak` counts them."""
+    if not lay.offload or spec.device == "cpu":
+        return 0.0
+    return 4.0 * n_params / (lay.dp * lay.cp)
 
 
 def outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
