@@ -10,7 +10,9 @@ import pytest
 from megatron_sp import memory as mm
 from megatron_sp.scaling import planner
 from megatron_sp.arguments import build_parser, validate_args
-from megatron_sp.training.loop import check_layout, model_config
+from megatron_sp.arguments.model_config import gpt_config
+from megatron_sp.arguments.parallel import ParallelConfig
+from megatron_sp.arguments.preflight import check_layout, preflight
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SMALL = ("--num-layers 4 --hidden-size 256 --num-attention-heads 8 --group-query-attention --num-query-groups 4 "
@@ -32,7 +34,7 @@ def test_best_layout_fits_its_budget_by_the_model(plans):
         # the model again, from the plan's own flags: the same footprint, and one granule more does not fit
         args = build_parser().parse_args(best.argv())
         spec = mm.ModelSpec.from_flags(best.argv(), bf16=True)
-        lay = planner.model_layout(best.layout)
+        lay = best.layout.parallel
         spec.vocab_size = planner._padded_vocab(spec, lay.tp)
         d, h, _ = planner.footprint(spec, lay, args.seq_length, 0.05e9)
         assert d == pytest.approx(best.device_bytes) and h == pytest.approx(best.host_bytes)
@@ -45,7 +47,7 @@ def test_command_line_parses_through_pretrain_gpt(plans):
     for n, ps in plans.items():
         for p in planner.runnable(ps, 3):
             args = validate_args(build_parser().parse_args(p.argv()), n)
-            check_layout(args, model_config(args, 32000))
+            check_layout(args, gpt_config(args, 32000))
             assert args.seq_length == p.seq_length and args.context_parallel_size == p.layout.cp
             assert p.command().startswith(f"torchrun --nproc-per-node {n} pretrain_gpt.py ")
 
@@ -96,44 +98,20 @@ def test_cli_prints_ranking_breakdown_and_command():
 
 # --- plans that run as printed: the command's parsed values are the model's inputs ---------------
 def _parsed(command: str):
-    """The namespace pretrain_gpt.py builds from a printed command (its own parser and checks)."""
+    """The namespace pretrain_gpt.py builds from a printed command (its parser and start-up checks)."""
     import shlex
     words = shlex.split(command)
     argv = words[words.index("pretrain_gpt.py") + 1:]
     world = int(words[words.index("--nproc-per-node") + 1])
     if "--nnodes" in words:
         world *= int(words[words.index("--nnodes") + 1])
-    return validate_args(build_parser().parse_args(argv), world)
+    return preflight(argv, world, on_this_machine=False).args
 
 
-def _inputs_from_run(args) -> tuple:
-    """What the run builds from the parsed flags (GPTConfig, the padded vocabulary, the layout), in
-    the model's terms: the values the model's inputs must equal."""
-    from megatron_sp.arguments import padded_vocab_size
-    cfg = model_config(args, padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
-                                               args.tensor_model_parallel_size))
-    full = cfg.recompute_granularity == "full"
-    spec = dict(num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
-                vocab_size=cfg.vocab_size, ffn_hidden_size=cfg.ffn_hidden_size, num_query_groups=cfg.num_query_groups,
-                kv_channels=cfg.kv_channels, swiglu=cfg.swiglu, bias=cfg.add_bias_linear,
-                rope=cfg.position_embedding_type == "rope", tied=not cfg.untie_embeddings_and_output_weights,
-                hidden_dropout=cfg.hidden_dropout, attention_dropout=cfg.attention_dropout,
-                attention_backend=cfg.attention_backend, bf16=args.bf16, recompute=cfg.recompute_granularity,
-                rmsnorm=cfg.normalization == "RMSNorm", loss_chunk=cfg.cross_entropy_chunk_size,
-                loss_fusion=cfg.cross_entropy_loss_fusion, mlp_chunk=cfg.tiled_mlp_chunk_size,
-                offload_layers=cfg.cpu_offloading_num_layers,
-                **(dict(recompute_method=cfg.recompute_method, recompute_num_layers=cfg.recompute_num_layers)
-                   if full else {}))
-    sizes = args.hierarchical_context_parallel_sizes
-    layout = dict(tp=args.tensor_model_parallel_size, cp=args.context_parallel_size, mode=args.cp_comm_type,
-                  dp=args.world_size // (args.tensor_model_parallel_size * args.context_parallel_size
-                                         * args.pipeline_model_parallel_size) if hasattr(args, "world_size") else None,
-                  sp=args.sequence_parallel, pp=args.pipeline_model_parallel_size,
-                  ulysses_degree=(sizes[0] if sizes else {"a2a": args.context_parallel_size}.get(args.cp_comm_type, 1))
-                  if args.context_parallel_size > 1 else 1,
-                  sharding="fsdp2" if args.use_torch_fsdp2 else "dist-opt" if args.use_distributed_optimizer else "none",
-                  offload=args.optimizer_cpu_offload)
-    return spec, layout
+def _differences(a, b) -> dict:
+    import dataclasses
+    return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
+            if getattr(a, f.name) != getattr(b, f.name)}
 
 
 # every preset at one device (llama-3-70b, which needs more, at 8 with the chunked loss only: fast)
@@ -149,17 +127,13 @@ def test_printed_command_parses_to_the_models_inputs(preset, devices, features):
     assert best, preset
     for p in best:
         args = _parsed(p.command())
-        spec, layout = _inputs_from_run(args)
-        modelled = {k: getattr(p.spec, k) for k in spec}
-        assert modelled == spec, {k: (modelled[k], spec[k]) for k in spec if modelled[k] != spec[k]}
-        lay = planner.model_layout(p.layout)
-        layout["dp"] = devices // (lay.tp * lay.cp * lay.pp)
-        assert {k: getattr(lay, k) for k in layout} == layout
-        assert (args.seq_length, args.micro_batch_size, args.num_micro_batches) == (p.seq_length, 1,
-                                                                                    lay.micro_batches)
+        # the model's inputs (spec, layout, length, batch) are what the run builds from the parsed flags
+        assert p.spec == mm.ModelSpec.from_args(args), _differences(p.spec, mm.ModelSpec.from_args(args))
+        assert p.layout.parallel == ParallelConfig.from_args(args)
+        assert (args.seq_length, args.micro_batch_size) == (p.seq_length, 1)
         # what the planner assumed unless told: no dropout, a flash kernel (pretrain_gpt.py's defaults: 0.1, auto)
         assert args.hidden_dropout == args.attention_dropout == 0.0 and args.attention_backend == "flash"
-        assert mm.attention_kernel(p.spec, lay) == "flash" and "flash kernel" in p.attention()
+        assert mm.attention_kernel(p.spec, p.layout.parallel) == "flash" and "flash kernel" in p.attention()
 
 
 def test_attention_dropout_is_planned_with_the_reference_kernels_scores():
@@ -170,8 +144,8 @@ def test_attention_dropout_is_planned_with_the_reference_kernels_scores():
     best = planner.runnable(plans, 1)[0]
     args = _parsed(best.command())
     assert (args.attention_dropout, args.hidden_dropout, args.attention_backend) == (0.1, 0.0, "auto")
-    lay = planner.model_layout(best.layout)
-    assert best.spec.attention_dropout == 0.1 and mm.attention_kernel(best.spec, lay) == "reference"
+    assert best.spec == mm.ModelSpec.from_args(args)
+    assert best.spec.attention_dropout == 0.1 and mm.attention_kernel(best.spec, best.layout.parallel) == "reference"
     assert "reference kernel" in best.attention() and "O(s^2)" in best.attention()
     assert any(r[0].startswith("attention scores (reference kernel") for r in best.breakdown())
     assert best.seq_length < without.seq_length / 2, (best.seq_length, without.seq_length)
