@@ -290,3 +290,75 @@ def test_the_memory_model_the_flag_contract_and_the_planner_import_no_torch():
             "--vocab-size 128'.split()); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code, *modules], check=True, cwd=root)
+
+
+# --- attention dropout and the offloaded optimizer step (terms the planner's commands need) -----
+def test_attention_dropout_runs_the_reference_kernel_and_the_model_counts_its_scores():
+    """--attention-dropout > 0 under auto runs the reference kernel: its fp32 score blocks (6 at the
+    backward peak) are what a measured step adds; without the term the model is 3x too low."""
+    import dataclasses
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+    import scaling_experiment as se
+    args = se.parse_args(["--memory-budget-gb", "1", "--device", "cpu"])
+    plain = se.model_config(args)
+    dropout = dataclasses.replace(plain, attention_dropout=0.1)
+    lay = mm.ParallelConfig()
+    assert (mm.attention_kernel(plain, lay), mm.attention_kernel(dropout, lay)) == ("flash", "reference")
+    block = 8 * 512 * 512 * 4  # [b, a, s, s] fp32 at s = 512
+    assert mm.score_block(dropout, lay, 512, 1) == block
+    assert mm.unfused_transient(dropout, lay, 512, 1) == 6 * block
+    assert mm.unfused_transient(dropout, mm.ParallelConfig(cp=4, mode="a2a", ulysses=4), 512, 1) == 6 * block / 4 * 16
+    assert mm.unfused_transient(dropout, mm.ParallelConfig(cp=4, mode="rsa"), 512, 1) == \
+        mm.unfused_transient(plain, mm.ParallelConfig(cp=4, mode="rsa"), 512, 1)  # RSA: its rows, whatever the dropout
+    layout = se.make_layout("p2p", 1)
+    r = se.run_trial(se.build_argv(args, layout, 512, 1) + ["--attention-dropout", "0.1"], 1, 1 << 30, steps=2,
+                     timeout=120)
+    assert r.status == "ok", r.error
+    with_term = mm.estimate(dropout, layout.parallel, 512, 1).step_peak
+    without = mm.estimate(plain, layout.parallel, 512, 1).step_peak
+    assert abs(with_term / r.peak_bytes - 1) < 0.1, (with_term / MiB, r.peak_bytes / MiB)
+    assert without < 0.5 * r.peak_bytes, (without / MiB, r.peak_bytes / MiB)
+
+
+_ADAMW_STEP = """
+import sys, types, torch
+from megatron_sp.scaling.trial import PeakMeter, configure_malloc
+from megatron_sp.training.optimizer import _adamw
+configure_malloc()
+torch.set_num_threads(1)
+params = [torch.nn.Parameter(torch.randn(n)) for n in (4_000_000, 3_000_000, 1_000_000, 1000)]
+for p in params:
+    p.grad = torch.randn_like(p)
+args = types.SimpleNamespace(lr=1e-3, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8)
+opt = _adamw([{"params": params, "weight_decay": 0.1}], args, on_cuda=False, sharded=True)
+opt.step()  # Adam state made: the measured step is a later one, as in training
+meter = PeakMeter(torch.device("cpu"))
+meter.start()
+opt.step()
+print(meter.peak())
+"""
+
+
+def test_offloaded_optimizer_step_makes_one_fp32_temporary_per_parameter():
+    """--optimizer-cpu-offload steps the fp32 shards on the host with the foreach AdamW (what
+    training/optimizer.py builds when the parameters are not on CUDA): measured, one fp32 temporary
+    per parameter, the model's host term; the planner's host footprint includes it (~32 GB at 8B)."""
+    import subprocess
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run([sys.executable, "-c", _ADAMW_STEP], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    n = 8_001_000
+    spec = mm.ModelSpec.from_flags(TINY, bf16=True)
+    offload = mm.ParallelConfig(sharding="fsdp2", offload=True)
+    assert mm.host_optimizer_step(spec, offload, n) == 4.0 * n
+    assert abs(int(out.stdout.split()[-1]) / mm.host_optimizer_step(spec, offload, n) - 1) < 0.05, out.stdout
+    assert mm.host_optimizer_step(spec, mm.ParallelConfig(sharding="fsdp2"), n) == 0  # not offloaded: the device's
+    est = mm.estimate(spec, mm.ParallelConfig(dp=2, sharding="fsdp2", offload=True), 1024, 1)
+    assert est.host_optimizer == 4.0 * mm.local_parameters(spec, 1) / 2
+    assert est.host_total == est.host + est.host_activations + est.host_optimizer
+    from megatron_sp.scaling import planner
+    from megatron_sp.scaling.presets import MODEL_PRESETS
+    best = planner.plan(MODEL_PRESETS["llama-3-8b"].split(), 1, 80, 250)[0]
+    assert best.layout.offload and 31e9 < best.estimate.host_optimizer < 33e9
+    assert best.host_bytes >= best.estimate.host + best.estimate.host_activations + best.estimate.host_optimizer

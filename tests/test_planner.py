@@ -11,7 +11,8 @@ from megatron_sp import memory as mm
 from megatron_sp.scaling import planner
 from megatron_sp.arguments import build_parser, validate_args
 from megatron_sp.arguments.model_config import gpt_config
-from megatron_sp.arguments.preflight import check_layout
+from megatron_sp.arguments.parallel import ParallelConfig
+from megatron_sp.arguments.preflight import check_layout, preflight
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SMALL = ("--num-layers 4 --hidden-size 256 --num-attention-heads 8 --group-query-attention --num-query-groups 4 "
@@ -93,3 +94,64 @@ def test_cli_prints_ranking_breakdown_and_command():
     assert r.returncode == 0, r.stderr
     assert "breakdown of the best" in r.stdout and "step peak" in r.stdout
     assert "torchrun --nproc-per-node 2 pretrain_gpt.py" in r.stdout
+
+
+# --- plans that run as printed: the command's parsed values are the model's inputs ---------------
+def _parsed(command: str):
+    """The namespace pretrain_gpt.py builds from a printed command (its parser and start-up checks)."""
+    import shlex
+    words = shlex.split(command)
+    argv = words[words.index("pretrain_gpt.py") + 1:]
+    world = int(words[words.index("--nproc-per-node") + 1])
+    if "--nnodes" in words:
+        world *= int(words[words.index("--nnodes") + 1])
+    return preflight(argv, world, on_this_machine=False).args
+
+
+def _differences(a, b) -> dict:
+    import dataclasses
+    return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
+            if getattr(a, f.name) != getattr(b, f.name)}
+
+
+# every preset at one device (llama-3-70b, which needs more, at 8 with the chunked loss only: fast)
+PRESET_CASES = [(name, 1, planner.FEATURES) for name in ("tiny", "small", "llama-32k", "gpt-345m", "gpt-1.3b",
+                                                          "gpt-7b", "llama-3-8b")] + [("llama-3-70b", 8, ("loss",))]
+
+
+@pytest.mark.parametrize("preset,devices,features", PRESET_CASES)
+def test_printed_command_parses_to_the_models_inputs(preset, devices, features):
+    from megatron_sp.scaling.presets import MODEL_PRESETS
+    plans = planner.plan(MODEL_PRESETS[preset].split(), devices, 80, 250, features=features)
+    best = planner.runnable(plans, 2)
+    assert best, preset
+    for p in best:
+        args = _parsed(p.command())
+        # the model's inputs (spec, layout, length, batch) are what the run builds from the parsed flags
+        assert p.spec == mm.ModelSpec.from_args(args), _differences(p.spec, mm.ModelSpec.from_args(args))
+        assert p.layout.parallel == ParallelConfig.from_args(args)
+        assert (args.seq_length, args.micro_batch_size) == (p.seq_length, 1)
+        # what the planner assumed unless told: no dropout, a flash kernel (pretrain_gpt.py's defaults: 0.1, auto)
+        assert args.hidden_dropout == args.attention_dropout == 0.0 and args.attention_backend == "flash"
+        assert mm.attention_kernel(p.spec, p.layout.parallel) == "flash" and "flash kernel" in p.attention()
+
+
+def test_attention_dropout_is_planned_with_the_reference_kernels_scores():
+    """Model flags that ask for attention dropout: the command keeps it and runs ``auto`` (the reference
+    kernel), the model counts its O(s^2) scores, so the plan is much shorter, and says why."""
+    without = planner.plan(SMALL, 2, DEV_GB, HOST_GB, reserve_gb=0.05)[0]
+    plans = planner.plan(SMALL + ["--attention-dropout", "0.1"], 2, DEV_GB, HOST_GB, reserve_gb=0.05)
+    best = planner.runnable(plans, 1)[0]
+    args = _parsed(best.command())
+    assert (args.attention_dropout, args.hidden_dropout, args.attention_backend) == (0.1, 0.0, "auto")
+    assert best.spec == mm.ModelSpec.from_args(args)
+    assert best.spec.attention_dropout == 0.1 and mm.attention_kernel(best.spec, best.layout.parallel) == "reference"
+    assert "reference kernel" in best.attention() and "O(s^2)" in best.attention()
+    assert any(r[0].startswith("attention scores (reference kernel") for r in best.breakdown())
+    assert best.seq_length < without.seq_length / 2, (best.seq_length, without.seq_length)
+
+
+def test_fp32_plans_name_the_memory_efficient_kernel():
+    p = planner.plan(SMALL, 1, DEV_GB, HOST_GB, reserve_gb=0.05, bf16=False)[0]
+    assert "--attention-backend fused" in p.command() and "--bf16" not in p.command()
+    assert planner.planned_model_flags(SMALL, bf16=False, device="cpu")[-1] == "flash"  # CPU: torch's flash op

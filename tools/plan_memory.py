@@ -8,7 +8,9 @@
 Prints the top layouts ranked by the longest sequence whose device footprint (model state,
 the step's peak, ``--reserve-gb``) and host footprint (``--optimizer-cpu-offload`` state,
 ``--cpu-offloading`` activations) fit, by the memory model (megatron_sp/memory/estimate.py), then
-the per-term breakdown of the best and the torchrun command that runs it.  ``--features``
+the per-term breakdown of the best, which kernel its attention runs (and what attention dropout
+costs: the reference kernel's O(s^2) scores) and the torchrun command that runs it, with every
+flag the model assumed (no dropout and the flash backend unless the model flags say otherwise).  ``--features``
 restricts the long-sequence options (chunked loss, tiled MLP, activation offload; give none
 for the code without them).  Bad input is one line on stderr and exit status 2.
 """
@@ -69,7 +71,7 @@ def main(argv=None) -> int:
     if not best:
         print(f"nothing fits: {budget}; not even the shortest sequence of any layout")
         return 1
-    print(f"model: {' '.join(flags)}\nbudget: {budget}\n")
+    print(f"model: {' '.join(best[0].model_flags)}\nbudget: {budget}\n")
     print(f"{'rank':>4}  {'max seq':>10}  {'device GB':>9}  {'host GB':>8}  layout")
     for i, p in enumerate(best, 1):
         print(f"{i:>4}  {p.seq_length:>10,}  {p.device_bytes / 1e9:>9.1f}  {p.host_bytes / 1e9:>8.1f}  {p.describe()}")
@@ -77,6 +79,7 @@ def main(argv=None) -> int:
     print(f"\nbreakdown of the best at {top.seq_length:,} tokens (GB, the worst rank):")
     for term, gib, where in top.breakdown():
         print(f"  {term:<44} {gib:>9.2f}  {where}")
+    print(f"\nattention of the best: {top.attention()}")
     data = args.data_args.split() if args.data_args is not None else None
     train = args.train_args.split() if args.train_args is not None else None
     print(f"\ncommand:\n  {top.command(data, train)}")

@@ -8,13 +8,14 @@ Modules: ``terms`` (the specs, ``Estimate``, model state and communication), ``a
 ``estimate`` (the whole step, and the largest length or batch that fits).  One model serves the
 planner, the scaling tool and the checks against measurement; nothing here imports torch.
 """
-from .activations import UNFUSED_BACKENDS, probs_bytes, unfused_transient
+from .activations import UNFUSED_BACKENDS, attention_kernel, probs_bytes, score_block, unfused_transient
 from .estimate import estimate, largest, max_micro_batch, max_seq_length
 from .stages import stage_estimates
-from .terms import (Estimate, ParallelConfig, ModelSpec, comm, layer_parameters, local_parameters, model_state,
-                    optimizer_peak, outside_saved, parameter_tensors)
+from .terms import (Estimate, ModelSpec, ParallelConfig, comm, host_optimizer_step, layer_parameters,
+                    local_parameters, model_state, optimizer_peak, outside_saved, parameter_tensors)
 
-__all__ = ["UNFUSED_BACKENDS", "Estimate", "ParallelConfig", "ModelSpec", "comm", "estimate", "largest",
+__all__ = ["UNFUSED_BACKENDS", "Estimate", "ParallelConfig", "ModelSpec", "attention_kernel", "comm", "estimate",
+           "host_optimizer_step", "largest", "score_block",
            "layer_parameters", "local_parameters", "max_micro_batch", "max_seq_length", "model_state",
            "optimizer_peak", "outside_saved", "parameter_tensors", "probs_bytes", "stage_estimates",
            "unfused_transient"]

@@ -47,9 +47,12 @@ composite (CPU; a fused CUDA kernel keeps ``x * rsqrt`` less).
 Offload (``--cpu-offloading-num-layers N``): the kept bytes of runs starting below ``N`` live
 in host memory (``host``); on CPU host and device are one memory and nothing changes.
 
-Materialised attention (RSA over P > 1, ``--attention-backend unfused`` over a ring of one)
-keeps fp32 probabilities instead of the LSE (:func:`probs_bytes`) and adds score-sized
-transients to a layer's backward (:func:`unfused_transient`).  With sharded model state the
+Which kernel runs attention is :func:`attention_kernel`.  Materialised attention (RSA over P > 1,
+``--attention-backend unfused`` over a ring of one) keeps fp32 probabilities instead of the LSE
+(:func:`probs_bytes`) and adds score-sized transients to a layer's backward
+(:func:`unfused_transient`); so does the reference block kernel, which runs attention when
+``--attention-dropout`` > 0 under ``--attention-backend auto`` (the flash kernels here cannot apply
+dropout): its largest block's fp32 scores, 6 blocks at its backward peak with dropout.  With sharded model state the
 gathered compute weights are alive in every phase and the unsharded gradients in backward
 (``phases(..., gathered, unsharded_grads)``); under bf16 the residual stream is then 2-byte.
 Pipeline stages take their chunks' bytes from :func:`chunk_kept`.
@@ -148,37 +151,73 @@ def weight_copy_tensors(spec, lay) -> int:
 
 
 UNFUSED_BACKENDS = ("unfused", "local")
+MASK_BYTES = 9  # per score element while a dropout mask is made: the bool keep, its fp32 cast, the scaled mask
+
+
+def attention_kernel(spec, lay) -> str:
+    """What runs a layer's attention, as ``backends.resolve_backend`` picks it (``--attention-backend``
+    flash / fused with dropout are refused at start-up):
+
+    ``rsa``        --cp-comm-type rsa over P > 1: full score rows kept (the paper's algorithm)
+    ``unfused``    --attention-backend unfused / local where attention is a ring of one: RSA's algorithm
+                   over one rank, probabilities kept
+    ``reference``  the plain-matmul block kernel: unfused inside a ring of R > 1, or ``auto`` with
+                   ``--attention-dropout`` > 0 (the flash kernels here cannot apply dropout); each
+                   block's fp32 scores are transient, recomputed in backward
+    ``flash``      a flash-family kernel (flash, memory-efficient): O(s) memory, the LSE kept
+    """
+    if lay.score_rows:
+        return "rsa"
+    if spec.attention_backend in UNFUSED_BACKENDS:
+        return "unfused" if lay.ring_degree == 1 else "reference"
+    if spec.attention_dropout > 0 and spec.attention_backend == "auto":
+        return "reference"
+    return "flash"
 
 
 def _materialised(spec, lay) -> bool:
-    """Attention runs RSA's algorithm, keeping probabilities: rsa over P > 1, or ``--attention-backend
+    """Attention keeps its probabilities (RSA's algorithm): rsa over P > 1, or ``--attention-backend
     unfused`` where attention is a ring of one (CP 1, every TP layout, Ulysses after its all-to-all)."""
-    return (lay.score_rows) or (spec.attention_backend in UNFUSED_BACKENDS
-                                                  and lay.ring_degree == 1)
+    return attention_kernel(spec, lay) in ("rsa", "unfused")
+
+
+def score_block(spec, lay, s: float, b: int) -> float:
+    """fp32 bytes of the largest score block one block-kernel call materialises: the ring step's
+    diagonal ``[b, a/(T U), sU, sU]`` (a ring of one: the whole local portion after the all-to-all)."""
+    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
+    return b * (a / (T * U)) * (s * U) ** 2 * 4
+
+
+def reference_backward_bytes(block_bytes: float, dropout: bool) -> float:
+    """Score-sized bytes alive at the reference kernel's backward peak for one ``block_bytes`` fp32
+    block: the probabilities, their gradient and two temporaries of the softmax backward (4 blocks);
+    with dropout also the regenerated mask and the dropped probabilities (6)."""
+    return (6 if dropout else 4) * block_bytes
 
 
 def probs_bytes(spec, lay, s: float, b: int) -> float:
     """fp32 probabilities one layer keeps: RSA's rows ``[b, a/T, s, sP]``, unfused over a ring of one
     ``[b, a/(T U), sU, sU]``; 0 where attention does not materialise them.  E.g. BERT-Base shapes
     (a = 12), N = 512, b = 1, T = 1: 12 MiB per layer."""
-    if not _materialised(spec, lay):
-        return 0.0
-    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
-    if lay.score_rows:
-        return b * (a / T) * s * (s * lay.cp) * 4
-    return b * (a / (T * U)) * (s * U) ** 2 * 4
+    kernel = attention_kernel(spec, lay)
+    if kernel == "rsa":
+        return b * (spec.num_attention_heads / lay.tp) * s * (s * lay.cp) * 4
+    return score_block(spec, lay, s, b) if kernel == "unfused" else 0.0
 
 
 def unfused_transient(spec, lay, s: float, b: int) -> float:
-    """Score-sized tensors alive at a layer's backward peak under ``--attention-backend unfused``:
-    over a ring of one, ``d_probs`` and the softmax-backward product (2 x the probabilities, as RSA);
-    inside a ring (R > 1) the reference kernel's block (the largest is the diagonal ``[sU, sU]``):
-    probabilities, their gradient and two temporaries of the softmax backward (4 x)."""
-    if spec.attention_backend not in UNFUSED_BACKENDS or (lay.score_rows):
-        return 0.0
-    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
-    block = b * (a / (T * U)) * (s * U) ** 2 * 4
-    return (2 if lay.ring_degree == 1 else 4) * block
+    """Score-sized tensors alive at a layer's backward peak besides what it keeps.  RSA's algorithm
+    (rsa over P, unfused over a ring of one, P = 1): ``d_probs`` and the softmax-backward product
+    (2 x the kept rows), or with dropout ``d_probs`` and one column block's mask being made
+    (``MASK_BYTES`` per element of the ``1/P`` of a row), whichever is larger.  The reference
+    kernel (:func:`attention_kernel`): :func:`reference_backward_bytes` of its largest block."""
+    kernel = attention_kernel(spec, lay)
+    if kernel in ("rsa", "unfused"):
+        rows, P = probs_bytes(spec, lay, s, b), (lay.cp if kernel == "rsa" else 1)
+        return rows * max(2.0, 1.0 + (MASK_BYTES / 4 / P if spec.attention_dropout > 0 else 0.0))
+    if kernel == "reference":
+        return reference_backward_bytes(score_block(spec, lay, s, b), spec.attention_dropout > 0)
+    return 0.0
 
 
 def weight_copies(spec, lay):
@@ -259,13 +298,11 @@ def backward_parts(spec, lay, s: float, b: int) -> tuple:
         attn += tok * e * 2 * (a + 2 * max(g, U * T)) * d / T  # all-to-all send + receive buffers
     if R > 1 and not lay.rsa:
         attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
-    if lay.score_rows:
-        attn += 2 * b * (a / T) * s * (s * lay.cp) * 4  # d_probs and the softmax-backward product
-    elif spec.masked and R == 1 and not _materialised(spec, lay):
+    if spec.masked and R == 1 and not _materialised(spec, lay):
         # documents / window over a ring of one: the live sub-blocks' dQ, dK, dV sum in fp32 accumulators
         # (unmasked, the one kernel call's gradients are the result); the masks themselves are O(documents)
         attn += tok * 4 * (a + 2 * max(g, U * T)) * d / T
-    return mlp, attn + unfused_transient(spec, lay, s, b)
+    return mlp, attn + unfused_transient(spec, lay, s, b)  # rsa: d_probs and the softmax-backward product
 
 
 def _run_terms(spec, lay, s: float, b: int, first: int = 0, n=None):

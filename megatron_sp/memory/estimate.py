@@ -27,7 +27,11 @@ what autograd saves, and the step peak against measured steps.
 Attention scores exist for ``rsa`` with P > 1: full rows ``[b, a/T, s, N]`` in fp32
 saved per layer, plus two more copies at the backward peak of a layer (``d_probs`` and the
 softmax-backward product).  With the flash kernels (``--attention-backend auto`` / ``flash``)
-no other mode materialises scores.  ``--attention-backend unfused`` (or ``local``) does, see
+no other mode materialises scores, unless ``--attention-dropout`` > 0: then ``auto`` runs the
+reference block kernel (the flash kernels here cannot apply dropout), whose fp32 scores of the
+largest block (``[b, a/(T U), sU, sU]``, the whole local sequence in a ring of one) are a
+transient of a layer's backward, six of them with the dropout mask
+(``activation_memory.attention_kernel``, ``unfused_transient``).  ``--attention-backend unfused`` (or ``local``) does, see
 ``activation_memory.probs_bytes`` and ``unfused_transient``: where attention is a ring of one (CP 1,
 and Ulysses after its all-to-all) it keeps the fp32 probabilities ``[b, a/(T U), sU, sU]``
 of every layer, exactly RSA's algorithm over a ring of one (same two extra copies in a layer's
@@ -57,8 +61,10 @@ parameter in the optimizer step (CUDA's fused kernel none); with DDP's buckets (
 sharded state the gradients are in the baseline, otherwise backward makes them again.
 
 Host memory per rank (``Estimate.host_total``): the model state under
-``--optimizer-cpu-offload`` (``host``) plus the activations ``--cpu-offloading`` moves
-(``host_activations``; 0 on CPU, where host and device are one memory).
+``--optimizer-cpu-offload`` (``host``), the activations ``--cpu-offloading`` moves
+(``host_activations``) and the offloaded optimizer step's ``sqrt(v)`` temporaries, one fp32 per
+local parameter (``host_optimizer``); the last two are 0 on CPU, where host and device are one
+memory (the step's peak counts the temporaries there).
 
 Communication per step and rank (bytes sent, forward + backward):
 
@@ -78,8 +84,8 @@ from __future__ import annotations
 
 from . import activations as activation_memory
 from .stages import stage_estimates
-from .terms import (Estimate, ParallelConfig, ModelSpec, comm, layer_parameters, local_parameters, model_state,
-                    optimizer_peak, parameter_tensors)
+from .terms import (Estimate, ParallelConfig, ModelSpec, comm, host_optimizer_step, layer_parameters,
+                    local_parameters, model_state, optimizer_peak, parameter_tensors)
 
 
 def estimate(spec: ModelSpec, lay: ParallelConfig, seq_length: int, micro_batch: int) -> Estimate:
@@ -108,7 +114,8 @@ def estimate(spec: ModelSpec, lay: ParallelConfig, seq_length: int, micro_batch:
     return Estimate(params=state["params"], grads=state["grads"], adam=state["adam"],
                     activations=kept, transient=max(peaks.values()) - kept, comm_bytes=sum(traffic.values()),
                     grads_in_baseline=ddp, early_grads=early, comm_detail=traffic, host=state["host"],
-                    optimizer=optimizer, host_activations=host, phases=peaks)
+                    optimizer=optimizer, host_activations=host, phases=peaks,
+                    host_optimizer=host_optimizer_step(spec, lay, n))
 
 
 def largest(fits, granularity: int, limit: int) -> int:

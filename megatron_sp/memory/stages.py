@@ -109,5 +109,6 @@ def stage_estimates(spec: "mt.ModelSpec", lay: "mt.ParallelConfig", seq_length: 
         out.append(mt.Estimate(params=state["params"], grads=state["grads"], adam=state["adam"], activations=acts,
                                transient=transient, grads_in_baseline=True, early_grads=0.0,
                                comm_bytes=sum(comm.values()), comm_detail=comm, host=state["host"],
-                               buffers=buffers, host_activations=host))
+                               buffers=buffers, host_activations=host,
+                               host_optimizer=mt.host_optimizer_step(spec, lay, n)))
     return out

@@ -117,6 +117,7 @@ class Estimate:
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
     host: float = 0.0      # host bytes of the model state (--optimizer-cpu-offload)
+    host_optimizer: float = 0.0  # host temporaries of the offloaded optimizer step (host_optimizer_step)
     buffers: float = 0.0   # persistent pipeline receive buffers (memory/stages.py)
     optimizer: float = 0.0  # peak of the optimizer step (activations freed by then)
     host_activations: float = 0.0  # activations offloaded to (pinned) host memory (--cpu-offloading, CUDA)
@@ -124,8 +125,10 @@ class Estimate:
 
     @property
     def host_total(self) -> float:
-        """Host bytes this rank needs: offloaded model state and offloaded activations."""
-        return self.host + self.host_activations
+        """Host bytes this rank needs: offloaded model state, offloaded activations and the offloaded
+        optimizer step's temporaries (added, not overlapped: torch's host allocator keeps the pinned
+        activation blocks cached for the next step)."""
+        return self.host + self.host_activations + self.host_optimizer
 
     @property
     def device_peak(self) -> float:
@@ -205,15 +208,25 @@ def parameter_tensors(spec: ModelSpec) -> tuple:
 def optimizer_peak(spec: ModelSpec, lay: ParallelConfig, n_params: float, ddp: bool) -> float:
     """The optimizer step, after backward freed the activations: every gradient when they are not
     DDP buckets or shards (in the baseline), and on CPU the foreach AdamW's ``sqrt(v)`` temporaries,
-    one per local (sharded) parameter (CUDA's fused kernel makes none; offloaded state steps on the host),
-    with a page per tensor (``activation_memory.cpu_pages``)."""
+    one per local (sharded) parameter (CUDA's fused kernel makes none; on CUDA offloaded state steps
+    on the host: :func:`host_optimizer_step`), with a page per tensor (``activation_memory.cpu_pages``)."""
     grads = 0.0 if ddp else 4.0 * n_params
     if lay.sharded:
         n_params /= lay.dp * lay.cp
-    temps = spec.device == "cpu" and not lay.offload
+    temps = spec.device == "cpu"  # host and device are one memory: offloaded or not, the step makes them
     outside, per_layer = parameter_tensors(spec)
     tensors = (outside + spec.num_layers * per_layer) * ((0 if ddp else 1) + (1 if temps else 0))
     return grads + (4.0 * n_params if temps else 0.0) + activation_memory.cpu_pages(spec, tensors)
+
+
+def host_optimizer_step(spec: ModelSpec, lay: ParallelConfig, n_params: float) -> float:
+    """Host bytes of the optimizer step under ``--optimizer-cpu-offload`` on CUDA: the fp32 shards
+    step on the host with the foreach AdamW (training/optimizer.py), which makes one fp32 ``sqrt(v)``
+    temporary per local (sharded) parameter, e.g. about 32 GB for Llama-3-8B on one GPU.  On CPU host
+    and device are one memory and :func:`optimizer_peak` counts them."""
+    if not lay.offload or spec.device == "cpu":
+        return 0.0
+    return 4.0 * n_params / (lay.dp * lay.cp)
 
 
 def outside_saved(spec: ModelSpec, lay: ParallelConfig, s: float, b: int) -> float:

@@ -16,6 +16,12 @@ that recomputes, tiles and offloads least, then the smallest TP).  A plan knows 
     plans = plan(MODEL_PRESETS["llama-3-8b"].split(), devices=8, device_gb=80, host_gb=250)
     plans[0].seq_length, plans[0].describe(), plans[0].command()
 
+The command sets everything the model assumed: where the model flags are silent, no hidden or
+attention dropout (``pretrain_gpt.py``'s defaults are 0.1, and attention dropout runs the
+reference kernel, whose fp32 scores are O(s^2) per rank) and the attention backend the model
+counted (:func:`planned_model_flags`).  Model flags that ask for dropout are planned with it, the
+reference kernel's scores included.
+
 ``features`` restricts the issue-11 options (``{"loss", "mlp", "offload"}``; ``()`` plans for
 the code without them: full logits, untiled MLP, activations on the device).
 """
@@ -68,6 +74,7 @@ class Plan:
     model_flags: list = field(default_factory=list)
     bf16: bool = True
     node_size: int = 8
+    spec: Optional["mm.ModelSpec"] = None  # the model's input (vocabulary padded for the layout, options set)
 
     @property
     def world(self) -> int:
@@ -80,6 +87,10 @@ class Plan:
                  f"MLP tiles {o.mlp_chunk}" if o.mlp_chunk else "",
                  f"activation offload {o.offload_layers} layers" if o.offload_layers else ""]
         return f"{self.layout.describe()}; " + ", ".join(e for e in extra if e)
+
+    def attention(self) -> str:
+        """Which kernel the command's attention runs and what it costs, in one line."""
+        return attention_text(self.spec, self.layout.parallel, self.seq_length)
 
     def argv(self, data_flags=None, train_flags=None) -> list:
         """``pretrain_gpt.py`` flags of this plan (mock data and a short schedule unless given)."""
@@ -111,7 +122,12 @@ class Plan:
                 ("Adam m, v (shard)", est.adam / gib, state_where),
                 ("pipeline receive buffers", est.buffers / gib, "device"),
                 ("activations kept at the end of forward", est.activations / gib, "device"),
-                ("activations offloaded (--cpu-offloading)", est.host_activations / gib, "host")]
+                ("activations offloaded (--cpu-offloading)", est.host_activations / gib, "host"),
+                ("optimizer step temporaries (AdamW sqrt(v))", est.host_optimizer / gib, "host, in step")]
+        if self.spec is not None and mm.attention_kernel(self.spec, self.layout.parallel) == "reference":
+            rows.append(("attention scores (reference kernel, in a layer's backward)",
+                         mm.unfused_transient(self.spec, self.layout.parallel, self.seq_length / self.layout.cp,
+                                              1) / gib, "device, in step"))
         for name, value in (est.phases or {}).items():
             rows.append((f"step phase: {name}", value / gib, "device (peak candidate)"))
         rows += [("step peak (largest phase)", est.step_peak / gib, "device"),
@@ -120,13 +136,63 @@ class Plan:
         return [r for r in rows if r[1] > 0]
 
 
+def _flag_value(flags: list, name: str) -> Optional[str]:
+    """The value of the last ``name VALUE`` / ``name=VALUE`` in ``flags`` (None if absent)."""
+    value = None
+    for i, word in enumerate(flags):
+        if word == name and i + 1 < len(flags):
+            value = flags[i + 1]
+        elif word.startswith(name + "="):
+            value = word.split("=", 1)[1]
+    return value
+
+
+def planned_model_flags(model_flags, bf16: bool = True, device: str = "cuda") -> list:
+    """``model_flags`` plus what the model assumes where they are silent, so that the printed command
+    runs what was planned: ``--hidden-dropout 0 --attention-dropout 0`` (pretrain_gpt.py's defaults
+    are 0.1), and ``--attention-backend``: ``flash`` without attention dropout (bf16, or any dtype on
+    CPU; ``fused``, the memory-efficient kernel, for fp32 on CUDA), which start-up refuses in one line
+    where that kernel does not work instead of running another; ``auto`` with attention dropout,
+    which runs the reference kernel the model then counts (the flash kernels cannot apply dropout)."""
+    flags = list(model_flags)
+    for name in ("--hidden-dropout", "--attention-dropout"):
+        if _flag_value(flags, name) is None:
+            flags += [name, "0"]
+    if _flag_value(flags, "--attention-backend") is None:
+        try:
+            dropout = float(_flag_value(flags, "--attention-dropout"))
+        except ValueError:
+            raise PlanError(f"--attention-dropout {_flag_value(flags, '--attention-dropout')}: give a probability "
+                            "in [0, 1)") from None
+        flags += ["--attention-backend",
+                  "auto" if dropout > 0 else ("flash" if bf16 or device == "cpu" else "fused")]
+    return flags
+
+
+def attention_text(spec: "mm.ModelSpec", lay: "mm.ParallelConfig", seq_length: int) -> str:
+    """One line: the kernel a layer's attention runs (``memory.attention_kernel``) and its score memory."""
+    kernel, s = mm.attention_kernel(spec, lay), seq_length / lay.cp
+    gb = lambda x: f"{x / GB:.2f} GB"  # noqa: E731
+    backend = f"--attention-backend {spec.attention_backend}"
+    if kernel == "flash":
+        return f"{backend}: a flash kernel, O(s) memory (no scores materialised), no attention dropout"
+    if kernel == "reference":
+        why = (f"--attention-dropout {spec.attention_dropout:g} > 0 (the flash kernels cannot apply it)"
+               if spec.attention_backend == "auto" else "unfused inside a ring")
+        return (f"{backend}: the reference kernel, because {why}: fp32 scores of each block, "
+                f"{gb(mm.score_block(spec, lay, s, 1))} for the largest, "
+                f"{gb(mm.unfused_transient(spec, lay, s, 1))} at a layer's backward: O(s^2) per rank")
+    return (f"{backend}: {'RSA score rows' if kernel == 'rsa' else 'fp32 probabilities'} kept for backward, "
+            f"{gb(mm.probs_bytes(spec, lay, s, 1))} per layer: O(s^2) per rank")
+
+
 def _divisors(n: int) -> list:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _padded_vocab(spec: "mm.ModelSpec", tp: int) -> int:
+def _padded_vocab(spec: "mm.ModelSpec", tp: int, divisible_by: int = 128) -> int:
     """The vocabulary as pretrain_gpt.py pads it at TP ``tp`` (``spec``'s is padded at TP 1)."""
-    return padded_vocab_size(spec.vocab_size, 128, tp)
+    return padded_vocab_size(spec.vocab_size, divisible_by, tp)
 
 
 def _tp_ok(spec: "mm.ModelSpec", tp: int) -> bool:
@@ -198,9 +264,15 @@ def footprint(spec: "mm.ModelSpec", lay: "mm.ParallelConfig", seq: int, reserve:
     return worst.device_peak + reserve, max(e.host_total for e in ests), worst
 
 
+def at_length(spec: "mm.ModelSpec", n: int) -> "mm.ModelSpec":
+    """The model of the plan's command at length ``n``: it sets ``--max-position-embeddings n`` (a
+    learned position table of n rows)."""
+    return replace(spec, max_position_embeddings=n)
+
+
 def _longest(spec, lay, granularity: int, device: float, host: float, reserve: float, limit: int) -> int:
     def fits(n):
-        d, h, _ = footprint(spec, lay, n, reserve)
+        d, h, _ = footprint(at_length(spec, n), lay, n, reserve)
         return d <= device and h <= host
     return mm.largest(fits, granularity, limit)
 
@@ -211,11 +283,13 @@ def plan(model_flags, devices: int, device_gb: float, host_gb: float, node_size:
     """Plans ranked by the longest sequence that fits (module doc); layouts where nothing fits are left out."""
     model_flags = list(model_flags)
     _check_inputs(model_flags, devices, device_gb, host_gb, node_size, reserve_gb, features)
+    model_flags = planned_model_flags(model_flags, bf16, device)
     base = mm.ModelSpec.from_flags(model_flags, bf16=bf16, device=device)
+    divisible_by = int(_flag_value(model_flags, "--make-vocab-size-divisible-by") or 128)
     dev, host, reserve = device_gb * GB, host_gb * GB, reserve_gb * GB
     plans = []
     for layout in layouts(base, devices, node_size):
-        spec_tp = replace(base, vocab_size=_padded_vocab(base, layout.tp))
+        spec_tp = replace(base, vocab_size=_padded_vocab(base, layout.tp, divisible_by))
         lay = layout.parallel
         for opt in options(base, layout.pp, features, loss_chunk, mlp_chunk):
             spec = replace(spec_tp, recompute_granularity=opt.recompute, recompute_method="uniform",
@@ -224,8 +298,8 @@ def plan(model_flags, devices: int, device_gb: float, host_gb: float, node_size:
                            cpu_offloading_num_layers=opt.offload_layers)
             n = _longest(spec, lay, layout.seq_granularity(), dev, host, reserve, limit)
             if n:
-                d, h, est = footprint(spec, lay, n, reserve)
-                plans.append(Plan(layout, opt, n, d, h, est, model_flags, bf16, node_size))
+                d, h, est = footprint(at_length(spec, n), lay, n, reserve)
+                plans.append(Plan(layout, opt, n, d, h, est, model_flags, bf16, node_size, at_length(spec, n)))
     plans.sort(key=lambda p: (-p.seq_length, p.options.cost(), p.layout.offload, p.layout.tp, p.layout.pp,
                               p.layout.parallel.sharded, p.layout.dp))
     return plans[:top] if top else plans
