@@ -126,7 +126,7 @@ def test_bad_window_is_refused_in_one_line(value, needle):
 
 def test_unlimited_window_is_no_window():
     args = build_parser().parse_args(BASE + ["--train-iters", "1", "--window-size=(-1,0)"])
-    from megatron_sp.sequence_parallel.masks import left_window
+    from megatron_sp.sequence_parallel.config import left_window
     assert args.window_size == (-1, 0) and left_window(args.window_size) is None and left_window([7, 0]) == 7
 
 

@@ -103,7 +103,7 @@ class Pipeline:
         cat = {k: torch.cat([b[k] for b in batches]) for k in _BATCH_KEYS}  # [m * b, s]
         extra = {}
         if "cu_seqlens" in batches[0]:  # document starts [m * b, n], rows padded to one width
-            from ..training.batches import pad_cu_seqlens
+            from ..sequence_parallel.masks import pad_cu_seqlens
             extra["cu_seqlens"] = pad_cu_seqlens([row for b in batches for row in b["cu_seqlens"]])
         self.loss.start(tokens, optimizer.loss_scale if optimizer is not None else 1.0)
         args = (cat["tokens"],) if self.has_first else ()

@@ -39,14 +39,12 @@ computed, for the tests and the benchmark (tools/bench_masked_attention.py).
 """
 from __future__ import annotations
 
-import argparse
 import bisect
 import contextlib
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .config import left_window, window_size_type  # noqa: F401 (re-exported: the flag's type)
 
 FULL, CAUSAL, FLIPPED = "full", "causal", "flipped"
 _UNLIMITED = 1 << 62
@@ -241,3 +239,10 @@ def skip_fraction(mask: AttentionMask, batch: int, seq_len: int, zigzag: bool, r
             skipped += not live
             total += 1
     return skipped / total
+
+
+def pad_cu_seqlens(rows) -> torch.Tensor:
+    """Document starts of several samples as one ``[b, n]`` tensor, each row padded with its
+    last value (the sequence length: empty documents, which masks.py ignores)."""
+    width = max(r.numel() for r in rows)
+    return torch.stack([torch.cat([r, r[-1:].expand(width - r.numel())]) for r in rows])

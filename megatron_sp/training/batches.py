@@ -13,6 +13,7 @@ import functools
 import torch
 
 from ..sequence_parallel import cp_local_indices
+from ..sequence_parallel.masks import pad_cu_seqlens
 from ..arguments.batch_schedule import BatchSchedule, batch_schedule_from_args
 
 _BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
@@ -135,13 +136,6 @@ def _micro_batch_indices(start: int, m: int, args, mesh, n: int) -> list:
     """Sample indices of micro-batch ``m`` of this DP rank in the global batch starting at ``start``."""
     first = start + (m * mesh.dp_size + mesh.dp_rank) * args.micro_batch_size
     return [first + i for i in range(args.micro_batch_size)]
-
-
-def pad_cu_seqlens(rows) -> torch.Tensor:
-    """Document starts of several samples as one ``[b, n]`` tensor, each row padded with its
-    last value (the sequence length: empty documents, which masks.py ignores)."""
-    width = max(r.numel() for r in rows)
-    return torch.stack([torch.cat([r, r[-1:].expand(width - r.numel())]) for r in rows])
 
 
 def _collate(samples, idx):

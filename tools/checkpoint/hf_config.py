@@ -120,7 +120,7 @@ def _scaling_flags(scaling: dict) -> list:
 
 
 def _left_window(args: dict):
-    from megatron_sp.sequence_parallel.masks import left_window
+    from megatron_sp.sequence_parallel.config import left_window
     return left_window(args.get("window_size"))
 
 
