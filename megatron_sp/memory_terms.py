@@ -66,14 +66,15 @@ class ModelSpec:
             p.add_argument(flag, type=typ, default=None)
         for flag in ("--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
                      "--group-query-attention", "--bf16", "--recompute-activations", "--cross-entropy-loss-fusion",
-                     "--cpu-offloading"):
+                     "--cpu-offloading", "--legacy-tokenizer"):
             p.add_argument(flag, action="store_true")
         p.add_argument("--position-embedding-type", default="learned_absolute")
         p.add_argument("--normalization", default="LayerNorm")
         p.add_argument("--attention-backend", default="auto")
         a, _ = p.parse_known_args(argv)
         div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
-        vocab = int(math.ceil(a.vocab_size / div) * div)  # NullTokenizer: EOD is the last of the V ids
+        # NullTokenizer: EOD is the last of the V ids (--legacy-tokenizer: an extra id V)
+        vocab = int(math.ceil((a.vocab_size + a.legacy_tokenizer) / div) * div)
         recompute = recompute or a.recompute_granularity or ("selective" if a.recompute_activations else None)
         return cls(a.num_layers, a.hidden_size, a.num_attention_heads, vocab, a.ffn_hidden_size,
                    a.num_query_groups if a.group_query_attention else None, a.kv_channels, a.swiglu,
