@@ -134,10 +134,11 @@ def _full_disk_in_dcp(rank, world, argv):
     return None
 
 
-def test_full_disk_inside_the_dcp_write_stops_every_rank_with_one_line(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--async-save"]], ids=["sync", "async"])
+def test_full_disk_inside_the_dcp_write_stops_every_rank_with_one_line(tmp_path, extra):
     save = str(tmp_path / "ck")
-    messages = run_distributed(_full_disk_in_dcp, 2, BASE + ["--use-distributed-optimizer", "--train-iters", "6",
-                                                             "--save", save, "--save-interval", "2"])
+    messages = run_distributed(_full_disk_in_dcp, 2, BASE + extra + ["--use-distributed-optimizer", "--train-iters",
+                                                                     "6", "--save", save, "--save-interval", "2"])
     assert all(m and "iteration 4" in m and "failed on rank 1" in m and "No space left on device" in m
                and "\n" not in m for m in messages), messages
     assert ckpt.read_tracker(save) == 2

@@ -116,3 +116,16 @@ def test_the_range_is_scanned_in_shares_and_cached(tmp_path):
     assert run_distributed(_range, 3, prefix, cache) == [truth] * 3  # each rank scans a third
     assert len(glob.glob(os.path.join(cache, "*-range.npy"))) == 1
     assert run_distributed(_range, 2, prefix, cache) == [truth] * 2  # from the cache
+
+
+def test_data_of_the_v_plus_1_null_tokenizer_points_at_legacy_tokenizer(tmp_path):
+    """An EOD of id V (the NullTokenizer of megatron-core <= 0.17) is out of range of --vocab-size V:
+    the error says which flag reads such data."""
+    from megatron_sp.data.token_ids import check_token_ids
+    prefix = str(tmp_path / "d")
+    b = IndexedDatasetBuilder(prefix + ".bin", np.int32)
+    b.add_document([1, 2, 99, 100])
+    b.finalize(prefix + ".idx")
+    with pytest.raises(ValueError, match=r"token id 100\b.*add --legacy-tokenizer\)$"):
+        check_token_ids([prefix], 100, 128, "--tokenizer-type NullTokenizer --vocab-size 100")
+    check_token_ids([prefix], 101, 128, "--tokenizer-type NullTokenizer --vocab-size 100 --legacy-tokenizer")

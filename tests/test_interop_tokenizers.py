@@ -51,6 +51,19 @@ def test_gpt2_bpe_ids_match_hugging_face(gpt2_files):
     assert build_tokenizer(None, vocab_file=vocab, merge_file=merges).tokenize("hello") == ours.tokenize("hello")
 
 
+def test_gpt2_bpe_legacy_tokenizer_encodes_endoftext_as_text(gpt2_files):
+    """--legacy-tokenizer: Megatron's older GPT-2 class, which matches no special token in the text."""
+    vocab, merges = gpt2_files
+    legacy = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab, merge_file=merges, legacy_tokenizer=True)
+    plain = tokenizers.ByteLevelBPETokenizer(vocab, merges)  # no special token registered
+    for text in TRICKY + prose_documents(10):
+        assert legacy.tokenize(text) == plain.encode(text).ids, text[:80]
+    assert legacy.eod not in legacy.tokenize("a<|endoftext|>b")
+    assert legacy.detokenize(legacy.tokenize("a<|endoftext|>b")) == "a<|endoftext|>b"
+    default = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab, merge_file=merges)
+    assert default.tokenize("a<|endoftext|>b").count(default.eod) == 1 and legacy.eod == default.eod
+
+
 def test_gpt2_bpe_errors_name_the_flags(gpt2_files, tmp_path):
     vocab, _ = gpt2_files
     with pytest.raises(ValueError, match="--merge-file"):
@@ -145,6 +158,12 @@ def test_tiktokenizer_matches_a_reference_bpe(gpt2_files, tmp_path, pattern):
         assert tok.tokenize(text) == expected, text[:60]
         assert tok.detokenize(tok.tokenize(text)) == text
     assert tok.tokenize("a</s>") == tok.tokenize("a") + [2]  # special tokens in the text, as Megatron
+    legacy = build_tokenizer("TikTokenizer", str(path), vocab_size=specials + len(ranks), tiktoken_pattern=pattern,
+                             tiktoken_num_special_tokens=specials, legacy_tokenizer=True)
+    for text in ["a</s>", "<s>x<unk>", "</s>"] + TRICKY:  # Megatron's legacy class: special-token text is text
+        expected = [specials + r for w in words.findall(text) for r in _rank_bpe(ranks, w.encode("utf-8"))]
+        assert legacy.tokenize(text) == expected, text
+    assert legacy.eod == tok.eod and legacy.vocab_size == tok.vocab_size
     with pytest.raises(ValueError, match="--vocab-size"):
         build_tokenizer("TikTokenizer", str(path), vocab_size=specials + len(ranks) + 1,
                         tiktoken_num_special_tokens=specials)
@@ -156,6 +175,39 @@ def test_null_tokenizer_is_current_megatron():
     assert build_tokenizer("NullTokenizer", vocab_size=100, null_tokenizer_eod_id=0).eod == 0
     with pytest.raises(ValueError, match="outside"):
         tok.tokenize("3 100")
+    old = build_tokenizer("NullTokenizer", vocab_size=100, legacy_tokenizer=True)  # megatron-core <= 0.17
+    assert old.vocab_size == 101 and old.eod == 100 and old.tokenize("3 100") == [3, 100]
+    with pytest.raises(ValueError, match="--null-tokenizer-eod-id 5 with --legacy-tokenizer"):
+        build_tokenizer("NullTokenizer", vocab_size=100, null_tokenizer_eod_id=5, legacy_tokenizer=True)
+
+
+def test_a_checkpoint_of_the_earlier_null_tokenizer_resumes_with_the_same_flags(tmp_path, capsys):
+    """This codebase's NullTokenizer had V + 1 ids (EOD V) before it took current Megatron's V ids:
+    --vocab-size 512 trained a padded vocabulary of 640, and resuming such a checkpoint with the
+    same flags stopped ("saved with ... (padded vocab) 640, this run has 512").  Such a checkpoint
+    (flags without null_tokenizer_eod_id) now resumes with its own vocabulary and EOD, and the
+    resumed loss is the uninterrupted run's."""
+    from megatron_sp import checkpointing as ckpt
+    from megatron_sp.training.loop import pretrain
+    flags = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 512 --num-layers 1 --hidden-size 16 "
+             "--num-attention-heads 2 --seq-length 16 --micro-batch-size 2 --global-batch-size 2 --lr 1e-2 "
+             "--train-iters 3 --log-interval 100 --eval-interval 0 --hidden-dropout 0 --attention-dropout 0").split()
+    full = pretrain(flags + ["--legacy-tokenizer"])  # the earlier tokenizer, uninterrupted
+    save = str(tmp_path / "ck")
+    first = pretrain(flags + ["--legacy-tokenizer", "--save", save, "--exit-interval", "2"])
+    assert first == full[:2]
+    path = os.path.join(save, "iter_0000002")
+    meta = ckpt.read_metadata(path)  # as the earlier code wrote it: neither flag existed
+    assert meta["model_shape"]["padded_vocab_size"] == 640
+    del meta["args"]["null_tokenizer_eod_id"], meta["args"]["legacy_tokenizer"]
+    with open(os.path.join(path, ckpt.METADATA), "w") as f:
+        json.dump(meta, f)
+    capsys.readouterr()
+    rest = pretrain(flags + ["--load", save])  # the same flags as the earlier run's
+    assert rest == full[2:], (rest, full)
+    assert "this run keeps it, as --legacy-tokenizer" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"padded vocab\) 640, this run has 512"):  # a current run: V ids
+        pretrain(flags + ["--load", save, "--null-tokenizer-eod-id", "511"])
 
 
 def test_preprocess_data_with_megatron_tokenizers(gpt2_files, tmp_path):

@@ -20,6 +20,10 @@ def spec():
 
 def test_from_flags_pads_vocab_and_fills_defaults(spec):
     assert spec.vocab_size == 1024  # 1000 + EOD, padded to 128
+    assert mm.ModelSpec.from_flags("--vocab-size 512 --num-layers 1 --hidden-size 16 --num-attention-heads 2".split()
+                                   ).vocab_size == 512  # NullTokenizer: EOD is id 511
+    assert mm.ModelSpec.from_flags("--vocab-size 512 --num-layers 1 --hidden-size 16 --num-attention-heads 2 "
+                                   "--legacy-tokenizer".split()).vocab_size == 640  # 513 ids, padded to 128
     assert spec.num_query_groups == 8 and spec.kv_channels == 16 and spec.rope and spec.tied
 
 

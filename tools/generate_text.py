@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from megatron_sp.data.tokenizers import build_tokenizer_from_args  # noqa: E402
+from megatron_sp.data.tokenizers import build_tokenizer_from_args, saved_null_tokenizer_is_legacy  # noqa: E402
 from megatron_sp.arguments.types import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, SEED,  # noqa: E402
                                     ArgumentParser, in_range)
 from megatron_sp.model import GPTModel  # noqa: E402
@@ -46,7 +46,9 @@ def load_model(load_dir: str, iteration: int | None = None, device: str = "cpu")
                                    f"(its checkpoints: iterations {', '.join(map(str, have)) or 'none'}; the "
                                    f"tracker names {tracker}); pass one of those, or leave --iteration out")
     path = ckpt.checkpoint_dir(load_dir, iteration)
-    stored = types.SimpleNamespace(**ckpt.read_metadata(path)["args"])
+    saved = ckpt.read_metadata(path)["args"]
+    stored = types.SimpleNamespace(**saved)
+    stored.legacy_tokenizer = bool(saved.get("legacy_tokenizer")) or saved_null_tokenizer_is_legacy(saved)
     stored.hidden_dropout = stored.attention_dropout = 0.0
     stored.sequence_parallel, stored.recompute_granularity = False, None
     stored.cp_comm_type = RING  # one rank: every mode is local attention through the block kernel

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 
 from ..checkpointing.files import checkpoint_dir, read_metadata, read_tracker
+from ..data.tokenizers import resolve_tokenizer_type, saved_null_tokenizer_is_legacy
 
 IF_UNSET = ("num_layers", "hidden_size", "ffn_hidden_size", "seq_length", "num_attention_heads", "kv_channels",
             "max_position_embeddings", "padded_vocab_size")
@@ -34,7 +35,7 @@ ALWAYS = ("num_query_groups", "group_query_attention", "position_embedding_type"
           "disable_bias_linear", "add_qkv_bias", "swiglu", "openai_gelu", "untie_embeddings_and_output_weights",
           "apply_layernorm_1p", "normalization", "norm_epsilon")
 TOKENIZER = ("tokenizer_type", "tokenizer_model", "vocab_size", "vocab_file", "merge_file", "tiktoken_pattern",
-             "tiktoken_num_special_tokens", "null_tokenizer_eod_id")
+             "tiktoken_num_special_tokens", "null_tokenizer_eod_id", "legacy_tokenizer")
 
 
 def saved_checkpoint(load_dir: str | None):
@@ -78,6 +79,14 @@ def apply_checkpoint_args(args) -> list:
                 setattr(args, name, value)
                 taken.append(f"{name}={value}")
         notes.append(f"--use-checkpoint-args: from {path}: {', '.join(taken) if taken else 'nothing differs'}")
+    saved = meta.get("args", {})
+    if (saved_null_tokenizer_is_legacy(saved) and not args.legacy_tokenizer and args.null_tokenizer_eod_id is None
+            and resolve_tokenizer_type(args.tokenizer_type, args.vocab_file) == "NullTokenizer"
+            and saved.get("vocab_size") == args.vocab_size):
+        args.legacy_tokenizer = True  # the same flags keep the checkpoint's vocabulary and EOD
+        notes.append(f"--load {args.load}: {path} was trained with the NullTokenizer of --vocab-size "
+                     f"{args.vocab_size} + 1 ids, EOD {args.vocab_size} (this codebase's earlier meaning, and "
+                     "Megatron-LM's up to megatron-core 0.17); this run keeps it, as --legacy-tokenizer")
     if meta.get("model_only") and not args.finetune:
         args.finetune = True
         notes.append(f"--load {args.load} holds weights only ({path}): loaded as --finetune "

@@ -23,3 +23,6 @@ def add_tokenizer_arguments(group, default_type: str | None = None) -> None:
     group.add_argument("--tiktoken-num-special-tokens", type=NON_NEGATIVE_INT, default=1000)
     group.add_argument("--null-tokenizer-eod-id", type=NON_NEGATIVE_INT, default=None,
                        help="NullTokenizer: the EOD id (default --vocab-size - 1)")
+    group.add_argument("--legacy-tokenizer", action="store_true",
+                       help="the ids of Megatron-LM's legacy tokenizers: GPT2BPE/TikToken encode special-token "
+                            "text as text; NullTokenizer has V+1 ids, EOD V")

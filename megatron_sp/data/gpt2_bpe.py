@@ -3,7 +3,9 @@
 The ids are those of Megatron-LM's GPT-2 tokenizer (and of Hugging Face's GPT-2 tokenizer
 built from the same ``vocab.json`` / ``merges.txt``):
 
-1. ``<|endoftext|>`` in the text is the EOD token itself (one id), as in Megatron-LM;
+1. ``<|endoftext|>`` in the text is the EOD token itself (one id), as in Megatron-LM's
+   (Hugging Face based) GPT-2 tokenizer; with ``legacy`` (``--legacy-tokenizer``, Megatron's
+   older GPT-2 class) it is ordinary text, like any other;
 2. the rest is cut into words by GPT-2's pattern (contractions, letter runs, digit runs,
    other symbols, whitespace), each with its leading space;
 3. each word's UTF-8 bytes are spelled with GPT-2's printable stand-ins (one character
@@ -40,7 +42,7 @@ def byte_symbols() -> dict:
 
 
 class GPT2BPETokenizer:
-    def __init__(self, vocab_file: str, merge_file: str):
+    def __init__(self, vocab_file: str, merge_file: str, legacy: bool = False):
         try:
             import regex
         except ImportError as e:
@@ -68,6 +70,7 @@ class GPT2BPETokenizer:
             raise ValueError(f"--vocab-file {vocab_file}: no {EOD_TOKEN} entry, which GPT-2 uses as EOD")
         self.eod = self.encoder[EOD_TOKEN]
         self.vocab_size = len(self.encoder)
+        self.legacy = legacy
         self._bpe = lru_cache(maxsize=65536)(self._merge)
 
     def _merge(self, word: str) -> tuple:
@@ -101,6 +104,8 @@ class GPT2BPETokenizer:
         return ids
 
     def tokenize(self, text: str) -> list:
+        if self.legacy:
+            return self._encode_plain(text)
         ids = []
         for i, part in enumerate(text.split(EOD_TOKEN)):
             if i:

@@ -15,7 +15,9 @@ the vocabulary file is a JSON list of ``{"rank", "token_bytes" (base64), "token_
 ids ``0 .. S-1`` (S = ``--tiktoken-num-special-tokens``, 1000) are special tokens --
 ``<unk> <s> </s> <mask> <pad> <cls> <sep>`` then ``<SPECIAL_7>`` ... -- and BPE rank r is id
 ``S + r``.  ``vocab_size`` is ``--vocab-size`` (default 2^17), so the file's first
-``vocab_size - S`` ranks are used.  EOD is ``</s>`` (id 2).  Needs ``pip install tiktoken``.
+``vocab_size - S`` ranks are used.  EOD is ``</s>`` (id 2).  Special tokens written in the text
+are their ids (Megatron's ``encode(text, allowed_special="all")``); with ``--legacy-tokenizer``
+they are ordinary text (Megatron's legacy class, ``encode_ordinary``).  Needs ``pip install tiktoken``.
 """
 from __future__ import annotations
 
@@ -113,7 +115,7 @@ def load_tiktoken_ranks(path: str, count: int) -> dict:
 
 class TikTokenizer:
     def __init__(self, path: str, pattern: str | None = "v2", vocab_size: int | None = None,
-                 num_special_tokens: int = 1000):
+                 num_special_tokens: int = 1000, legacy: bool = False):
         try:
             import tiktoken
         except ImportError as e:
@@ -137,8 +139,11 @@ class TikTokenizer:
             special_tokens={t: i for i, t in enumerate(specials)})
         self.eod = specials.index("</s>")
         self.bos = specials.index("<s>")
+        self.legacy = legacy
 
     def tokenize(self, text: str) -> list:
+        if self.legacy:  # Megatron's legacy TikToken class: special-token text is ordinary text
+            return self.encoding.encode_ordinary(text)
         return self.encoding.encode(text, allowed_special="all")
 
     def detokenize(self, ids) -> str:

@@ -97,4 +97,8 @@ def check_token_ids(data_path, vocab_size: int, padded_vocab_size: int, tokenize
                 f"--data-path {prefix} holds token id {hi}, outside the vocabulary: the tokenizer ({tokenizer}) "
                 f"has {vocab_size} ids (padded vocabulary {padded_vocab_size}), so the data was tokenized with "
                 "another tokenizer; pass the tokenizer it was made with, or re-tokenize it with "
-                "tools/preprocess_data.py")
+                "tools/preprocess_data.py" + (
+                    f" (id {hi} = --vocab-size as the EOD: the NullTokenizer of V + 1 ids of megatron-core <= 0.17 "
+                    "and of this codebase before; add --legacy-tokenizer)"
+                    if hi == vocab_size and tokenizer.startswith("--tokenizer-type NullTokenizer")
+                    and "--legacy-tokenizer" not in tokenizer else ""))

@@ -8,9 +8,10 @@ Types (the names Megatron-LM uses, so data and checkpoints line up):
 
 * ``NullTokenizer`` -- the text *is* space-separated ids.  ``--vocab-size V`` gives
   ids ``0..V-1``, ``vocab_size`` V, and EOD the last id ``V - 1`` (``--null-tokenizer-eod-id``
-  picks another), as current Megatron-LM.
+  picks another), as Megatron-LM since megatron-core 0.18 (and its main branch).
 * ``GPT2BPETokenizer`` -- GPT-2's byte-level BPE from ``--vocab-file`` (vocab.json) and
-  ``--merge-file`` (merges.txt); EOD is ``<|endoftext|>`` (gpt2_bpe.py).
+  ``--merge-file`` (merges.txt); EOD is ``<|endoftext|>``, which in the text is the EOD id
+  itself, as Megatron-LM's Hugging Face based GPT-2 tokenizer (gpt2_bpe.py).
 * ``SentencePieceTokenizer`` -- a SentencePiece model plus Megatron's special tokens
   ``<CLS> <SEP> <EOD> <MASK>`` (and pad/bos/eos).  A special token missing from the
   model gets the next free id, so ``vocab_size`` may exceed the model's size;
@@ -22,7 +23,17 @@ Types (the names Megatron-LM uses, so data and checkpoints line up):
   ``tokenizer_config.json``) or a ``tokenizer.json`` file; EOD is the eos token
   (hf_tokenizer.py).  Needs the ``tokenizers`` package.
 * ``TikTokenizer`` -- a tiktoken vocabulary JSON with ``--tiktoken-pattern v1|v2``
-  (hf_tokenizer.py).  Needs the ``tiktoken`` package.
+  (hf_tokenizer.py); special tokens in the text (``<s>``, ``</s>`` ...) are their ids, as
+  Megatron-LM's.  Needs the ``tiktoken`` package.
+
+``--legacy-tokenizer`` (Megatron-LM's flag of the same name, for its older tokenizer classes,
+removed in megatron-core 0.17) gives the ids those classes gave: ``GPT2BPETokenizer`` and
+``TikTokenizer`` encode special-token text as ordinary text, and ``NullTokenizer --vocab-size
+V`` has ``V + 1`` ids with EOD ``V`` (also what megatron-core up to 0.17 and this codebase
+before the change to V ids gave).  Data preprocessed with those keep their ids this way.  The
+other types encode the same with or without it.  A checkpoint written by this codebase with the
+``V + 1`` NullTokenizer (its flags have no ``null_tokenizer_eod_id``) resumes with that meaning
+(training/checkpoint_args.py).
 """
 from __future__ import annotations
 
@@ -35,7 +46,7 @@ TOKENIZER_TYPES = ("NullTokenizer", "GPT2BPETokenizer", "SentencePieceTokenizer"
 TOKENIZER_ALIASES = {"HFTokenizer": "HuggingFaceTokenizer"}
 # The options build_tokenizer takes besides type, model and vocabulary size (flag dests).
 TOKENIZER_OPTIONS = ("vocab_file", "merge_file", "tiktoken_pattern", "tiktoken_num_special_tokens",
-                     "null_tokenizer_eod_id")
+                     "null_tokenizer_eod_id", "legacy_tokenizer")
 
 
 def resolve_tokenizer_type(tokenizer_type: str | None, vocab_file: str | None = None) -> str:
@@ -56,7 +67,8 @@ _READ_BY = {"tokenizer_model": ("SentencePieceTokenizer", "GPTSentencePieceToken
                                 "HuggingFaceTokenizer", "TikTokenizer"),
             "vocab_size": ("NullTokenizer", "TikTokenizer"), "vocab_file": ("GPT2BPETokenizer",),
             "merge_file": ("GPT2BPETokenizer",), "tiktoken_pattern": ("TikTokenizer",),
-            "null_tokenizer_eod_id": ("NullTokenizer",)}
+            "null_tokenizer_eod_id": ("NullTokenizer",),
+            "legacy_tokenizer": ("NullTokenizer", "GPT2BPETokenizer", "TikTokenizer")}
 
 
 def unused_tokenizer_flags(args) -> list:
@@ -65,11 +77,20 @@ def unused_tokenizer_flags(args) -> list:
     notes = []
     for dest, readers in _READ_BY.items():
         value = getattr(args, dest, None)
-        if value is not None and kind not in readers:
+        if value not in (None, False) and kind not in readers:
             extra = (" (the vocabulary is the tokenizer's; --padded-vocab-size sets the model's rows)"
                      if dest == "vocab_size" else "")
             notes.append(f"--{dest.replace('_', '-')} {value} has no effect with --tokenizer-type {kind}{extra}")
     return notes
+
+
+def saved_null_tokenizer_is_legacy(saved: dict) -> bool:
+    """Whether a checkpoint's saved flags (a dict) mean the ``V + 1`` NullTokenizer: given with
+    ``--legacy-tokenizer``, or saved by this codebase before ``--null-tokenizer-eod-id`` existed
+    (when its NullTokenizer had ``V + 1`` ids, EOD ``V``)."""
+    if resolve_tokenizer_type(saved.get("tokenizer_type"), saved.get("vocab_file")) != "NullTokenizer":
+        return False
+    return bool(saved.get("legacy_tokenizer")) or "null_tokenizer_eod_id" not in saved
 
 
 def build_tokenizer_from_args(args):
@@ -79,10 +100,14 @@ def build_tokenizer_from_args(args):
 
 
 class NullTokenizer:
-    """Ids in, ids out: ``"3 1 4"`` -> ``[3, 1, 4]``; ``vocab_size`` V, EOD ``V - 1`` by default."""
+    """Ids in, ids out: ``"3 1 4"`` -> ``[3, 1, 4]``; ``vocab_size`` V, EOD ``V - 1`` by default
+    (``legacy``: ``vocab_size`` V + 1, EOD V)."""
 
-    def __init__(self, vocab_size: int, eod_id: int | None = None):
-        self.vocab_size = int(vocab_size)
+    def __init__(self, vocab_size: int, eod_id: int | None = None, legacy: bool = False):
+        if legacy and eod_id is not None:
+            raise ValueError(f"--null-tokenizer-eod-id {eod_id} with --legacy-tokenizer: the legacy NullTokenizer's "
+                             f"EOD is --vocab-size {vocab_size}; drop one of the two")
+        self.vocab_size = int(vocab_size) + (1 if legacy else 0)
         self.eod = self.vocab_size - 1 if eod_id is None else int(eod_id)
         if not 0 <= self.eod < self.vocab_size:
             raise ValueError(f"--null-tokenizer-eod-id {self.eod} is outside [0, --vocab-size {self.vocab_size})")
@@ -197,14 +222,14 @@ class SentencePieceTokenizer(_SentencePieceBase):
 def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, vocab_size: int | None = None,
                     *, vocab_file: str | None = None, merge_file: str | None = None,
                     tiktoken_pattern: str | None = None, tiktoken_num_special_tokens: int = 1000,
-                    null_tokenizer_eod_id: int | None = None):
+                    null_tokenizer_eod_id: int | None = None, legacy_tokenizer: bool = False):
     """Build the tokenizer named by ``--tokenizer-type`` (see the module docstring)."""
     tokenizer_type = resolve_tokenizer_type(tokenizer_type, vocab_file)
     if tokenizer_type == "NullTokenizer":
         if vocab_size is None or int(vocab_size) <= 0:
             raise ValueError(f"--tokenizer-type NullTokenizer needs --vocab-size > 0 "
                              f"(got {vocab_size!r}): ids are 0..V-1 and EOD is V-1")
-        return NullTokenizer(vocab_size, null_tokenizer_eod_id)
+        return NullTokenizer(vocab_size, null_tokenizer_eod_id, legacy_tokenizer)
     if tokenizer_type not in TOKENIZER_TYPES:
         raise ValueError(f"--tokenizer-type {tokenizer_type!r} is not supported; "
                          f"choose one of {', '.join(TOKENIZER_TYPES)}")
@@ -214,7 +239,7 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, voc
                 raise ValueError(f"--tokenizer-type GPT2BPETokenizer needs {flag} (GPT-2's "
                                  f"{'vocab.json' if flag == '--vocab-file' else 'merges.txt'}); got {path!r}")
         from .gpt2_bpe import GPT2BPETokenizer
-        return _load(GPT2BPETokenizer, tokenizer_type, vocab_file, vocab_file, merge_file)
+        return _load(GPT2BPETokenizer, tokenizer_type, vocab_file, vocab_file, merge_file, legacy_tokenizer)
     if not tokenizer_model:
         raise ValueError(f"--tokenizer-type {tokenizer_type} needs --tokenizer-model PATH "
                          "(tools/train_tokenizer.py makes a SentencePiece model)")
@@ -228,7 +253,7 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, voc
     if tokenizer_type == "TikTokenizer":
         from .hf_tokenizer import TikTokenizer
         return _load(TikTokenizer, tokenizer_type, tokenizer_model, tokenizer_model, tiktoken_pattern,
-                     vocab_size, tiktoken_num_special_tokens)
+                     vocab_size, tiktoken_num_special_tokens, legacy_tokenizer)
     cls = {"SentencePieceTokenizer": SentencePieceTokenizer, "GPTSentencePieceTokenizer": GPTSentencePieceTokenizer,
            "Llama2Tokenizer": Llama2Tokenizer}[tokenizer_type]
     return _load(cls, tokenizer_type, tokenizer_model, tokenizer_model)

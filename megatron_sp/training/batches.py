@@ -28,7 +28,8 @@ def tokenizer_flags(args) -> str:
     """The flags that chose the tokenizer, as the user typed them (for messages)."""
     kind = args.tokenizer_type
     if kind == "NullTokenizer":
-        return f"--tokenizer-type NullTokenizer --vocab-size {args.vocab_size}"
+        legacy = " --legacy-tokenizer" if getattr(args, "legacy_tokenizer", False) else ""
+        return f"--tokenizer-type NullTokenizer --vocab-size {args.vocab_size}{legacy}"
     if getattr(args, "tokenizer_model", None):
         return f"--tokenizer-type {kind} --tokenizer-model {args.tokenizer_model}"
     if getattr(args, "vocab_file", None):
