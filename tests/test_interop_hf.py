@@ -171,3 +171,16 @@ def test_export_of_trained_checkpoints(flags, arch, tmp_path):
     ours, _ = _ours_logits(ckpt, tokens)
     with torch.no_grad():
         assert rel_err(hf(tokens).logits, ours[..., :100]) <= 1e-5
+
+
+def test_mistral_window_beyond_the_positions_is_recorded_and_exported(tmp_path):
+    hf_dir, ckpt, out = (str(tmp_path / d) for d in ("hf", "ckpt", "out"))
+    _hf_model("mistral", hf_dir)
+    cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+    json.dump(dict(cfg, sliding_window=4096), open(os.path.join(hf_dir, "config.json"), "w"))  # > 256 positions
+    assert import_hf.main(["--hf-dir", hf_dir, "--save", ckpt]) == 0
+    _, stored = load_model(ckpt)
+    assert list(stored.window_size) == [4095, 0]
+    assert export_hf.main(["--load", ckpt, "--save-dir", out]) == 0
+    back = json.load(open(os.path.join(out, "config.json")))
+    assert back["architectures"] == ["MistralForCausalLM"] and back["sliding_window"] == 4096
