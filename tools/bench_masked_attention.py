@@ -146,7 +146,7 @@ def main(argv=None):
         return model_steps(a)
     per_rank = run_distributed(_rank, a.world, a, timeout=3600)
     causal_pairs = a.seq * (a.seq + 1) // 2 * 2  # forward + backward over all ranks
-    print(f"| case | wall s | cpu s | wall / causal | cpu / causal | skipped | predicted | pairs / causal |")
+    print("| case | wall s | cpu s | wall / causal | cpu / causal | skipped | predicted | pairs / causal |")
     print("|---|---|---|---|---|---|---|---|")
     base = {k: max(r["causal"][k] for r in per_rank) for k in ("wall", "cpu")}
     for name in _cases(a):
