@@ -11,7 +11,6 @@ import random
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from megatron_sp.parallel_state import initialize_model_parallel

@@ -189,3 +189,16 @@ def test_a_truncated_safetensors_file_is_named_in_one_line(tmp_path, capsys):
     assert import_hf.main(["--hf-dir", hf_dir, "--save", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and weights in err[0] and "truncated" in err[0], err
+
+
+def test_mistral_window_beyond_the_positions_is_recorded_and_exported(tmp_path):
+    hf_dir, ckpt, out = (str(tmp_path / d) for d in ("hf", "ckpt", "out"))
+    _hf_model("mistral", hf_dir)
+    cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+    json.dump(dict(cfg, sliding_window=4096), open(os.path.join(hf_dir, "config.json"), "w"))  # > 256 positions
+    assert import_hf.main(["--hf-dir", hf_dir, "--save", ckpt]) == 0
+    _, stored = load_model(ckpt)
+    assert list(stored.window_size) == [4095, 0]
+    assert export_hf.main(["--load", ckpt, "--save-dir", out]) == 0
+    back = json.load(open(os.path.join(out, "config.json")))
+    assert back["architectures"] == ["MistralForCausalLM"] and back["sliding_window"] == 4096

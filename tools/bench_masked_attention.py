@@ -11,6 +11,12 @@ Forks ``--world`` gloo ranks (one intra-op thread each) and times one CP attenti
 * ``packed``   - documents of random lengths 1 .. 2 x ``--mean-doc`` - 1 (seeded), ``--reset-attention-mask``;
 * ``window``   - ``--window-size W,0`` over the whole sequence.
 
+``--model``: instead, ``--repeats`` + 1 training steps of a small GPT (2 layers, hidden 256,
+4 heads, RoPE, vocabulary 1024) through ``pretrain_gpt``'s loop on an indexed dataset written
+here, documents of length 1 .. 2 x ``--mean-doc`` - 1 each ending with EOD; the cases add
+``--reset-position-ids --reset-attention-mask`` (packed) or ``--window-size W,0`` (window) to
+the same data, and the column is Megatron's "elapsed time per iteration" (median after the first).
+
 Columns (per rank, the maximum over ranks; median of ``--repeats`` after one warm-up):
 ``wall s``, ``cpu s`` (process CPU time: compute plus gloo threads), the ratio of each to the
 causal case, ``skipped`` (share of the ring's (rank, step) blocks that called no kernel,
@@ -77,6 +83,53 @@ def _rank(rank, world, a):
     return results
 
 
+MODEL = ("--tokenizer-type NullTokenizer --vocab-size 1024 --num-layers 2 --hidden-size 256 --num-attention-heads 4 "
+         "--micro-batch-size 1 --global-batch-size 1 --lr 1e-4 --hidden-dropout 0 --attention-dropout 0 "
+         "--log-interval 1 --eval-interval 0 --seed 1 --position-embedding-type rope --split 1,0,0").split()
+
+
+def _write_documents(prefix: str, tokens: int, mean: int, eod: int) -> None:
+    import numpy as np
+    from megatron_sp.data.indexed_dataset import IndexedDatasetBuilder
+    rng = np.random.RandomState(0)
+    builder = IndexedDatasetBuilder(prefix + ".bin", np.int32)
+    while tokens > 0:
+        n = int(rng.randint(1, 2 * mean))
+        builder.add_document(list(rng.randint(0, eod, n - 1)) + [eod])
+        tokens -= n
+    builder.finalize(prefix + ".idx")
+
+
+def _model_rank(rank, world, argv):
+    import contextlib
+    import io
+    import re
+    from megatron_sp.training.loop import pretrain
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        pretrain(argv)
+    return [float(x) for x in re.findall(r"elapsed time per iteration \(ms\): ([\d.]+)", out.getvalue())]
+
+
+def model_steps(a) -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = os.path.join(tmp, "docs")
+        _write_documents(prefix, a.seq * (a.repeats + 3), a.mean_doc, 1023)  # NullTokenizer 1024: EOD 1023
+        argv = MODEL + ["--data-path", prefix, "--seq-length", str(a.seq), "--train-iters", str(a.repeats + 1),
+                        "--context-parallel-size", str(a.world), "--cp-comm-type", a.mode,
+                        "--data-cache-path", os.path.join(tmp, "cache")]
+        cases = {"causal": [], "packed": ["--reset-position-ids", "--reset-attention-mask"],
+                 "window": [f"--window-size={a.window},0"]}
+        print("| case | ms per step | / causal |")
+        print("|---|---|---|")
+        base = None
+        for name, extra in cases.items():
+            ms = statistics.median(run_distributed(_model_rank, a.world, argv + extra, timeout=3600)[-1][1:])
+            base = base or ms
+            print(f"| {name} | {ms:.0f} | {ms / base:.3f} |", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seq", type=int, default=16384)
@@ -87,10 +140,13 @@ def main(argv=None):
     p.add_argument("--mean-doc", type=int, default=1024)
     p.add_argument("--window", type=int, default=1023, help="left window W (--window-size W,0)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--model", action="store_true", help="time training steps of a small GPT instead")
     a = p.parse_args(argv)
+    if a.model:
+        return model_steps(a)
     per_rank = run_distributed(_rank, a.world, a, timeout=3600)
     causal_pairs = a.seq * (a.seq + 1) // 2 * 2  # forward + backward over all ranks
-    print(f"| case | wall s | cpu s | wall / causal | cpu / causal | skipped | predicted | pairs / causal |")
+    print("| case | wall s | cpu s | wall / causal | cpu / causal | skipped | predicted | pairs / causal |")
     print("|---|---|---|---|---|---|---|---|")
     base = {k: max(r["causal"][k] for r in per_rank) for k in ("wall", "cpu")}
     for name in _cases(a):

@@ -17,7 +17,8 @@ masks (documents and windows per block), ring (online softmax + zigzag), rsa, ul
 """
 from .config import ATTENTION_BACKENDS, CP_COMM_TYPES, check_cp_config, cp_sizes, uses_zigzag
 
-__all__ = ["ATTENTION_BACKENDS", "AttentionMask", "CP_COMM_TYPES", "ContextParallelAttention", "attention_summary", "build_cp_attention",
+__all__ = ["ATTENTION_BACKENDS", "AttentionMask", "CP_COMM_TYPES", "ContextParallelAttention", "attention_summary",
+           "build_cp_attention",
            "check_backend", "check_cp_config", "cp_local_indices", "cp_sizes", "resolve_backend", "shard_for_cp",
            "unshard_from_cp", "uses_zigzag"]
 

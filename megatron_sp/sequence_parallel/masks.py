@@ -181,7 +181,9 @@ class AttentionMask:
                 bounds.append(row)
             if all(len(b) == 2 for b in bounds):
                 bounds = None
-        if bounds is None and (window is None or window >= seq_len - 1):
+        if window is not None and window >= seq_len - 1:  # every key of the causal rows is in the window
+            window = None
+        if bounds is None and window is None:
             return None
         return cls(bounds, window)
 

@@ -34,7 +34,6 @@ travel on.  Rows then start empty (``lse = -inf``) and every sub-block merges in
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .comm import Ring, TravellingSum, circulate
 from .kernels import block_backward, block_forward
@@ -96,7 +95,9 @@ def merge_(out, lse, block_out, block_lse) -> None:
 
 
 def _seed(seed, salt, ring, src, n, mask):
-    return block_seed(seed, salt, ring.index, src, n) if mask is not None else block_seed(seed, salt, ring.index, src)
+    """Dropout seed of sub-block ``n`` of the step holding ``src``'s K/V (unmasked: one block)."""
+    ids = (salt, ring.index, src, n) if mask is not None else (salt, ring.index, src)
+    return block_seed(seed, *ids)
 
 
 def ring_forward(ring: Ring, kernel, q, k, v, causal, zigzag, scale, dropout_p=0.0, seed=0,
