@@ -184,7 +184,7 @@ def _kept_bytes(model, b, s, part=slice(None)):
 def test_kept_activations_are_what_autograd_saves(case):
     """Exact, for LayerNorm/GELU/learned and RMSNorm/SwiGLU/RoPE/GQA, dropout, chunked loss, tiled
     MLP, every recompute mode: the end-of-forward activations of the model are the saved bytes, and
-    the tensors the CPU pages count (activation_memory.cpu_pages) are the saved tensors."""
+    the tensors the CPU pages count (memory.activations.cpu_pages) are the saved tensors."""
     flags = SMALL + case
     kept, _ = _kept_bytes(_build(flags), 2, 24)
     spec, lay = mm.ModelSpec.from_flags(flags.split(), device="cpu"), mm.ParallelConfig()

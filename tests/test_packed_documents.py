@@ -139,12 +139,12 @@ def test_documents_and_window_change_what_the_model_computes():
 
 def test_memory_model_counts_the_masked_fp32_accumulators_only_on_a_ring_of_one():
     from megatron_sp.memory.activations import backward_parts
-    from megatron_sp.memory import ModelSpec, ParallelConfig as LayoutSpec
+    from megatron_sp.memory import ModelSpec, ParallelConfig
     flags = "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --vocab-size 100".split()
     plain, masked = (ModelSpec.from_flags(flags + extra) for extra in ([], ["--reset-attention-mask"]))
     assert masked.masked and not plain.masked and ModelSpec.from_flags(flags + WINDOW).masked
     s, b = 1024, 2
-    for lay, extra in ((LayoutSpec(cp=1), s * b * 4 * (4 + 2 * 4) * 16), (LayoutSpec(cp=4, mode="a2a"), None),
-                       (LayoutSpec(cp=4, mode="p2p"), 0), (LayoutSpec(cp=4, mode="rsa"), 0)):
+    for lay, extra in ((ParallelConfig(cp=1), s * b * 4 * (4 + 2 * 4) * 16), (ParallelConfig(cp=4, mode="a2a"), None),
+                       (ParallelConfig(cp=4, mode="p2p"), 0), (ParallelConfig(cp=4, mode="rsa"), 0)):
         diff = backward_parts(masked, lay, s, b)[1] - backward_parts(plain, lay, s, b)[1]
         assert diff == (extra if extra is not None else s * b * 4 * (4 + 2 * 4) * 16), (lay, diff)

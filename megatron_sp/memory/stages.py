@@ -13,11 +13,11 @@ last, and at its peak the activations of the chunks its schedule keeps in flight
     buffers      = receive buffers the library allocates once for every micro-batch and keeps:
                    m activations per chunk that is not the first, m gradients per chunk that is
                    not the last, [s(/T), b, h] each (fp32, or the compute dtype with sharded state)
-    model state  = memory_terms.model_state of the stage's parameters; with sharded state the
+    model state  = terms.model_state of the stage's parameters; with sharded state the
                    library keeps every layer's compute weights gathered and accumulates unsharded
                    fp32 gradients from the first backward to the last (both modes, schedule.py)
     transient    = the larger of a layer's backward working set (the MLP and attention
-                   transients, one tile's under the tiled MLP; activation_memory.layer_working)
+                   transients, one tile's under the tiled MLP; activations.layer_working)
                    and, on the last stage, the loss's transients (the logits, or one chunk of
                    them with the chunked loss).  A recomputed run is counted once on top of the
                    in-flight activations; ``--cpu-offloading`` layers (global indices) keep theirs in host
@@ -27,7 +27,7 @@ last, and at its peak the activations of the chunks its schedule keeps in flight
                    previous step's)
 
 Layers split evenly (``--decoder-first/last-pipeline-num-layers`` are not modelled).
-:func:`stage_estimates` gives one :class:`~megatron_sp.memory_terms.Estimate` per PP rank;
+:func:`stage_estimates` gives one :class:`~megatron_sp.memory.Estimate` per PP rank;
 ``memory.estimate`` returns the one with the largest step peak (what a scaling trial
 measures: the maximum over ranks).
 
@@ -65,7 +65,7 @@ def _stage_chunks(pp: int, virtual: int, schedule: str, rank: int) -> list:
 
 
 def stage_estimates(spec: "mt.ModelSpec", lay: "mt.ParallelConfig", seq_length: int, micro_batch: int) -> list:
-    """One :class:`memory_terms.Estimate` per PP rank (module doc)."""
+    """One :class:`~megatron_sp.memory.Estimate` per PP rank (module doc)."""
     K, V, m = lay.pp, lay.virtual, lay.micro_batches
     n_stages = K * V
     if spec.num_layers % n_stages:
@@ -98,7 +98,7 @@ def stage_estimates(spec: "mt.ModelSpec", lay: "mt.ParallelConfig", seq_length: 
         comm = mt.comm(stage_spec, lay, seq_length, b, n)
         comm["pp"] = 2 * hop * (sum(c != n_stages - 1 for c in chunks) + sum(c != 0 for c in chunks))
         # a layer's backward (recomputed run in ``once``), or the loss's transients on the last stage
-        transient = max(activation_memory.layer_working(spec, lay, s, b),
+        transient = max(activations.layer_working(spec, lay, s, b),
                         max(activation_memory.loss_transients(spec, lay, s, b)) if last else 0.0)
         if lay.sharded:
             transient = state["gathered"] + max(transient, state["unsharded_grads"])
