@@ -48,7 +48,9 @@ def test_each_split_is_its_own_blend(prefixes, tmp_path):
         t = _tokens(ds)
         assert set(np.unique(t)) - {127} <= set(range(lo, lo + 40))  # only that split's prefix
     assert len(train) == 16 and len(valid) == 3 * 4 and len(test) == 4
-    again = build_datasets(_validate(argv + ["--split", "1,1,1"]), build_tokenizer(args))  # --split plays no part
+    split_given = _validate(argv + ["--split", "1,1,1"])
+    assert any(n.startswith("--split 1,1,1 has no effect here") for n in split_given.startup_notes)
+    again = build_datasets(split_given, build_tokenizer(args))  # --split plays no part
     assert all(np.array_equal(_tokens(x), _tokens(y)) for x, y in zip((train, valid, test), again))
     no_test = _validate(argv[:-2])  # without --test-data-path: no test split, as Megatron
     assert build_datasets(no_test, build_tokenizer(no_test))[2] is None

@@ -5,6 +5,8 @@ saying why; REFUSED entries also name the values that are harmless (or None).
 """
 from __future__ import annotations
 
+from .types import NON_NEGATIVE_INT
+
 # spec: argparse keyword arguments of the flag (without dest/default), reason: one clause.
 SWITCH = {"action": "store_true"}
 VALUE = {}
@@ -244,6 +246,6 @@ SAME_AS_HERE = {
     "--deepspeed_config": (VALUE, "once its batch sizes and precision agree with the flags"),
     "--deepspeed-config": ({"dest": "deepspeed_config"}, "once its batch sizes and precision agree "
                                                          "with the flags"),
-    "--zero-stage": (INT, "when it agrees with --deepspeed_config's zero_optimization.stage, which maps onto "
+    "--zero-stage": ({"type": NON_NEGATIVE_INT}, "when it agrees with --deepspeed_config's zero_optimization.stage, which maps onto "
                           "--use-distributed-optimizer (1, 2) or --use-torch-fsdp2 (3)"),
 }

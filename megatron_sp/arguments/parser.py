@@ -120,7 +120,7 @@ def _training(p):
     g.add_argument("--global-batch-size", type=POSITIVE_INT, default=None)
     g.add_argument("--train-iters", type=NON_NEGATIVE_INT, default=None)
     g.add_argument("--train-samples", type=NON_NEGATIVE_INT, default=None)
-    g.add_argument("--rampup-batch-size", type=POSITIVE_INT, nargs=3, default=None,
+    g.add_argument("--rampup-batch-size", type=NON_NEGATIVE_INT, nargs=3, default=None,
                    metavar=("START", "INCR", "SAMPLES"),
                    help="the global batch grows from START by INCR over SAMPLES consumed samples to "
                         "--global-batch-size (Megatron-LM's ramp-up; arguments/batch_schedule.py)")

@@ -119,6 +119,9 @@ def _data_source(args) -> None:
               + (f"; got {' and '.join(given)}" if given else ""))
     if per_split and not args.train_data_path:
         _fail(f"{per_split[0]} without --train-data-path: the per-split paths need a train blend")
+    if per_split and "split" in getattr(args, "explicit_flags", ()):
+        args.startup_notes.append(f"--split {args.split} has no effect here: with per-split data paths every "
+                                  "document of a split's prefixes is in that split (as Megatron-LM)")
     if args.multiple_validation_sets:
         if not args.valid_data_path:
             _fail("--multiple-validation-sets evaluates the prefixes of --valid-data-path: give it")
