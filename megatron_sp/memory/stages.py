@@ -98,7 +98,7 @@ def stage_estimates(spec: "mt.ModelSpec", lay: "mt.ParallelConfig", seq_length: 
         comm = mt.comm(stage_spec, lay, seq_length, b, n)
         comm["pp"] = 2 * hop * (sum(c != n_stages - 1 for c in chunks) + sum(c != 0 for c in chunks))
         # a layer's backward (recomputed run in ``once``), or the loss's transients on the last stage
-        transient = max(activations.layer_working(spec, lay, s, b),
+        transient = max(activation_memory.layer_working(spec, lay, s, b),
                         max(activation_memory.loss_transients(spec, lay, s, b)) if last else 0.0)
         if lay.sharded:
             transient = state["gathered"] + max(transient, state["unsharded_grads"])
