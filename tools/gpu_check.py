@@ -81,7 +81,8 @@ def check_dry_run(out_dir):
         return "skipped", 0.0, "tools/dry_run.py is not there"
     help_status, _, help_text = _run([sys.executable, DRY_RUN, "--help"], 60)
     if help_status != "ok" or "--json" not in help_text:
-        return "skipped", 0.0, "tools/dry_run.py --help lists no --json (agreed: --world-size --rank --json PATH -- flags)"
+        return "skipped", 0.0, ("tools/dry_run.py --help lists no --json "
+                                "(agreed: --world-size --rank --json PATH -- flags)")
     path = os.path.join(out_dir, "dry_run.json")
     t = time.time()
     status, _, _ = _run([sys.executable, DRY_RUN, "--world-size", "1", "--rank", "0", "--json", path, "--",
