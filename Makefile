@@ -5,7 +5,7 @@ NPROC ?= 2
 DEMO_DIR ?= runs/demo
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo test clean
+.PHONY: install demo test gpu-check clean
 
 # torch first and pinned, so pip never resolves a multi-GB CUDA build on a CPU machine.
 install:
@@ -17,6 +17,11 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q tests
+
+# The CUDA checks (tests/gpu, the single-GPU MFU script, dry run vs measured peak): one summary file,
+# under 10 minutes on one H100; without a GPU one line and exit status 1.
+gpu-check:
+	@$(PYTHON) tools/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,7 +9,7 @@ from megatron_sp import memory as mm
 from megatron_sp.memory import activations as am
 
 TINY = ("--num-layers 4 --hidden-size 128 --num-attention-heads 8 --ffn-hidden-size 512 --vocab-size 1000 "
-        "--position-embedding-type rope").split()
+        "--position-embedding-type rope --attention-dropout 0").split()  # flash (dropout: the reference kernel)
 MiB = 2 ** 20
 
 
@@ -240,7 +240,7 @@ def test_chunked_loss_and_tiled_mlp_terms():
     """The loss keeps no logits once chunked; the tiled MLP keeps no intermediate; both leave a
     transient of one chunk; offload on CUDA moves the kept bytes of N layers to the host."""
     spec = mm.ModelSpec.from_flags(("--num-layers 4 --hidden-size 256 --num-attention-heads 8 --ffn-hidden-size 704 "
-                                    "--swiglu --vocab-size 32000 --cross-entropy-chunk-size 0").split())
+                                    "--swiglu --vocab-size 32000 --cross-entropy-chunk-size 0 --attention-dropout 0").split())
     lay, n = mm.ParallelConfig(), 8192
     full = mm.estimate(spec, lay, n, 1)
     spec.cross_entropy_chunk_size = 1024
@@ -256,7 +256,7 @@ def test_chunked_loss_and_tiled_mlp_terms():
     assert off.host_activations == pytest.approx(3 * n * 256 * 4)
     assert mm.max_seq_length(spec, lay, 1, 2 ** 30, 64) > 4 * mm.max_seq_length(
         mm.ModelSpec.from_flags(("--num-layers 4 --hidden-size 256 --num-attention-heads 8 --ffn-hidden-size 704 "
-                                 "--swiglu --vocab-size 32000 --cross-entropy-chunk-size 0").split()), lay, 1, 2 ** 30, 64)
+                                 "--swiglu --vocab-size 32000 --cross-entropy-chunk-size 0 --attention-dropout 0").split()), lay, 1, 2 ** 30, 64)
 
 
 def test_llama_features_agree_with_a_measured_step():

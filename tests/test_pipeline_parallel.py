@@ -260,7 +260,7 @@ def test_per_stage_memory_model_by_schedule():
     from megatron_sp.pipeline_parallel import SCHEDULES, bubble_fraction, in_flight_chunks
     from megatron_sp.memory import stage_estimates
     spec = mm.ModelSpec.from_flags("--num-layers 8 --hidden-size 128 --num-attention-heads 8 --vocab-size 1000 "
-                                   "--position-embedding-type rope".split())
+                                   "--position-embedding-type rope --attention-dropout 0".split())
     one = mm.estimate(spec, mm.ParallelConfig(), 2048, 1)
     stages = stage_estimates(spec, mm.ParallelConfig(pp=4, micro_batches=8), 2048, 1)
     hop = 2048 * 128 * 4  # one [s, b, h] fp32 activation (or its gradient)

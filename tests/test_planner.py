@@ -136,6 +136,21 @@ def test_printed_command_parses_to_the_models_inputs(preset, devices, features):
         assert mm.attention_kernel(p.spec, p.layout.parallel) == "flash" and "flash kernel" in p.attention()
 
 
+def test_every_kind_of_plan_parses_to_the_models_inputs(plans):
+    """Not only the best: one plan of every recompute x tiling x offload x state-sharding kind."""
+    seen = set()
+    for p in plans[2]:
+        kind = (p.options.recompute, bool(p.options.mlp_chunk), bool(p.options.offload_layers), p.layout.sharding,
+                p.layout.offload)
+        if kind in seen or planner.refusal(p, p.world):
+            continue
+        seen.add(kind)
+        args = _parsed(p.command())
+        assert p.spec == mm.ModelSpec.from_args(args), (kind, _differences(p.spec, mm.ModelSpec.from_args(args)))
+        assert p.layout.parallel == ParallelConfig.from_args(args), kind
+    assert len(seen) >= 30, seen
+
+
 def test_attention_dropout_is_planned_with_the_reference_kernels_scores():
     """Model flags that ask for attention dropout: the command keeps it and runs ``auto`` (the reference
     kernel), the model counts its O(s^2) scores, so the plan is much shorter, and says why."""

@@ -92,7 +92,7 @@ def _rank(rank, world, argv, steps):
 def run(args) -> list:
     from megatron_sp.launch import run_distributed
     model = args.model_args or MODEL
-    spec = mm.ModelSpec.from_flags(model.split())
+    spec = mm.ModelSpec.from_flags(f"{model} {COMMON}".split())  # the runs' flags: no dropout
     seq = int(model.split()[model.split().index("--seq-length") + 1])
     rows = []
     for k in args.pp:

@@ -30,7 +30,8 @@ from megatron_sp.sequence_parallel.config import CP_COMM_TYPES, RING  # noqa: E4
 GiB = 2 ** 30
 LLAMA2_70B = ("--num-layers 80 --hidden-size 8192 --num-attention-heads 64 --group-query-attention "
               "--num-query-groups 8 --ffn-hidden-size 28672 --swiglu --disable-bias-linear "
-              "--untie-embeddings-and-output-weights --vocab-size 32000 --position-embedding-type rope")
+              "--untie-embeddings-and-output-weights --vocab-size 32000 --position-embedding-type rope "
+              "--hidden-dropout 0 --attention-dropout 0")  # Llama trains without dropout (else: the reference kernel)
 
 
 def rows(spec, gpus: int, tp: int, seq: int, mbs: int, gbs: int, sharding: str, mode: str) -> list:

@@ -52,8 +52,8 @@ Which kernel runs attention is :func:`attention_kernel`.  Materialised attention
 (:func:`probs_bytes`) and adds score-sized transients to a layer's backward
 (:func:`unfused_transient`); so does the reference block kernel, which runs attention when
 ``--attention-dropout`` > 0 under ``--attention-backend auto`` (the flash kernels here cannot apply
-dropout): its largest block's fp32 scores, 6 blocks at its backward peak with dropout.  With sharded model state the
-gathered compute weights are alive in every phase and the unsharded gradients in backward
+dropout): its largest block's fp32 scores, 6 blocks at its backward peak with dropout.  With
+sharded model state the gathered compute weights are alive in every phase and the unsharded gradients in backward
 (``phases(..., gathered, unsharded_grads)``); under bf16 the residual stream is then 2-byte.
 Pipeline stages take their chunks' bytes from :func:`chunk_kept`.
 

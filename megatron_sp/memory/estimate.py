@@ -31,7 +31,8 @@ no other mode materialises scores, unless ``--attention-dropout`` > 0: then ``au
 reference block kernel (the flash kernels here cannot apply dropout), whose fp32 scores of the
 largest block (``[b, a/(T U), sU, sU]``, the whole local sequence in a ring of one) are a
 transient of a layer's backward, six of them with the dropout mask
-(``activation_memory.attention_kernel``, ``unfused_transient``).  ``--attention-backend unfused`` (or ``local``) does, see
+(``activation_memory.attention_kernel``, ``unfused_transient``).  ``--attention-backend unfused``
+(or ``local``) does, see
 ``activation_memory.probs_bytes`` and ``unfused_transient``: where attention is a ring of one (CP 1,
 and Ulysses after its all-to-all) it keeps the fp32 probabilities ``[b, a/(T U), sU, sU]``
 of every layer, exactly RSA's algorithm over a ring of one (same two extra copies in a layer's

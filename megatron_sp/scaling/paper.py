@@ -39,6 +39,7 @@ import time
 from .. import memory as mm
 from ..sequence_parallel.config import RING, ulysses_degree
 
+NO_DROPOUT = ["--hidden-dropout", "0", "--attention-dropout", "0"]  # the trials' (tools/scaling_experiment.py)
 PAPER_PRESETS = {
     "bert-base-like": "--num-layers 12 --hidden-size 96 --num-attention-heads 12 --ffn-hidden-size 384 "
                       "--vocab-size 3815 --position-embedding-type rope",
@@ -88,7 +89,8 @@ def run_paper(args, run_experiment) -> int:
 
 # --- the memory model's side -------------------------------------------------------------
 def _spec(flags: str, backend: str) -> mm.ModelSpec:
-    return dataclasses.replace(mm.ModelSpec.from_flags(flags.split()), attention_backend=backend)
+    """The model of a preset as the trials run it: without dropout (the scaling tool's flags)."""
+    return dataclasses.replace(mm.ModelSpec.from_flags(flags.split() + NO_DROPOUT), attention_backend=backend)
 
 
 def _layout(name: str, world: int) -> mm.ParallelConfig:

@@ -292,14 +292,15 @@ def plan(model_flags, devices: int, device_gb: float, host_gb: float, node_size:
         spec_tp = replace(base, vocab_size=_padded_vocab(base, layout.tp, divisible_by))
         lay = layout.parallel
         for opt in options(base, layout.pp, features, loss_chunk, mlp_chunk):
-            spec = replace(spec_tp, recompute_granularity=opt.recompute, recompute_method="uniform",
-                           recompute_num_layers=1, cross_entropy_chunk_size=opt.loss_chunk,
-                           cross_entropy_loss_fusion=False, tiled_mlp_chunk_size=opt.mlp_chunk,
-                           cpu_offloading_num_layers=opt.offload_layers)
+            spec = replace(spec_tp, recompute_granularity=opt.recompute,
+                           recompute_method="uniform" if opt.recompute == "full" else None, recompute_num_layers=1,
+                           cross_entropy_chunk_size=opt.loss_chunk, cross_entropy_loss_fusion=False,
+                           tiled_mlp_chunk_size=opt.mlp_chunk, cpu_offloading_num_layers=opt.offload_layers)
             n = _longest(spec, lay, layout.seq_granularity(), dev, host, reserve, limit)
             if n:
                 d, h, est = footprint(at_length(spec, n), lay, n, reserve)
-                plans.append(Plan(layout, opt, n, d, h, est, model_flags, bf16, node_size, at_length(spec, n)))
+                plans.append(Plan(layout, opt, n, d, h, est, model_flags, bf16, node_size,
+                                  at_length(spec, n)))
     plans.sort(key=lambda p: (-p.seq_length, p.options.cost(), p.layout.offload, p.layout.tp, p.layout.pp,
                               p.layout.parallel.sharded, p.layout.dp))
     return plans[:top] if top else plans

@@ -108,18 +108,21 @@ class ContextParallelAttention(nn.Module):
 
 def attention_summary(mode: str, cp_size: int, device, dtype, attention_dropout: float,
                       kernel: Optional[str] = None, attention_backend: str = "auto",
-                      ring_size: Optional[int] = None) -> tuple[str, Optional[str]]:
+                      ring_size: Optional[int] = None, score_bytes: float = 0.0) -> tuple[str, Optional[str]]:
     """``(line, warning)`` describing what the attention of a run will execute.
 
     ``ring_size`` is the ring degree R (default: from ``mode`` and ``cp_size``; give it for
     a2a+p2p).  ``warning`` is set when the choice costs memory quadratic in the block length
     without the user having asked for it: attention dropout under ``auto`` on a backend that
     cannot apply it falls back to the reference kernel, which materialises the fp32
-    ``[s_block, s_block]`` scores of every head.
+    ``[s_block, s_block]`` scores of every head.  ``score_bytes``: what the memory model counts
+    for those scores at a layer's backward at the run's shape (``memory.unfused_transient``),
+    printed with the line when > 0.
     """
+    cost = f"; {score_bytes / 1e9:.3g} GB of scores at a layer's backward at this length" if score_bytes > 0 else ""
     what = f"--cp-comm-type {mode} over CP {cp_size}"
     if mode == "rsa" and cp_size > 1:
-        return f"{what}: full score rows [s/{cp_size} x s] per head (the paper's RSA)", None
+        return f"{what}: full score rows [s/{cp_size} x s] per head (the paper's RSA){cost}", None
     ring = ring_size if ring_size is not None else (1 if mode == "a2a" else cp_size)
     chosen = resolve_backend(attention_backend, device, dtype, attention_dropout, kernel)
     backend = f"--attention-backend {attention_backend}" + (" (= unfused)" if attention_backend == "local" else "")
@@ -130,16 +133,23 @@ def attention_summary(mode: str, cp_size: int, device, dtype, attention_dropout:
     elif chosen.keeps_probs:
         line = (f"{what}, {backend}: reference block kernel inside the ring (each block's scores "
                 f"materialised, recomputed in backward)")
+    elif chosen.name == "reference":
+        line = f"{what}: block kernel reference (fp32 scores of each block materialised, recomputed in backward)"
     else:
         line = f"{what}: block kernel {chosen.name}" + (
             "" if attention_backend == "auto" else f" (--attention-backend {attention_backend})")
+    if chosen.name != "reference" and not chosen.keeps_probs:
+        cost = ""
     if (attention_dropout > 0 and chosen.name == "reference" and not kernel
             and attention_backend not in UNFUSED_BACKENDS):
-        return line, (f"--attention-dropout {attention_dropout} > 0 runs attention through the reference "
-                      "kernel (the flash kernels here cannot apply it), which materialises fp32 scores "
-                      "[s_block x s_block] per head: memory quadratic in the sequence. Pass "
-                      "--attention-dropout 0 for the flash kernels (usual for long-context training).")
-    return line, None
+        return line + cost, (f"--attention-dropout {attention_dropout} > 0 runs attention through the reference "
+                             "kernel (the flash kernels here cannot apply it), which materialises fp32 scores "
+                             "[s_block x s_block] per head: memory quadratic in the sequence"
+                             + (f" ({score_bytes / 1e9:.3g} GB at a layer's backward at this length)"
+                                if score_bytes > 0 else "")
+                             + ". Pass --attention-dropout 0 for the flash kernels (usual for long-context "
+                             "training).")
+    return line + cost, None
 
 
 def build_cp_attention(mode: str, mesh, causal: bool = True, attention_dropout: float = 0.0,

@@ -31,6 +31,7 @@ from ..arguments import build_parser
 from ..arguments.batch_schedule import batch_schedule_from_args
 from ..arguments.parallel import ParallelConfig
 from ..arguments.preflight import preflight
+from .. import memory
 from .batches import (build_datasets, datasets_for_resume, evaluation_on, evaluation_window, global_batches,
                       validation_sets)
 from ..checkpointing import check_save_dir, finish_pending_save, load_checkpoint, save_checkpoint
@@ -124,9 +125,11 @@ def print_summary(ctx) -> None:
         dist.all_reduce(full, group=ctx.mesh.pp_group)
     total = int(full.sum().item())
     a = ctx.args
+    scores = memory.unfused_transient(memory.ModelSpec.from_args(a, device=ctx.device.type), ctx.parallel,
+                                      a.seq_length / ctx.parallel.cp, a.micro_batch_size)  # the kernel's O(s^2) bytes
     attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype(a),
                                            a.attention_dropout, attention_backend=a.attention_backend,
-                                           ring_size=ctx.mesh.ring_size)
+                                           ring_size=ctx.mesh.ring_size, score_bytes=scores)
     attn += _mask_note(a)
     pipeline = (f"> pipeline: {ctx.pipeline.describe()}; this rank (PP {ctx.mesh.pp_rank}) runs layers "
                 f"{_ranges(ctx.model.decoder.layers)}\n" if ctx.parallel.pipelined else "")
