@@ -93,10 +93,12 @@ class LiveTracker(MemTracker):
         return "backward" if self._mod_tracker.is_bw else "forward"
 
     def _update_peak_stats(self, peak_state) -> None:
-        before = dict(self._peak_mem)
-        super()._update_peak_stats(peak_state)
-        for dev, value in self._peak_mem.items():
-            if value != before.get(dev):
+        # MemTracker's own also keeps each active module's local peak, a loop over every module
+        # at every op; only the per-device peak is used here, with where it happened
+        for dev, snap in self._curr_mem_snap.items():
+            if self._peak_mem.get(dev, 0) < snap[TOTAL]:
+                self._peak_mem[dev] = snap[TOTAL]
+                self._peak_mem_snap[dev] = dict(snap)
                 parents = [p for p in self._mod_tracker.parents if p != "Global"]
                 inner = max(parents, key=len) if parents else "-"
                 self.peak_where[dev] = f"step {self.step}, {self.phase()}, module {inner}"
