@@ -1,6 +1,6 @@
 """The rank mesh ``world = PP x DP x CP x TP`` and its process groups.
 
-Rank order (DESIGN.md section 1): TP varies fastest, then CP, then DP, then PP;
+Rank order (docs/ARCHITECTURE.md, "parallel_state.py"): TP varies fastest, then CP, then DP, then PP;
 inside CP the Ulysses degree varies fastest, then the ring degree::
 
     rank = tp_rank + T * (cp_rank + P * (dp_rank + D * pp_rank)),   cp_rank = ulysses_rank + U * ring_rank
@@ -94,14 +94,6 @@ class ParallelMesh:
     @property
     def pp_rank(self) -> int:
         return self.rank // (self.tp_size * self.cp_size * self.dp_size)
-
-    @property
-    def is_first_stage(self) -> bool:
-        return self.pp_rank == 0
-
-    @property
-    def is_last_stage(self) -> bool:
-        return self.pp_rank == self.pp_size - 1
 
     @property
     def ulysses_rank(self) -> int:

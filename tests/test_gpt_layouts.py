@@ -17,7 +17,8 @@ from megatron_sp.tensor_parallel.sharding import full_of
 from megatron_sp.arguments import build_parser, padded_vocab_size, validate_args
 from megatron_sp.distributed.grads import allreduce_sequence_parallel_grads, wrap_data_parallel
 from megatron_sp.training.batches import build_datasets, build_tokenizer, micro_batches
-from megatron_sp.training.loop import model_config, pretrain
+from megatron_sp.arguments.model_config import gpt_config
+from megatron_sp.training.loop import pretrain
 from megatron_sp.training.step import forward_backward
 
 BASE = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 100 --num-layers 2 --hidden-size 32 "
@@ -48,7 +49,7 @@ def _args(argv, world):
 def _one_step(args, mesh):
     """Loss and full gradients of one global batch (no optimizer step)."""
     tokenizer = build_tokenizer(args)
-    cfg = model_config(args, padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
+    cfg = gpt_config(args, padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
                                                args.tensor_model_parallel_size))
     model = GPTModel(cfg, mesh, RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank))
     model.init_weights(args.seed)
@@ -59,7 +60,7 @@ def _one_step(args, mesh):
         def scale_loss(self, loss):
             return loss
 
-    loss = forward_backward(ddp, batches, args, mesh, torch.device("cpu"), _Backward())
+    loss = forward_backward([ddp], batches, args, mesh, torch.device("cpu"), _Backward())
     allreduce_sequence_parallel_grads(model, mesh)
     return loss, {n: full_of(p.grad, p, mesh.tp_group, mesh.tp_size) for n, p in model.named_parameters()}
 

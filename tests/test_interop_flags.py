@@ -14,7 +14,8 @@ from interop_common import flatten, groups, script_flags
 from megatron_sp.arguments import megatron_compat as mc
 from megatron_sp.arguments import build_parser, validate_args
 from megatron_sp.training.lr_scheduler import LRScheduler, SchedulerMismatchError
-from megatron_sp.training.loop import model_config, pretrain
+from megatron_sp.arguments.model_config import gpt_config
+from megatron_sp.training.loop import pretrain
 
 TINY = ("--mock-data --vocab-size 128 --num-layers 2 --hidden-size 32 --num-attention-heads 4 --seq-length 32 "
         "--micro-batch-size 1 --global-batch-size 4 --lr 1e-3 --hidden-dropout 0 --attention-dropout 0 "
@@ -118,7 +119,7 @@ def test_every_table_entry_notes_or_refuses_in_one_line():
 ])
 def test_deprecated_spellings_build_exactly_the_modern_model(old, new):
     a, b = (_validate(TINY + ["--train-iters", "1"] + s.split(), 2) for s in (old, new))
-    assert model_config(a, 128) == model_config(b, 128)
+    assert gpt_config(a, 128) == gpt_config(b, 128)
     for key in ("context_parallel_size", "cp_comm_type", "hierarchical_context_parallel_sizes"):
         assert getattr(a, key) == getattr(b, key)
     assert not b.startup_notes
@@ -159,7 +160,7 @@ def _scheduler(argv, model=None):
     from megatron_sp.training.lr_scheduler import build_scheduler
     from megatron_sp.training.optimizer import MixedPrecisionOptimizer
     args = _validate(TINY + argv)
-    model = model or GPTModel(model_config(args, 128), single_rank_mesh(), RNGTracker(1))
+    model = model or GPTModel(gpt_config(args, 128), single_rank_mesh(), RNGTracker(1))
     opt = MixedPrecisionOptimizer(model, args, single_rank_mesh())
     return build_scheduler(opt, args), opt
 

@@ -24,69 +24,69 @@ def test_from_flags_pads_vocab_and_fills_defaults(spec):
 
 
 def test_monotone_in_length_and_batch(spec):
-    lay = mm.LayoutSpec()
+    lay = mm.ParallelConfig()
     peaks = [mm.estimate(spec, lay, n, 1).step_peak for n in (512, 1024, 2048, 4096)]
     assert peaks == sorted(peaks) and len(set(peaks)) == 4
     assert mm.estimate(spec, lay, 1024, 2).step_peak > mm.estimate(spec, lay, 1024, 1).step_peak
 
 
 def test_context_parallel_splits_activations(spec):
-    one = mm.estimate(spec, mm.LayoutSpec(), 2048, 1)
+    one = mm.estimate(spec, mm.ParallelConfig(), 2048, 1)
     # Ulysses keeps one more tensor per layer: the attention output after the all-to-all back
     a2a_output = spec.num_layers * 2048 * spec.num_attention_heads * spec.kv_channels * 4
     for p in (2, 4, 8):
         for mode, u in (("p2p", 1), ("a2a", p), ("a2a+p2p", 2)):
-            est = mm.estimate(spec, mm.LayoutSpec(cp=p, mode=mode, ulysses=u), 2048 * p, 1)
+            est = mm.estimate(spec, mm.ParallelConfig(cp=p, mode=mode, ulysses=u), 2048 * p, 1)
             extra = a2a_output if mode != "p2p" else 0
             assert est.activations == pytest.approx(one.activations + extra, rel=1e-9)
             assert est.params == one.params
 
 
 def test_tensor_parallel_sequence_parallel_ordering(spec):
-    base = mm.estimate(spec, mm.LayoutSpec(), 4096, 1).activations
-    tp = mm.estimate(spec, mm.LayoutSpec(tp=4), 4096, 1).activations
-    tpsp = mm.estimate(spec, mm.LayoutSpec(tp=4, sp=True), 4096, 1).activations
-    cp = mm.estimate(spec, mm.LayoutSpec(cp=4), 4096, 1).activations
+    base = mm.estimate(spec, mm.ParallelConfig(), 4096, 1).activations
+    tp = mm.estimate(spec, mm.ParallelConfig(tp=4), 4096, 1).activations
+    tpsp = mm.estimate(spec, mm.ParallelConfig(tp=4, sp=True), 4096, 1).activations
+    cp = mm.estimate(spec, mm.ParallelConfig(cp=4), 4096, 1).activations
     assert cp < tpsp < tp < base  # TP alone leaves norms/linear inputs whole; SP splits norms only
     assert mm.local_parameters(spec, 4) < mm.local_parameters(spec, 1)
 
 
 def test_rsa_scores_are_quadratic_and_max_length_grows_like_sqrt_p(spec):
-    a = mm.estimate(spec, mm.LayoutSpec(cp=2, mode="rsa"), 4096, 1).activations
-    b = mm.estimate(spec, mm.LayoutSpec(cp=2, mode="rsa"), 8192, 1).activations
+    a = mm.estimate(spec, mm.ParallelConfig(cp=2, mode="rsa"), 4096, 1).activations
+    b = mm.estimate(spec, mm.ParallelConfig(cp=2, mode="rsa"), 8192, 1).activations
     assert b / a > 3.0  # the N^2/P score rows dominate
     budget = 256 * MiB
-    n2 = mm.max_seq_length(spec, mm.LayoutSpec(cp=2, mode="rsa"), 1, budget, 2)
-    n8 = mm.max_seq_length(spec, mm.LayoutSpec(cp=8, mode="rsa"), 1, budget, 8)
+    n2 = mm.max_seq_length(spec, mm.ParallelConfig(cp=2, mode="rsa"), 1, budget, 2)
+    n8 = mm.max_seq_length(spec, mm.ParallelConfig(cp=8, mode="rsa"), 1, budget, 8)
     assert 1.6 < n8 / n2 < 2.4  # sqrt(8 / 2) = 2
-    p8 = mm.max_seq_length(spec, mm.LayoutSpec(cp=8, mode="p2p"), 1, budget, 16)
+    p8 = mm.max_seq_length(spec, mm.ParallelConfig(cp=8, mode="p2p"), 1, budget, 16)
     assert p8 > 3 * n8
 
 
 def test_max_length_targets_in_the_model(spec):
     budget = 64 * MiB
-    one = mm.max_seq_length(spec, mm.LayoutSpec(), 1, budget, 2)
-    four = mm.max_seq_length(spec, mm.LayoutSpec(cp=4, mode="p2p"), 1, budget, 8)
-    eight = mm.max_seq_length(spec, mm.LayoutSpec(cp=8, mode="a2a+p2p", ulysses=2), 1, budget, 16)
+    one = mm.max_seq_length(spec, mm.ParallelConfig(), 1, budget, 2)
+    four = mm.max_seq_length(spec, mm.ParallelConfig(cp=4, mode="p2p"), 1, budget, 8)
+    eight = mm.max_seq_length(spec, mm.ParallelConfig(cp=8, mode="a2a+p2p", ulysses=2), 1, budget, 16)
     assert four >= 3.6 * one and eight >= 7 * one
-    assert mm.estimate(spec, mm.LayoutSpec(), one, 1).step_peak <= budget
-    assert mm.estimate(spec, mm.LayoutSpec(), one + 2, 1).step_peak > budget
-    assert mm.max_micro_batch(spec, mm.LayoutSpec(cp=4), 2048, budget) > \
-        mm.max_micro_batch(spec, mm.LayoutSpec(tp=4), 2048, budget)
+    assert mm.estimate(spec, mm.ParallelConfig(), one, 1).step_peak <= budget
+    assert mm.estimate(spec, mm.ParallelConfig(), one + 2, 1).step_peak > budget
+    assert mm.max_micro_batch(spec, mm.ParallelConfig(cp=4), 2048, budget) > \
+        mm.max_micro_batch(spec, mm.ParallelConfig(tp=4), 2048, budget)
 
 
 def test_communication_volume_by_mode(spec):
     n = 8192
-    assert mm.estimate(spec, mm.LayoutSpec(), n, 1).comm_bytes == 0
-    ring = mm.estimate(spec, mm.LayoutSpec(cp=4, mode="p2p"), n, 1).comm_detail
-    a2a = mm.estimate(spec, mm.LayoutSpec(cp=4, mode="a2a", ulysses=4), n, 1).comm_detail
+    assert mm.estimate(spec, mm.ParallelConfig(), n, 1).comm_bytes == 0
+    ring = mm.estimate(spec, mm.ParallelConfig(cp=4, mode="p2p"), n, 1).comm_detail
+    a2a = mm.estimate(spec, mm.ParallelConfig(cp=4, mode="a2a", ulysses=4), n, 1).comm_detail
     # ring: per layer K and V of the local shard, (P-1) hops forward, (P-1) + P backward
     kv_block = n / 4 * 128 * 4
     assert ring["cp"] == pytest.approx(4 * kv_block * (2 * 3 + 2 * 3 + 2 * 4))
     # Ulysses: 4 all-to-alls of [s, h] forward and 4 backward, (U-1)/U of each leaves the rank
     assert a2a["cp"] == pytest.approx(4 * 8 * kv_block * 3 / 4)
     assert ring["grads"] == pytest.approx(2 * 3 / 4 * mm.local_parameters(spec, 1) * 4)
-    tp = mm.estimate(spec, mm.LayoutSpec(tp=4), n, 1).comm_detail
+    tp = mm.estimate(spec, mm.ParallelConfig(tp=4), n, 1).comm_detail
     assert tp["cp"] == 0 and tp["tp"] > 0 and tp["grads"] == 0
 
 
@@ -94,7 +94,7 @@ def test_parameter_count_matches_the_model():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from megatron_sp.arguments import build_parser
     from megatron_sp.arguments import padded_vocab_size
-    from megatron_sp.training.loop import model_config
+    from megatron_sp.arguments.model_config import gpt_config
     from megatron_sp.model import GPTModel
     from megatron_sp.parallel_state import single_rank_mesh
     from megatron_sp.tensor_parallel import RNGTracker
@@ -106,7 +106,7 @@ def test_parameter_count_matches_the_model():
         if not args.group_query_attention:
             args.num_query_groups = args.num_attention_heads
         args.max_position_embeddings = 64
-        cfg = model_config(args, padded_vocab_size(args.vocab_size, 128, 1))
+        cfg = gpt_config(args, padded_vocab_size(args.vocab_size, 128, 1))
         model = GPTModel(cfg, single_rank_mesh(), RNGTracker(1, 0, 0, 0, "cpu"))
         assert mm.local_parameters(mm.ModelSpec.from_flags(flags), 1) == sum(p.numel() for p in model.parameters())
 
@@ -123,7 +123,7 @@ def test_model_agrees_with_a_measured_step():
         layout = se.make_layout(name, world)
         r = se.run_trial(se.build_argv(args, layout, seq, 1), world, 1 << 30, steps=2, timeout=120)
         assert r.status == "ok", r.error
-        model = mm.estimate(spec, se.model_layout(layout), seq, 1).step_peak
+        model = mm.estimate(spec, layout.parallel, seq, 1).step_peak
         assert abs(model / r.peak_bytes - 1) < 0.2, (name, world, model / MiB, r.peak_bytes / MiB)
 
 
@@ -144,12 +144,12 @@ def _build(flags, world=1, mesh=None):
     from megatron_sp.parallel_state import single_rank_mesh
     from megatron_sp.tensor_parallel import RNGTracker
     from megatron_sp.arguments import build_parser, padded_vocab_size, validate_args
-    from megatron_sp.training.loop import model_config
+    from megatron_sp.arguments.model_config import gpt_config
     args = validate_args(build_parser().parse_args(
         flags.split() + "--seq-length 24 --micro-batch-size 2 --lr 1e-4 --mock-data --train-iters 1".split()), world)
     vocab = padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
     mesh = mesh or single_rank_mesh()
-    model = GPTModel(model_config(args, vocab), mesh, RNGTracker(0, mesh.tp_rank, mesh.cp_rank))
+    model = GPTModel(gpt_config(args, vocab), mesh, RNGTracker(0, mesh.tp_rank, mesh.cp_rank))
     model.init_weights(0)
     return model
 
@@ -183,7 +183,7 @@ def test_kept_activations_are_what_autograd_saves(case):
     the tensors the CPU pages count (activation_memory.cpu_pages) are the saved tensors."""
     flags = SMALL + case
     kept, _ = _kept_bytes(_build(flags), 2, 24)
-    spec, lay = mm.ModelSpec.from_flags(flags.split(), device="cpu"), mm.LayoutSpec()
+    spec, lay = mm.ModelSpec.from_flags(flags.split(), device="cpu"), mm.ParallelConfig()
     est = mm.estimate(spec, lay, 24, 2)
     assert est.activations == kept
     tensors = sum(am.run_tensors(spec, lay)) + am.outside_tensors(spec, lay, 48)
@@ -200,8 +200,8 @@ def test_offloaded_bytes_are_the_host_term(case):
     runs on CPU too, moves exactly that (plus RoPE's shared cos/sin, once)."""
     flags = SMALL + LLAMA + case + " --cpu-offloading --cpu-offloading-num-layers 1"
     kept, moved = _kept_bytes(_build(flags), 2, 24)
-    cuda = mm.estimate(mm.ModelSpec.from_flags(flags.split(), device="cuda"), mm.LayoutSpec(), 24, 2)
-    cpu = mm.estimate(mm.ModelSpec.from_flags(flags.split(), device="cpu"), mm.LayoutSpec(), 24, 2)
+    cuda = mm.estimate(mm.ModelSpec.from_flags(flags.split(), device="cuda"), mm.ParallelConfig(), 24, 2)
+    cpu = mm.estimate(mm.ModelSpec.from_flags(flags.split(), device="cpu"), mm.ParallelConfig(), 24, 2)
     rope_tables = 2 * 2 * 24 * 8 * 4
     assert cuda.host_activations > 0 and moved == cuda.host_activations + rope_tables
     # the hooks of this test see what the offloader left: the rest, with RoPE's tables again
@@ -224,8 +224,8 @@ def _kept_distributed(rank, world, flags, layout):
 def test_kept_activations_under_tp_sp_and_ulysses():
     from megatron_sp.launch import run_distributed
     for extra, (tp, cp, mode), lay in (
-            (" --sequence-parallel --tiled-mlp-chunk-size 7", (2, 1, "p2p"), mm.LayoutSpec(tp=2, sp=True)),
-            (" --cross-entropy-chunk-size 8", (1, 2, "a2a"), mm.LayoutSpec(cp=2, mode="a2a", ulysses=2))):
+            (" --sequence-parallel --tiled-mlp-chunk-size 7", (2, 1, "p2p"), mm.ParallelConfig(tp=2, sp=True)),
+            (" --cross-entropy-chunk-size 8", (1, 2, "a2a"), mm.ParallelConfig(cp=2, mode="a2a", ulysses=2))):
         flags = SMALL + LLAMA + extra
         kept = run_distributed(_kept_distributed, 2, flags, (tp, cp, mode))[0]
         est = mm.estimate(mm.ModelSpec.from_flags(flags.split(), device="cpu"), lay, 24, 2)
@@ -237,17 +237,17 @@ def test_chunked_loss_and_tiled_mlp_terms():
     transient of one chunk; offload on CUDA moves the kept bytes of N layers to the host."""
     spec = mm.ModelSpec.from_flags(("--num-layers 4 --hidden-size 256 --num-attention-heads 8 --ffn-hidden-size 704 "
                                     "--swiglu --vocab-size 32000 --cross-entropy-chunk-size 0").split())
-    lay, n = mm.LayoutSpec(), 8192
+    lay, n = mm.ParallelConfig(), 8192
     full = mm.estimate(spec, lay, n, 1)
-    spec.loss_chunk = 1024
+    spec.cross_entropy_chunk_size = 1024
     chunked = mm.estimate(spec, lay, n, 1)
     V = spec.vocab_size
     assert full.activations - chunked.activations == pytest.approx(n * (4 * V + 9 - 8))
     assert chunked.phases["forward_end"] - chunked.activations == pytest.approx(1024 * V * 8)
-    spec.mlp_chunk = 512
+    spec.tiled_mlp_chunk_size = 512
     tiled = mm.estimate(spec, lay, n, 1)
     assert chunked.activations - tiled.activations == pytest.approx(4 * n * 4 * 704 * 4)
-    spec.offload_layers, spec.recompute = 3, "full"
+    spec.cpu_offloading_num_layers, spec.recompute_granularity = 3, "full"
     off = mm.estimate(spec, lay, n, 1)
     assert off.host_activations == pytest.approx(3 * n * 256 * 4)
     assert mm.max_seq_length(spec, lay, 1, 2 ** 30, 64) > 4 * mm.max_seq_length(
@@ -270,7 +270,7 @@ def test_llama_features_agree_with_a_measured_step():
         assert all(flag in argv for flag in extra if flag.startswith("--"))
         r = se.run_trial(argv, 1, 1 << 30, steps=2, timeout=300)
         assert r.status == "ok", r.error
-        model = mm.estimate(se.model_config(args), se.model_layout(layout), 2048, 1).step_peak
+        model = mm.estimate(se.model_config(args), layout.parallel, 2048, 1).step_peak
         assert abs(model / r.peak_bytes - 1) < 0.1, (extra, model / MiB, r.peak_bytes / MiB)
 
 

@@ -18,6 +18,7 @@ from megatron_sp.pipeline_parallel import PipelineLayoutError, build_layout
 from megatron_sp.tensor_parallel.sharding import full_of
 from megatron_sp.training import loop
 from megatron_sp.arguments import parse_args
+from megatron_sp.arguments.model_config import gpt_config
 from megatron_sp.training.batches import micro_batches
 from megatron_sp.training.loop import pretrain
 from megatron_sp.training.step import forward_backward
@@ -128,7 +129,7 @@ def _one_step(rank, world, argv, save_dir=None):
         def scale_loss(self, loss):
             return loss
 
-    loss = forward_backward(ctx.ddp_model, batches, args, ctx.mesh, ctx.device, _Backward())
+    loss = forward_backward(ctx.model_parts, batches, args, ctx.mesh, ctx.device, _Backward(), ctx.pipeline)
     allreduce_sequence_parallel_grads(ctx.model, ctx.mesh)
     allreduce_embedding_grads(ctx.model, ctx.mesh)
     grads = {n: full_of(p.grad, p, ctx.mesh.tp_group, ctx.mesh.tp_size) for n, p in ctx.model.named_parameters()}
@@ -156,7 +157,7 @@ def test_gradients_norm_tied_embeddings_and_saves_across_stages(tmp_path):
     from megatron_sp.model import GPTModel
     from megatron_sp.parallel_state import single_rank_mesh
     from megatron_sp.tensor_parallel import RNGTracker
-    whole = GPTModel(loop.model_config(parse_args(argv), 128), single_rank_mesh(), RNGTracker(1))
+    whole = GPTModel(gpt_config(parse_args(argv), 128), single_rank_mesh(), RNGTracker(1))
     whole.init_weights(11)
     for fmt in ("torch_dist", "torch"):
         saved = ckpt.read_full_model(os.path.join(tmp_path, fmt, "iter_0000000"))
@@ -235,7 +236,7 @@ def test_names_are_global_and_pp1_names_unchanged():
     from megatron_sp.parallel_state import single_rank_mesh
     from megatron_sp.tensor_parallel import RNGTracker
     args = parse_args(BASE + ["--train-iters", "1"])
-    cfg = loop.model_config(args, 128)
+    cfg = gpt_config(args, 128)
     whole = GPTModel(cfg, single_rank_mesh(), RNGTracker(1))
     last = GPTModel(cfg, single_rank_mesh(), RNGTracker(1), layers=[2, 3], pre_process=False)
     names = [n for n, _ in whole.named_parameters()]
@@ -256,21 +257,21 @@ def test_per_stage_memory_model_by_schedule():
     from megatron_sp.memory import stage_estimates
     spec = mm.ModelSpec.from_flags("--num-layers 8 --hidden-size 128 --num-attention-heads 8 --vocab-size 1000 "
                                    "--position-embedding-type rope".split())
-    one = mm.estimate(spec, mm.LayoutSpec(), 2048, 1)
-    stages = stage_estimates(spec, mm.LayoutSpec(pp=4, micro_batches=8), 2048, 1)
+    one = mm.estimate(spec, mm.ParallelConfig(), 2048, 1)
+    stages = stage_estimates(spec, mm.ParallelConfig(pp=4, micro_batches=8), 2048, 1)
     hop = 2048 * 128 * 4  # one [s, b, h] fp32 activation (or its gradient)
     # 1F1B: stage r keeps 4 - r micro-batches of its 2 layers; stage 0 as much as one micro-batch
     # through all 8 layers (+ the chunk outputs the library keeps), the last stage adds the head
-    layer_acts = (one.activations - mm.outside_saved(spec, mm.LayoutSpec(), 2048, 1)) / 8
+    layer_acts = (one.activations - mm.outside_saved(spec, mm.ParallelConfig(), 2048, 1)) / 8
     for r, est in enumerate(stages):
-        head = mm.outside_saved(spec, mm.LayoutSpec(), 2048, 1) if r == 3 else 0
+        head = mm.outside_saved(spec, mm.ParallelConfig(), 2048, 1) if r == 3 else 0
         assert est.activations == pytest.approx((4 - r) * (2 * layer_acts + hop) + head)
         assert est.buffers == 8 * hop * ((r > 0) + (r < 3))  # a receive buffer per micro-batch and boundary
     n = [est.params / 4 for est in stages]
     assert sum(n) == pytest.approx(mm.local_parameters(spec, 1) + 1024 * 128)  # + the tied copy
-    assert mm.estimate(spec, mm.LayoutSpec(pp=4, micro_batches=8), 2048, 1).step_peak == \
+    assert mm.estimate(spec, mm.ParallelConfig(pp=4, micro_batches=8), 2048, 1).step_peak == \
         max(e.step_peak for e in stages)
-    inter = stage_estimates(spec, mm.LayoutSpec(pp=4, virtual=2, schedule="Interleaved1F1B", micro_batches=8),
+    inter = stage_estimates(spec, mm.ParallelConfig(pp=4, virtual=2, schedule="Interleaved1F1B", micro_batches=8),
                             2048, 1)
     assert inter[0].activations > stages[0].activations  # more chunks in flight (11 of 1 layer vs 4 of 2)
     assert in_flight_chunks("Interleaved1F1B", 4, 2, 8, 0) == 11 and in_flight_chunks("GPipe", 4, 1, 8, 3) == 8

@@ -10,7 +10,8 @@ import pytest
 from megatron_sp import memory as mm
 from megatron_sp.scaling import planner
 from megatron_sp.arguments import build_parser, validate_args
-from megatron_sp.training.loop import check_layout, model_config
+from megatron_sp.arguments.model_config import gpt_config
+from megatron_sp.arguments.preflight import check_layout
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SMALL = ("--num-layers 4 --hidden-size 256 --num-attention-heads 8 --group-query-attention --num-query-groups 4 "
@@ -32,7 +33,7 @@ def test_best_layout_fits_its_budget_by_the_model(plans):
         # the model again, from the plan's own flags: the same footprint, and one granule more does not fit
         args = build_parser().parse_args(best.argv())
         spec = mm.ModelSpec.from_flags(best.argv(), bf16=True)
-        lay = planner.model_layout(best.layout)
+        lay = best.layout.parallel
         spec.vocab_size = planner._padded_vocab(spec, lay.tp)
         d, h, _ = planner.footprint(spec, lay, args.seq_length, 0.05e9)
         assert d == pytest.approx(best.device_bytes) and h == pytest.approx(best.host_bytes)
@@ -45,7 +46,7 @@ def test_command_line_parses_through_pretrain_gpt(plans):
     for n, ps in plans.items():
         for p in planner.runnable(ps, 3):
             args = validate_args(build_parser().parse_args(p.argv()), n)
-            check_layout(args, model_config(args, 32000))
+            check_layout(args, gpt_config(args, 32000))
             assert args.seq_length == p.seq_length and args.context_parallel_size == p.layout.cp
             assert p.command().startswith(f"torchrun --nproc-per-node {n} pretrain_gpt.py ")
 

@@ -58,20 +58,20 @@ def test_unfused_keeps_probabilities_for_every_layout_where_attention_is_a_ring_
         return (mm.estimate(unfused, lay, seq, b).activations - mm.estimate(flash, lay, seq, b).activations) / L
 
     lse = lambda lay: b * n / lay.cp * a / lay.tp * 4  # noqa: E731  (the flash path's LSE, not kept)
-    for lay in (mm.LayoutSpec(), mm.LayoutSpec(tp=4), mm.LayoutSpec(tp=2, sp=True)):  # P = 1: [b, a/T, N, N]
+    for lay in (mm.ParallelConfig(), mm.ParallelConfig(tp=4), mm.ParallelConfig(tp=2, sp=True)):  # P = 1: [b, a/T, N, N]
         assert extra(lay) == pytest.approx(b * a / lay.tp * n * n * 4 - lse(lay))
-    u = mm.LayoutSpec(cp=4, mode="a2a", ulysses=4)  # Ulysses: a/U heads over the whole sequence; the flash
+    u = mm.ParallelConfig(cp=4, mode="a2a", ulysses=4)  # Ulysses: a/U heads over the whole sequence; the flash
     out_copy = b * n / 4 * a * flash.kv_channels * 4  # path's second output copy (_ulysses_output) is not kept
     assert extra(u) == pytest.approx(b * a / 4 * n * n * 4 - lse(u) - out_copy)
-    ring = mm.LayoutSpec(cp=4, mode="p2p")  # inside a ring: block scores are transient, nothing kept
+    ring = mm.ParallelConfig(cp=4, mode="p2p")  # inside a ring: block scores are transient, nothing kept
     assert extra(ring) == 0
     block = b * a * (4 * n / 4) ** 2 * 4  # the diagonal block [s, s] of a ring step at 4 x the length
     assert mm.unfused_transient(unfused, ring, n, b) == pytest.approx(4 * block)
     assert mm.estimate(unfused, ring, 4 * n, b).transient > mm.estimate(flash, ring, 4 * n, b).transient
-    rsa = mm.LayoutSpec(cp=4, mode="rsa")  # RSA keeps its rows whatever the backend
+    rsa = mm.ParallelConfig(cp=4, mode="rsa")  # RSA keeps its rows whatever the backend
     assert mm.estimate(unfused, rsa, n, b).step_peak == mm.estimate(flash, rsa, n, b).step_peak
     # TP and RSA at equal degree keep the same score bytes: b a N^2 / P
-    assert mm.probs_bytes(unfused, mm.LayoutSpec(tp=4), n, b) == mm.probs_bytes(unfused, rsa, n / 4, b)
+    assert mm.probs_bytes(unfused, mm.ParallelConfig(tp=4), n, b) == mm.probs_bytes(unfused, rsa, n / 4, b)
 
 
 def test_unfused_step_is_within_ten_percent_of_the_model():
@@ -79,7 +79,7 @@ def test_unfused_step_is_within_ten_percent_of_the_model():
     layout = se.make_layout("tp", 1)
     r = se.run_trial(se.build_argv(args, layout, 256, 1), 1, 1 << 30, steps=2, timeout=120)
     assert r.status == "ok", r.error
-    model = mm.estimate(se.model_config(args), se.model_layout(layout), 256, 1).step_peak
+    model = mm.estimate(se.model_config(args), layout.parallel, 256, 1).step_peak
     probs = 12 * 256 * 256 * 4 * 12
     assert r.peak_bytes > probs  # the probabilities of every layer were kept
     assert abs(model / r.peak_bytes - 1) < 0.1, (model / MiB, r.peak_bytes / MiB)
@@ -93,7 +93,7 @@ def test_model_counts_the_cpu_pages_of_a_bert_large_like_step():
     layout = se.make_layout("tp", 1)
     r = se.run_trial(se.build_argv(args, layout, 64, 3), 1, 1 << 30, steps=2, timeout=120)
     assert r.status == "ok", r.error
-    model = mm.estimate(se.model_config(args), se.model_layout(layout), 64, 3).step_peak
+    model = mm.estimate(se.model_config(args), layout.parallel, 64, 3).step_peak
     assert abs(model - r.peak_bytes) < 0.75 * MiB, (model / MiB, r.peak_bytes / MiB)
 
 

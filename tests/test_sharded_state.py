@@ -63,7 +63,7 @@ def _one_step_gradients(rank, world, argv):
         def scale_loss(self, loss):
             return loss
 
-    loss = forward_backward(ctx.ddp_model, batches, args, ctx.mesh, ctx.device, _Backward())
+    loss = forward_backward(ctx.model_parts, batches, args, ctx.mesh, ctx.device, _Backward(), ctx.pipeline)
     allreduce_sequence_parallel_grads(ctx.model, ctx.mesh)
     grads = {}
     for name, (p, shape, _) in model_entries(ctx.model, ctx.mesh).items():

@@ -6,7 +6,7 @@ build the model and optimizer exactly as ``pretrain_gpt.py`` does (``loop.setup`
 create the Adam state (the first step would).  Each rank reports:
 
 * ``state``: bytes of its fp32 master weights + Adam m, v, counted from the tensors it holds
-  (next to ``memory_model.model_state``), and the resident-set growth they caused;
+  (next to ``memory.model_state``), and the resident-set growth they caused;
 * with ``--save-load DIR``: the time of ``save_checkpoint`` (files written, checksums,
   rename, tracker) and of ``load_checkpoint`` in each ``--formats``, and the resident
   high-water mark above the baseline during the save (the gather of ``torch`` vs the
@@ -32,9 +32,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-MODE_FLAGS = {"replicated": [], "fsdp2": ["--use-torch-fsdp2"], "dist-opt": ["--use-distributed-optimizer"],
-              "fsdp2+offload": ["--use-torch-fsdp2", "--optimizer-cpu-offload"],
-              "dist-opt+offload": ["--use-distributed-optimizer", "--optimizer-cpu-offload"]}
+from megatron_sp.arguments.parallel import SHARDING_FLAGS  # noqa: E402
+
+MODE_FLAGS = {**SHARDING_FLAGS, **{f"{m}+offload": SHARDING_FLAGS[m] + ["--optimizer-cpu-offload"]
+                                   for m in ("fsdp2", "dist-opt")}}
 COMMON = ("--mock-data --tokenizer-type NullTokenizer --seq-length 64 --micro-batch-size 1 --train-iters 1 "
           "--lr 1e-4 --hidden-dropout 0 --attention-dropout 0 --eval-interval 0 --log-interval 1000").split()
 MiB = 2 ** 20
@@ -98,8 +99,8 @@ def main(argv=None) -> int:
             if args.save_load:
                 shutil.rmtree(args.save_load, ignore_errors=True)
             res = run_distributed(_rank, world, argv, args.save_load, args.formats, timeout=3600)
-            sharding = {"replicated": "none", "fsdp2": "fsdp2", "dist-opt": "dist-opt"}[mode.split("+")[0]]
-            state = mm.model_state(spec, mm.LayoutSpec(dp=world, sharding=sharding, offload="offload" in mode))
+            sharding = mode.split("+")[0]
+            state = mm.model_state(spec, mm.ParallelConfig(dp=world, sharding=sharding, offload="offload" in mode))
             mine = max(r["weights"] + r["adam"] for r in res)
             line = (f"| {mode} | {world} | {mine / MiB:,.1f} | {(state['params'] + state['adam']) / MiB:,.1f} | "
                     f"{max(r['rss'] for r in res) / MiB:,.1f} |")

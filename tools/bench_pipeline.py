@@ -106,7 +106,7 @@ def run(args) -> list:
             if v > 1:
                 argv += ["--num-virtual-stages-per-pipeline-rank", str(v)]
         out = run_distributed(_rank, k, argv, args.steps, timeout=args.timeout)
-        lay = mm.LayoutSpec(pp=k, virtual=v, schedule=name if k > 1 else "1F1B", micro_batches=m)
+        lay = mm.ParallelConfig(pp=k, virtual=v, schedule=name if k > 1 else "1F1B", micro_batches=m)
         ests = ([mm.estimate(spec, lay, seq, args.micro_batch_size)] if k == 1 else
                 stage_estimates(spec, lay, seq, args.micro_batch_size))
         formula = bubble_fraction(name, k, v, m) if k > 1 else 0.0

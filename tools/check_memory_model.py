@@ -4,7 +4,7 @@
 Each case is a set of extra flags (recompute, chunked loss, tiled MLP, offload ...) on one
 model, layout and length; each runs one real trial with the scaling tool's measurement
 (``megatron_sp/scaling/trial.py``: fresh processes, a warm-up step, then the peak of the
-measured step above the baseline) and is printed next to ``memory_model.estimate``'s
+measured step above the baseline) and is printed next to ``memory.estimate``'s
 ``step_peak`` (on CPU host and device are one memory, so offloaded bytes count too)::
 
     python tools/check_memory_model.py --model llama-32k --seq-length 4096 \\
@@ -47,7 +47,7 @@ def check(model_flags: str, case: str, layout, seq: int, mbs: int, device: str, 
     argv += ["--seq-length", str(seq), "--micro-batch-size", str(mbs), "--global-batch-size", str(mbs * layout.dp),
              "--train-iters", str(steps), "--seed", "1234"] + (["--bf16"] if bf16 else [])
     spec = mm.ModelSpec.from_flags(argv, bf16=bf16, device=device)
-    est = mm.estimate(spec, se.model_layout(layout), seq, mbs)
+    est = mm.estimate(spec, layout.parallel, seq, mbs)
     r = se.run_trial(argv, layout.tp * layout.cp * layout.dp, None, steps=steps, timeout=600, device=device)
     if r.status != "ok":
         raise RuntimeError(f"{case!r}: {r.status} {r.error}")

@@ -28,7 +28,8 @@ from megatron_sp.model import GPTModel  # noqa: E402
 from megatron_sp.parallel_state import single_rank_mesh  # noqa: E402
 from megatron_sp.tensor_parallel import RNGTracker  # noqa: E402
 from megatron_sp import checkpointing as ckpt  # noqa: E402
-from megatron_sp.training.loop import model_config  # noqa: E402
+from megatron_sp.arguments.model_config import gpt_config  # noqa: E402
+from megatron_sp.sequence_parallel.config import RING  # noqa: E402
 
 
 def load_model(load_dir: str, iteration: int | None = None, device: str = "cpu"):
@@ -41,10 +42,10 @@ def load_model(load_dir: str, iteration: int | None = None, device: str = "cpu")
     stored = types.SimpleNamespace(**ckpt.read_metadata(path)["args"])
     stored.hidden_dropout = stored.attention_dropout = 0.0
     stored.sequence_parallel, stored.recompute_granularity = False, None
-    stored.cp_comm_type = "p2p"  # one rank: every mode is local attention through the block kernel
+    stored.cp_comm_type = RING  # one rank: every mode is local attention through the block kernel
     mesh = single_rank_mesh()
     rng = RNGTracker(stored.seed, device=device)
-    model = GPTModel(model_config(stored, stored.padded_vocab_size), mesh, rng)
+    model = GPTModel(gpt_config(stored, stored.padded_vocab_size), mesh, rng)
     tensors = ckpt.read_full_model(path)
     params = dict(model.named_parameters())
     if set(params) != set(tensors):

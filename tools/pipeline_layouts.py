@@ -25,6 +25,7 @@ if REPO not in sys.path:
 from megatron_sp import memory as mm  # noqa: E402
 from megatron_sp.pipeline_parallel import bubble_fraction, in_flight_chunks  # noqa: E402
 from megatron_sp.memory import stage_estimates  # noqa: E402
+from megatron_sp.sequence_parallel.config import CP_COMM_TYPES, RING  # noqa: E402
 
 GiB = 2 ** 30
 LLAMA2_70B = ("--num-layers 80 --hidden-size 8192 --num-attention-heads 64 --group-query-attention "
@@ -47,7 +48,7 @@ def rows(spec, gpus: int, tp: int, seq: int, mbs: int, gbs: int, sharding: str, 
             for name, v in schedules:
                 if name == "1F1B" and m < pp:
                     continue
-                lay = mm.LayoutSpec(tp=tp, cp=cp, dp=dp, mode=mode if cp > 1 else "p2p", sp=tp > 1, pp=pp,
+                lay = mm.ParallelConfig(tp=tp, cp=cp, dp=dp, mode=mode if cp > 1 else RING, sp=tp > 1, pp=pp,
                                     virtual=v, schedule=name if pp > 1 else "1F1B", micro_batches=m,
                                     sharding=sharding)
                 ests = stage_estimates(spec, lay, seq, mbs) if pp > 1 else [mm.estimate(spec, lay, seq, mbs)]
@@ -83,8 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--seq-length", type=int, default=32768)
     p.add_argument("--micro-batch-size", type=int, default=1)
     p.add_argument("--global-batch-size", type=int, default=64)
-    p.add_argument("--sharding", choices=["none", "dist-opt", "fsdp2"], default="dist-opt")
-    p.add_argument("--cp-comm-type", default="p2p")
+    p.add_argument("--sharding", choices=["replicated", "dist-opt", "fsdp2"], default="dist-opt")
+    p.add_argument("--cp-comm-type", default=RING, choices=list(CP_COMM_TYPES))
     p.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
     p.add_argument("--budget-gib", type=float, default=80.0, help="device memory to compare with (H100: 80)")
     a = p.parse_args(argv)

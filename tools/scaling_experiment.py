@@ -97,6 +97,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from megatron_sp import memory as mm  # noqa: E402  (pure python: imports no torch)
+from megatron_sp.sequence_parallel.config import ATTENTION_BACKENDS  # noqa: E402
 from megatron_sp.arguments.types import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, Range, in_range  # noqa: E402
 from megatron_sp.scaling.layouts import Layout, long_sequence_flags, make_layout  # noqa: E402,F401
 from megatron_sp.scaling.presets import MODEL_PRESETS  # noqa: E402
@@ -143,31 +144,15 @@ def memory_flags(args) -> list:
 
 
 def model_config(args) -> mm.ModelSpec:
-    return mm.ModelSpec.from_flags(model_flags(args).split() + memory_flags(args), bf16=args.bf16,
+    """The model the trials run, read from their flags by the real parser."""
+    return mm.ModelSpec.from_flags(f"{model_flags(args)} {COMMON}".split() + memory_flags(args), bf16=args.bf16,
                                    device=args.device)
 
 
 def layout_refusal(args, layout: Layout) -> str:
     """pretrain_gpt.py's start-up error for this layout (at any length), or '' if it can run."""
-    from megatron_sp.sequence_parallel.backends import check_backend_for_mode
-    from megatron_sp.arguments import build_parser, padded_vocab_size, validate_args
-    from megatron_sp.training.loop import check_layout, model_config as gpt_config
-    world = layout.tp * layout.cp * layout.dp
-    a = build_parser().parse_args(build_argv(args, layout, layout.seq_granularity() * layout.tp, 1))
-    try:
-        validate_args(a, world)
-        check_layout(a, gpt_config(a, padded_vocab_size(a.vocab_size + 1, a.make_vocab_size_divisible_by,
-                                                         a.tensor_model_parallel_size)))
-        check_backend_for_mode(a.attention_backend, a.cp_comm_type, a.context_parallel_size)
-    except ValueError as exc:
-        return str(exc)
-    return ""
-
-
-def model_layout(layout: Layout) -> mm.LayoutSpec:
-    return mm.LayoutSpec(tp=layout.tp, cp=layout.cp, dp=layout.dp, mode=layout.mode, sp=layout.sp,
-                         ulysses=layout.ulysses, sharding=layout.sharding, offload=layout.offload,
-                         pp=layout.pp, micro_batches=layout.micro_batches)
+    from megatron_sp.arguments.preflight import refusal
+    return refusal(build_argv(args, layout, layout.seq_granularity() * layout.tp, 1), layout.parallel.world)
 
 
 def _fmt_mb(b):
@@ -188,7 +173,7 @@ def run_experiment(args) -> list:
           f"{'whole device' if budget is None else _fmt_mb(budget) + ' MiB per rank (peak above baseline)'} | "
           f"{len(combos)} searches | device {device}", flush=True)
     for n, (world, name, layout) in enumerate(combos, 1):
-        lay = model_layout(layout)
+        lay = layout.parallel
         # the search's trials share their ranks (started by the first trial, none for a refused layout)
         session = TrialSession(world, budget, args.steps, args.trial_timeout, device, args.threads)
         if args.experiment == "max-seq":
@@ -296,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-length", type=POSITIVE_INT, default=None,
                    help="fixed sequence length for max-batch (default 2048; paper: 64, BERT's 512 x 1/8)")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--attention-backend", choices=["flash", "fused", "unfused", "local", "auto"], default="auto",
+    p.add_argument("--attention-backend", choices=list(ATTENTION_BACKENDS), default="auto",
                    help="pretrain_gpt.py's --attention-backend for every layout (unfused: the paper's TP baseline)")
     p.add_argument("--paper-models", nargs="+", default=["bert-base-like", "bert-large-like"],
                    help="--experiment paper: the presets to run")
@@ -365,21 +350,15 @@ def parse_args(argv=None):
 def check_trial_flags(p, args) -> None:
     """Layout names and the model flags a trial will pass to pretrain_gpt.py, checked now (one
     line, exit 2) rather than in every trial of the search."""
-    from megatron_sp.arguments import build_parser as pretrain_parser, validate_args
-    from megatron_sp.training.loop import model_config
+    from megatron_sp.arguments.preflight import refusal
     for name in args.layouts:
         try:
             make_layout(name, 1)
         except ValueError as exc:
             p.error(f"--layouts: {exc}")
-    trial = pretrain_parser()
-    trial.error = lambda message: p.error(f"--model-args / --model {args.model}: {message}")
-    try:
-        trial_args = validate_args(trial.parse_args(build_argv(args, make_layout("dp", 1), args.seq_length,
-                                                               args.micro_batch_size)), 1)
-        model_config(trial_args, trial_args.vocab_size)  # the model's own shape checks
-    except ValueError as exc:
-        p.error(f"--model-args / --model {args.model}: {exc}")
+    reason = refusal(build_argv(args, make_layout("dp", 1), args.seq_length, args.micro_batch_size), 1)
+    if reason:
+        p.error(f"--model-args / --model {args.model}: {reason}")
 
 
 def _cuda_available() -> bool:

@@ -1,4 +1,4 @@
-"""Megatron-LM flags that are not features of their own here (DESIGN.md section 7).
+"""Megatron-LM flags that are not features of their own here (docs/ARCHITECTURE.md, "arguments").
 
 Real launch scripts carry flags for kernels, fusions, profilers and engines that a
 different codebase cannot (or need not) have.  Each such flag is in exactly one table of
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..sequence_parallel.config import ULYSSES
 from .types import Range
 from .megatron_flags import (DEPRECATED, NO_EFFECT, REFUSED, REFUSED_FAMILIES,  # noqa: F401 (the tables)
                              SAME_AS_HERE)
@@ -192,7 +193,7 @@ def apply_deprecated(args) -> list:
                              f"--context-parallel-size {args.context_parallel_size} disagree; give one")
         args.context_parallel_size = args.ds_sequence_parallel_size
         if args.ds_sequence_parallel_size > 1:
-            args.cp_comm_type = "a2a"
+            args.cp_comm_type = ULYSSES
         note("--ds-sequence-parallel-size", f"--context-parallel-size {args.ds_sequence_parallel_size} "
                                             "--cp-comm-type a2a (DeepSpeed-Ulysses)")
     if args.data_impl is not None and args.data_impl not in ("mmap", "infer"):

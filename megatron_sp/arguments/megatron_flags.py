@@ -53,7 +53,7 @@ NO_EFFECT = {
     "--distribute-checkpointed-activations": (SWITCH, "a memory optimisation of full recompute not built here"),
     "--deepspeed-activation-checkpointing": (SWITCH, "activation recompute is --recompute-granularity here"),
     # precision: this codebase keeps these in fp32, which is at least as exact
-    "--grad-reduce-in-bf16": (SWITCH, "gradients are reduced in fp32 here (DESIGN.md section 6)"),
+    "--grad-reduce-in-bf16": (SWITCH, "gradients are reduced in fp32 here"),
     "--accumulate-allreduce-grads-in-fp32": (SWITCH, "gradients are always accumulated and reduced in fp32 here"),
     "--fp16-lm-cross-entropy": (SWITCH, "the cross entropy is always computed in fp32 here"),
     # memory management, profiling and monitoring hooks

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ..pipeline_parallel.schedule_rules import SCHEDULES
-from ..sequence_parallel.config import ATTENTION_BACKENDS, CP_COMM_TYPES
+from ..sequence_parallel.config import ATTENTION_BACKENDS, CP_COMM_TYPES, RING
 from . import megatron_compat
 from .checks import ArgumentError
 from .megatron_compat import normalization_type, position_embedding_type
@@ -60,7 +60,7 @@ def _parallel(p):
                    help="Megatron-SP: norm/dropout on sequence shards inside the TP group")
     g.add_argument("--context-parallel-size", "--sequence-parallel-size", dest="context_parallel_size",
                    type=POSITIVE_INT, default=1, help="CP/SP degree: ranks one sequence is split across")
-    g.add_argument("--cp-comm-type", default="p2p", choices=list(CP_COMM_TYPES))
+    g.add_argument("--cp-comm-type", default=RING, choices=list(CP_COMM_TYPES))
     g.add_argument("--hierarchical-context-parallel-sizes", type=POSITIVE_INT, nargs=2, default=None, metavar=("U", "R"))
     g.add_argument("--distributed-backend", choices=["gloo", "nccl"], default=None)
     g.add_argument("--distributed-timeout-minutes", type=POSITIVE, default=10.0)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 from ..data.tokenizers import resolve_tokenizer_type, unused_tokenizer_flags
-from ..pipeline_parallel import layout_from_args
+from .parallel import pipeline_layout
+from ..sequence_parallel.config import HIERARCHICAL_MODES, cp_sizes
 from . import megatron_compat
 from .checkpoint_args import apply_checkpoint_args
 from .checks import ArgumentError, check_combinations
@@ -31,14 +32,16 @@ def validate_args(args, world_size: int, on_this_machine: bool = True):
         _fail(f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
               f"--context-parallel-size {cp}" + (f" x --pipeline-model-parallel-size {pp}" if pp > 1 else ""))
     args.data_parallel_size = world_size // (tp * cp * pp)
-    if args.cp_comm_type == "a2a+p2p" and cp > 1 and not args.hierarchical_context_parallel_sizes:
-        _fail("--cp-comm-type a2a+p2p needs --hierarchical-context-parallel-sizes U R with U x R = "
-              f"--context-parallel-size {cp}")
-    if args.hierarchical_context_parallel_sizes and args.cp_comm_type != "a2a+p2p":
-        _fail(f"--hierarchical-context-parallel-sizes is only used with --cp-comm-type a2a+p2p "
-              f"(got {args.cp_comm_type})")
-    if args.cp_comm_type == "a2a":
-        args.hierarchical_context_parallel_sizes = [cp, 1]
+    hier = args.hierarchical_context_parallel_sizes
+    if hier and args.cp_comm_type not in HIERARCHICAL_MODES:
+        _fail(f"--hierarchical-context-parallel-sizes is only used with --cp-comm-type "
+              f"{' / '.join(HIERARCHICAL_MODES)} (got {args.cp_comm_type})")
+    try:  # the Ulysses x ring degrees of the mode (raises, one line, when they do not multiply to CP)
+        _, u, r = cp_sizes(args.cp_comm_type, tuple(hier) if hier else cp)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not hier and u > 1:  # a2a: the mesh builds its all-to-all groups from the degrees
+        args.hierarchical_context_parallel_sizes = [u, r]
     if args.sequence_parallel and tp == 1:
         args.sequence_parallel = False  # as Megatron: nothing to split without TP
     if not args.group_query_attention:
@@ -57,7 +60,7 @@ def validate_args(args, world_size: int, on_this_machine: bool = True):
         _fail(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
               f"{args.micro_batch_size} x data-parallel size {args.data_parallel_size} = {per_step}")
     args.num_micro_batches = args.global_batch_size // per_step
-    layout_from_args(args)  # the pipeline split and schedule (raises PipelineLayoutError, a ValueError)
+    pipeline_layout(args)  # the pipeline split and schedule (raises PipelineLayoutError, a ValueError)
     if (args.train_iters is None) == (args.train_samples is None):
         _fail("give exactly one of --train-iters and --train-samples")
     if args.train_iters is None:  # as Megatron: whole global batches

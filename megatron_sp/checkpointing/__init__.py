@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save/load of model, optimizer and training state (DESIGN.md section 6).
+"""Checkpoints: atomic save/load of model, optimizer and training state (docs/ARCHITECTURE.md, "checkpointing").
 
 ``save_load``: the protocol (temporary directory, agreement, rename, tracker last, async
 finalisation) and loading; ``state``: what a checkpoint holds, by global name and shape;

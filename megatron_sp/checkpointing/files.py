@@ -74,6 +74,36 @@ def write_text_atomic(path: str, text: str) -> None:
     fsync_dir(os.path.dirname(path) or ".")
 
 
+def commit_checkpoint(tmp: str, meta: dict, save_dir: str, iteration: int, subdirs=(),
+                      before_tracker=None) -> str:
+    """Make the written checkpoint directory ``tmp`` (``iter_NNNNNNN.tmp``) the latest, the one
+    commit sequence of every checkpoint (training saves and weights-only writes): ``metadata.json``
+    last inside it (it marks the directory complete), fsync of it, of ``subdirs`` and of the
+    directory, rename to the final name (replacing a stale one of the same iteration), fsync of
+    ``save_dir``, then the tracker.  A crash at any point leaves the previous checkpoint the latest.
+    ``before_tracker``: called between the rename and the tracker (fault injection).  Returns the
+    final path."""
+    with open(os.path.join(tmp, METADATA), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    for sub in subdirs:
+        fsync_dir(os.path.join(tmp, sub))
+    fsync_dir(tmp)
+    final = tmp[:-len(".tmp")]
+    if os.path.exists(final):  # a checkpoint of this iteration the tracker no longer points at
+        stale = final + ".old.tmp"
+        shutil.rmtree(stale, ignore_errors=True)
+        os.rename(final, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    os.rename(tmp, final)
+    fsync_dir(save_dir)
+    if before_tracker is not None:
+        before_tracker()
+    write_text_atomic(os.path.join(save_dir, TRACKER), f"{iteration}\n")
+    return final
+
+
 def maybe_fault(iteration: int, point: str) -> None:
     """Fault injection for tests: ``MEGATRON_SP_CHECKPOINT_FAULT="<iteration>:<rank>:<point>"``.
 

@@ -11,15 +11,13 @@ as ``--finetune`` does, and ``--use-checkpoint-args`` takes its model flags.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 
 from . import torch_dist, torch_legacy
-from .files import (FORMAT_VERSION, METADATA, TRACKER, CheckpointError, ckpt_format, crc32_file, fsync_dir,
-                    iter_dir_name, jsonable, list_files, read_metadata, read_tracker, verify_checksums,
-                    write_text_atomic)
+from .files import (FORMAT_VERSION, TRACKER, CheckpointError, ckpt_format, commit_checkpoint, crc32_file,
+                    iter_dir_name, jsonable, list_files, read_metadata, read_tracker, verify_checksums)
 
 
 def read_full_model(path: str) -> dict:
@@ -36,8 +34,7 @@ def read_full_model(path: str) -> dict:
 def write_model_only(save_dir: str, tensors: dict, args: dict, shape_flags) -> str:
     """Write full ``tensors`` (by parameter name) as an iteration-0 weights-only torch_dist checkpoint
     with the flags ``args`` (a dict); ``shape_flags`` are the flags a load checks.  Returns its path."""
-    final = os.path.join(save_dir, iter_dir_name(0))
-    tmp = final + ".tmp"
+    tmp = os.path.join(save_dir, iter_dir_name(0)) + ".tmp"
     os.makedirs(save_dir, exist_ok=True)
     if read_tracker(save_dir) is not None:
         raise CheckpointError(f"--save {save_dir} already holds a checkpoint ({TRACKER}); give an empty directory")
@@ -51,12 +48,5 @@ def write_model_only(save_dir: str, tensors: dict, args: dict, shape_flags) -> s
             "model_shape": {k: jsonable(args.get(k)) for k in shape_flags},
             "args": {k: jsonable(v) for k, v in sorted(args.items())}, "files": files,
             "checksums": {rel: crc32_file(os.path.join(tmp, rel)) for rel in files}, "saved_at": time.time()}
-    with open(os.path.join(tmp, METADATA), "w") as f:  # last: it marks the directory complete
-        json.dump(meta, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    write_text_atomic(os.path.join(save_dir, TRACKER), "0\n")
+    final = commit_checkpoint(tmp, meta, save_dir, 0)
     return final

@@ -32,7 +32,6 @@ file is named before anything is read into the model.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -43,9 +42,8 @@ import torch.distributed as dist
 
 from . import torch_dist, torch_legacy
 from .files import (FORMAT_VERSION, METADATA, TRACKER, CheckpointError, check_save_dir,  # noqa: F401
-                    checkpoint_dir, ckpt_format, crc32_file, free_bytes, fsync_dir, iter_dir_name, jsonable, list_files,
-                    maybe_fault, prune, read_metadata, read_tracker, torch_save, verify_checksums,
-                    write_text_atomic)
+                    checkpoint_dir, ckpt_format, commit_checkpoint, crc32_file, free_bytes, iter_dir_name, jsonable,
+                    list_files, maybe_fault, prune, read_metadata, read_tracker, torch_save, verify_checksums)
 from .state import ensure_optimizer_state, model_entries, optimizer_entries
 
 # Flags that fix the shapes (and meaning) of the weights: they must match on load.
@@ -151,7 +149,7 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
              "train_state": dict(vars(state))}
     meta = {"format_version": FORMAT_VERSION, "ckpt_format": fmt, "iteration": iteration,
             "consumed_samples": state.consumed_samples, "layout": _layout(mesh),
-            "sharding": _sharding(args), "model_shape": {k: jsonable(getattr(args, k, None))
+            "sharding": ctx.parallel.sharding, "model_shape": {k: jsonable(getattr(args, k, None))
                                                           for k in MODEL_SHAPE_FLAGS},
             "args": {k: jsonable(v) for k, v in sorted(vars(args).items())}}
     pending = PendingSave(iteration, save_dir, tmp, [rng_file], meta, start)
@@ -174,11 +172,6 @@ def save_checkpoint(ctx, save_dir: str | None = None) -> str:
             print(f"  checkpoint of iteration {iteration:7d} is being written to {tmp} in the background "
                   f"(--async-save) [ staged in {time.perf_counter() - start:.2f}s ]", flush=True)
     return final
-
-
-def _sharding(args) -> str:
-    return ("fsdp2" if getattr(args, "use_torch_fsdp2", False) else
-            "dist-opt" if getattr(args, "use_distributed_optimizer", False) else "replicated")
 
 
 def finish_pending_save(ctx, blocking: bool = True) -> None:
@@ -217,26 +210,13 @@ def _finalize(ctx, pending: PendingSave) -> None:
         for rel in sorted(set(listed) - set(checksums)):  # DCP's .metadata, written by the coordinator
             checksums[rel] = crc32_file(os.path.join(pending.tmp, rel))
         meta = dict(pending.meta, files=listed, checksums=checksums, saved_at=time.time())
-        with open(os.path.join(pending.tmp, METADATA), "w") as f:
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(os.path.join(pending.tmp, "rng"))
-        fsync_dir(pending.tmp)
-        final = pending.tmp[:-len(".tmp")]
-        if os.path.exists(final):  # a checkpoint of this iteration the tracker no longer points at
-            stale = final + ".old.tmp"
-            shutil.rmtree(stale, ignore_errors=True)
-            os.rename(final, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.rename(pending.tmp, final)
-        fsync_dir(pending.save_dir)
-    maybe_fault(pending.iteration, "rename")
-    if rank == 0:
-        write_text_atomic(os.path.join(pending.save_dir, TRACKER), f"{pending.iteration}\n")
+        commit_checkpoint(pending.tmp, meta, pending.save_dir, pending.iteration, subdirs=("rng",),
+                          before_tracker=lambda: maybe_fault(pending.iteration, "rename"))
         keep = getattr(ctx.args, "keep_last_n_checkpoints", None)
         if keep:
             prune(pending.save_dir, keep, pending.iteration)
+    else:
+        maybe_fault(pending.iteration, "rename")
     _barrier()
     if rank == mesh.world_size - 1:
         print(f"  successfully saved checkpoint at iteration {pending.iteration:7d} to {pending.save_dir} "

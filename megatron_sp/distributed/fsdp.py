@@ -39,15 +39,6 @@ from ..tensor_parallel.sharding import keeping_tp_attributes
 MODES = ("fsdp2", "dist-opt")
 
 
-def sharding_mode(args):
-    """``"fsdp2"``, ``"dist-opt"`` or ``None`` (replicated state, DDP) from the flags."""
-    if getattr(args, "use_torch_fsdp2", False):
-        return "fsdp2"
-    if getattr(args, "use_distributed_optimizer", False):
-        return "dist-opt"
-    return None
-
-
 def _device_mesh(mesh, device: torch.device):
     from torch.distributed.device_mesh import DeviceMesh
     return DeviceMesh.from_group(mesh.dp_cp_group, device.type)
@@ -115,11 +106,11 @@ def ensure_process_group() -> bool:
     return True
 
 
-def describe_model_state(mode, n: int, bf16: bool, fp16: bool, cpu_offload: bool) -> str:
+def describe_model_state(mode: str, n: int, bf16: bool, fp16: bool, cpu_offload: bool) -> str:
     """One start-up line: who holds what, in bytes per parameter (of this TP rank's shard)."""
     low = "bf16" if bf16 else "fp16" if fp16 else None
     where = " in host memory (--optimizer-cpu-offload)" if cpu_offload else ""
-    if mode is None:
+    if mode == "replicated":
         compute = f"; {low} matmuls under autocast" if low else ""
         return (f"replicated over DP x CP {n} (DDP): fp32 weights, gradients and Adam m, v on every rank, "
                 f"16 bytes/parameter{compute}")

@@ -1,4 +1,4 @@
-"""Gradient reduction and clipping over the rank mesh (DESIGN.md section 2, step 6).
+"""Gradient reduction and clipping over the rank mesh (docs/ARCHITECTURE.md, "distributed").
 
 One path for every sharding mode; only the engine that reduces over DP x CP differs:
 

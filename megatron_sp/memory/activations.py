@@ -79,7 +79,7 @@ def _dims(spec, lay, s, b):
 def _stream_bytes(spec, lay) -> int:
     """An element of the residual stream: fp32 (fp32 weights under autocast), or the compute dtype
     when sharded state gathers bf16/fp16 weights (FSDP2's mixed precision makes the stream 2-byte)."""
-    return 2 if (spec.bf16 and lay.sharding != "none") else 4
+    return 2 if (spec.bf16 and lay.sharded) else 4
 
 
 def _mask_bytes(spec) -> int:
@@ -105,7 +105,7 @@ def layer_kept(spec, lay, s: float, b: int, selective: bool = False) -> float:
         per += e * a * d / T  # the output after the all-to-all back (the projection's input)
     if not selective and not materialised:
         per += 4 * a / T  # the log-sum-exp (the materialised path keeps the probabilities instead)
-    if not spec.mlp_chunk:
+    if not spec.tiled_mlp_chunk_size:
         per += e * (4 if spec.swiglu else 2) * f / T
     if spec.hidden_dropout > 0:
         per += 2 * _mask_bytes(spec) * h / sp
@@ -127,7 +127,7 @@ def layer_tensors(spec, lay, selective: bool = False) -> int:
     n += 4 if spec.rope else (4 if spec.num_attention_heads > spec.num_query_groups else 3)
     n += 1 if (lay.ulysses_degree > 1 and not materialised) else 0
     n += 0 if selective else 1  # the log-sum-exp or the probabilities
-    n += 0 if spec.mlp_chunk else (3 if spec.swiglu else 2)
+    n += 0 if spec.tiled_mlp_chunk_size else (3 if spec.swiglu else 2)
     n += 2 if spec.hidden_dropout > 0 else 0
     return n
 
@@ -144,7 +144,7 @@ def outside_tensors(spec, lay, tok: float) -> int:
 
 def weight_copy_tensors(spec, lay) -> int:
     """Autocast's weight copies one layer keeps (:func:`weight_copies`): its linears' (and column biases)."""
-    return (4 + (2 if spec.bias else 0)) if weight_copies(spec, lay)[0] else 0
+    return (4 + (2 if spec.add_bias_linear else 0)) if weight_copies(spec, lay)[0] else 0
 
 
 UNFUSED_BACKENDS = ("unfused", "local")
@@ -153,7 +153,7 @@ UNFUSED_BACKENDS = ("unfused", "local")
 def _materialised(spec, lay) -> bool:
     """Attention runs RSA's algorithm, keeping probabilities: rsa over P > 1, or ``--attention-backend
     unfused`` where attention is a ring of one (CP 1, every TP layout, Ulysses after its all-to-all)."""
-    return (lay.mode == "rsa" and lay.cp > 1) or (spec.attention_backend in UNFUSED_BACKENDS
+    return (lay.score_rows) or (spec.attention_backend in UNFUSED_BACKENDS
                                                   and lay.ring_degree == 1)
 
 
@@ -164,7 +164,7 @@ def probs_bytes(spec, lay, s: float, b: int) -> float:
     if not _materialised(spec, lay):
         return 0.0
     a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
-    if lay.mode == "rsa" and lay.cp > 1:
+    if lay.score_rows:
         return b * (a / T) * s * (s * lay.cp) * 4
     return b * (a / (T * U)) * (s * U) ** 2 * 4
 
@@ -174,7 +174,7 @@ def unfused_transient(spec, lay, s: float, b: int) -> float:
     over a ring of one, ``d_probs`` and the softmax-backward product (2 x the probabilities, as RSA);
     inside a ring (R > 1) the reference kernel's block (the largest is the diagonal ``[sU, sU]``):
     probabilities, their gradient and two temporaries of the softmax backward (4 x)."""
-    if spec.attention_backend not in UNFUSED_BACKENDS or (lay.mode == "rsa" and lay.cp > 1):
+    if spec.attention_backend not in UNFUSED_BACKENDS or (lay.score_rows):
         return 0.0
     a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
     block = b * (a / (T * U)) * (s * U) ** 2 * 4
@@ -185,20 +185,20 @@ def weight_copies(spec, lay):
     """Under bf16/fp16 autocast (fp32 weights) every matmul uses a 2-byte copy of its weight (and a
     column-parallel bias), cached until forward ends and saved for backward by the linear that
     used it.  Returns (attention, MLP) bytes of one layer and the output layer's; 0 in fp32."""
-    if not spec.bf16 or lay.sharding != "none":  # sharded: the gathered weights are the compute dtype
+    if not spec.bf16 or lay.sharded:  # sharded: the gathered weights are the compute dtype
         return 0.0, 0.0, 0.0
     h, f, a, g, d, V, T = (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads,
                            spec.num_query_groups, spec.kv_channels, spec.vocab_size, lay.tp)
     fc1 = f * (2 if spec.swiglu else 1)
-    attn = (h * (a + 2 * g) * d + a * d * h + ((a + 2 * g) * d if spec.bias else 0)) / T
-    mlp = (h * fc1 + f * h + (fc1 if spec.bias else 0)) / T
+    attn = (h * (a + 2 * g) * d + a * d * h + ((a + 2 * g) * d if spec.add_bias_linear else 0)) / T
+    mlp = (h * fc1 + f * h + (fc1 if spec.add_bias_linear else 0)) / T
     return 2.0 * attn, 2.0 * mlp, 2.0 * V / T * h
 
 
 def runs(spec, n=None):
     """``(start, end, checkpointed)`` runs of ``n`` layers (default all), as ``TransformerBlock.segments``."""
     L = spec.num_layers if n is None else n
-    if spec.recompute != "full":
+    if spec.recompute_granularity != "full":
         return [(i, i + 1, False) for i in range(L)]
     k = max(1, spec.recompute_num_layers)
     if spec.recompute_method == "block":
@@ -221,7 +221,7 @@ def outside_kept(spec, lay, s: float, b: int) -> float:
 
 
 def fused_loss(spec, tok: float) -> bool:
-    return spec.loss_chunk > 0 and (spec.loss_fusion or tok > spec.loss_chunk)
+    return spec.cross_entropy_chunk_size > 0 and (spec.cross_entropy_loss_fusion or tok > spec.cross_entropy_chunk_size)
 
 
 def loss_transients(spec, lay, s: float, b: int):
@@ -231,7 +231,7 @@ def loss_transients(spec, lay, s: float, b: int):
     weight_grad = V / T * h * 4
     if not fused_loss(spec, tok):
         return tok * V / T * (e + cast), tok * h * e + weight_grad + tok * V / T * (2 if cast else 0)
-    c = min(spec.loss_chunk, tok)
+    c = min(spec.cross_entropy_chunk_size, tok)
     chunk = c * V / T * (e + 4 + cast)  # logits, the shifted fp32 copy (and the fp32 cast)
     acc = weight_grad if tok > c else 0.0
     backward = tok * h * e + acc + max(chunk, c * V / T * (4 + (2 if cast else 0)) + weight_grad)
@@ -247,8 +247,8 @@ def backward_parts(spec, lay, s: float, b: int) -> tuple:
     """(MLP, attention) bytes a layer's backward adds on top of what it keeps."""
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
     width = 4 if spec.swiglu else 2  # kept MLP intermediates per f/T
-    if spec.mlp_chunk:
-        c = min(spec.mlp_chunk, tok)
+    if spec.tiled_mlp_chunk_size:
+        c = min(spec.tiled_mlp_chunk_size, tok)
         weights = (3 if spec.swiglu else 2) * f * h / T * 4
         mlp = tok * h * e + c * e * f / T * (width + width // 2) + weights * (2 if tok > c else 1)
     else:
@@ -257,9 +257,9 @@ def backward_parts(spec, lay, s: float, b: int) -> tuple:
     U, R = lay.ulysses_degree, lay.ring_degree
     if U > 1:
         attn += tok * e * 2 * (a + 2 * max(g, U * T)) * d / T  # all-to-all send + receive buffers
-    if R > 1 and lay.mode != "rsa":
+    if R > 1 and not lay.rsa:
         attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
-    if lay.mode == "rsa" and lay.cp > 1:
+    if lay.score_rows:
         attn += 2 * b * (a / T) * s * (s * lay.cp) * 4  # d_probs and the softmax-backward product
     return mlp, attn + unfused_transient(spec, lay, s, b)
 
@@ -268,10 +268,10 @@ def _run_terms(spec, lay, s: float, b: int, first: int = 0, n=None):
     """Per run of layers ``first .. first + n - 1`` (a pipeline chunk; default all): the run list,
     the activation bytes each run keeps, the weight copies it keeps, whether it is offloaded."""
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
-    full_layer = layer_kept(spec, lay, s, b, spec.recompute == "selective")
+    full_layer = layer_kept(spec, lay, s, b, spec.recompute_granularity == "selective")
     attn_w, mlp_w, _ = weight_copies(spec, lay)
-    saved_w = attn_w + (0.0 if spec.mlp_chunk else mlp_w)  # copies a layer's linears save (tiles: none)
-    offload = spec.offload_layers if spec.device != "cpu" else 0  # CPU: one memory, nothing moves
+    saved_w = attn_w + (0.0 if spec.tiled_mlp_chunk_size else mlp_w)  # copies a layer's linears save (tiles: none)
+    offload = spec.cpu_offloading_num_layers if spec.device != "cpu" else 0  # CPU: one memory, nothing moves
     run_list = runs(spec, n)
     run_kept = [tok * _stream_bytes(spec, lay) * h / sp if checkpointed else full_layer * (end - start)
                 for start, end, checkpointed in run_list]
@@ -286,8 +286,8 @@ def layer_working(spec, lay, s: float, b: int) -> float:
     transient."""
     _, _, a, _, _, _, T, _, _, _ = _dims(spec, lay, s, b)
     attn_w, mlp_w, _ = weight_copies(spec, lay)
-    t_layer = layer_backward_transient(spec, lay, s, b) + (mlp_w if spec.mlp_chunk else 0.0)
-    if spec.recompute == "selective":  # the recomputed core: one layer's probabilities
+    t_layer = layer_backward_transient(spec, lay, s, b) + (mlp_w if spec.tiled_mlp_chunk_size else 0.0)
+    if spec.recompute_granularity == "selective":  # the recomputed core: one layer's probabilities
         t_layer += probs_bytes(spec, lay, s, b)
     return t_layer
 
@@ -305,7 +305,7 @@ def chunk_kept(spec, lay, s: float, b: int, first: int, n: int) -> tuple:
 
 def run_tensors(spec, lay, n=None) -> list:
     """Tensors each run of :func:`runs` keeps (its input if checkpointed; weight copies included)."""
-    per_layer = layer_tensors(spec, lay, spec.recompute == "selective") + weight_copy_tensors(spec, lay)
+    per_layer = layer_tensors(spec, lay, spec.recompute_granularity == "selective") + weight_copy_tensors(spec, lay)
     return [1 if checkpointed else per_layer * (end - start) for start, end, checkpointed in runs(spec, n)]
 
 
@@ -323,7 +323,7 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
     attn_w, mlp_w, out_w = weight_copies(spec, lay)
     run_list, run_kept, run_copies, moved, full_layer, saved_w = _run_terms(spec, lay, s, b)
-    offload = spec.offload_layers if spec.device != "cpu" else 0
+    offload = spec.cpu_offloading_num_layers if spec.device != "cpu" else 0
     kept = [c + (0.0 if m else k) for k, c, m in zip(run_kept, run_copies, moved)]  # weights never move
     host = sum(k for k, m in zip(run_kept, moved) if m)
     fused = fused_loss(spec, tok)

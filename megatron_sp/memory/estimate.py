@@ -1,7 +1,7 @@
 """Per-rank memory and per-step communication of a GPT training step, by layout.
 
     spec = ModelSpec.from_flags("--num-layers 4 --hidden-size 128 ...".split())
-    est = estimate(spec, LayoutSpec(tp=1, cp=4, mode="p2p"), seq_length=8192, micro_batch=1)
+    est = estimate(spec, ParallelConfig(tp=1, cp=4), seq_length=8192, micro_batch=1)
     est.step_peak        # bytes the step adds above the post-setup baseline (what the scaling tool measures)
     est.breakdown()      # params / grads / adam / activations / transients / phases / host / comm
     est.host             # activation bytes offloaded to pinned host memory (--cpu-offloading, CUDA)
@@ -70,7 +70,7 @@ Communication per step and rank (bytes sent, forward + backward):
   ``2(T-1)/T`` of it); with SP all-gather + reduce-scatter pairs (``(T-1)/T`` each);
 * gradients: a ring all-reduce over DP x CP of the local gradients, ``2(n-1)/n`` of them.
 
-Pipeline parallelism (``LayoutSpec.pp > 1``): a stage holds only its layers, and the
+Pipeline parallelism (``ParallelConfig.pp > 1``): a stage holds only its layers, and the
 activations of the micro-batches its schedule keeps in flight; ``memory/stages.py``
 builds the per-stage estimate from the pieces in ``memory/terms.py`` and ``memory/activations.py``, and :func:`estimate` returns its largest stage.
 """
@@ -78,11 +78,11 @@ from __future__ import annotations
 
 from . import activations as activation_memory
 from .stages import stage_estimates
-from .terms import (Estimate, LayoutSpec, ModelSpec, comm, layer_parameters, local_parameters, model_state,
+from .terms import (Estimate, ParallelConfig, ModelSpec, comm, layer_parameters, local_parameters, model_state,
                     optimizer_peak, parameter_tensors)
 
 
-def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int) -> Estimate:
+def estimate(spec: ModelSpec, lay: ParallelConfig, seq_length: int, micro_batch: int) -> Estimate:
     """Memory (bytes, per rank) and communication of one training step (see module doc); under
     pipeline parallelism the stage with the largest step peak (memory/stages.py)."""
     if lay.pp > 1:
@@ -93,7 +93,7 @@ def estimate(spec: ModelSpec, lay: LayoutSpec, seq_length: int, micro_batch: int
     traffic = comm(spec, lay, seq_length, b, n)
     state = model_state(spec, lay)
     layer = 4.0 * layer_parameters(spec, lay.tp)
-    if lay.sharding == "none":
+    if not lay.sharded:
         ddp = lay.dp * lay.cp > 1
         # made before the last layer's backward peaks: the output weight's, the final norm's, that layer's
         early = 0.0 if ddp else 4.0 * (spec.vocab_size / lay.tp * spec.hidden_size + 2 * spec.hidden_size) + layer
@@ -126,7 +126,7 @@ def largest(fits, granularity: int, limit: int) -> int:
     return lo * granularity
 
 
-def max_seq_length(spec: ModelSpec, lay: LayoutSpec, micro_batch: int, budget_bytes: float,
+def max_seq_length(spec: ModelSpec, lay: ParallelConfig, micro_batch: int, budget_bytes: float,
                    granularity: int = 1, limit: int = 1 << 24, device: bool = False) -> int:
     """The longest sequence (a multiple of ``granularity``) whose step peak fits the budget
     (with ``device``: whose whole device footprint, persistent state included, fits it)."""
@@ -136,7 +136,7 @@ def max_seq_length(spec: ModelSpec, lay: LayoutSpec, micro_batch: int, budget_by
     return largest(fits, granularity, limit)
 
 
-def max_micro_batch(spec: ModelSpec, lay: LayoutSpec, seq_length: int, budget_bytes: float,
+def max_micro_batch(spec: ModelSpec, lay: ParallelConfig, seq_length: int, budget_bytes: float,
                     limit: int = 1 << 16) -> int:
     """The largest micro-batch whose step peak fits the budget."""
     return largest(lambda b: estimate(spec, lay, seq_length, b).step_peak <= budget_bytes, 1, limit)

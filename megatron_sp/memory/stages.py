@@ -51,7 +51,7 @@ def stage_parameters(spec: "mt.ModelSpec", tp: int, layers: int, first: bool, la
     h, V = spec.hidden_size, spec.vocab_size
     n = layers * mt.layer_parameters(spec, tp)
     if first:
-        n += V * h / tp + spec.max_position_embeddings * h
+        n += V * h / tp + spec.position_rows * h
     if last:
         n += 2 * h + (V * h / tp if (not spec.tied or not first) else 0)
     return n
@@ -64,7 +64,7 @@ def _stage_chunks(pp: int, virtual: int, schedule: str, rank: int) -> list:
     return [c * pp + rank for c in range(virtual)]
 
 
-def stage_estimates(spec: "mt.ModelSpec", lay: "mt.LayoutSpec", seq_length: int, micro_batch: int) -> list:
+def stage_estimates(spec: "mt.ModelSpec", lay: "mt.ParallelConfig", seq_length: int, micro_batch: int) -> list:
     """One :class:`memory_terms.Estimate` per PP rank (module doc)."""
     K, V, m = lay.pp, lay.virtual, lay.micro_batches
     n_stages = K * V
@@ -73,7 +73,7 @@ def stage_estimates(spec: "mt.ModelSpec", lay: "mt.LayoutSpec", seq_length: int,
     per_chunk = spec.num_layers // n_stages
     s, b, h, T = seq_length / lay.cp, micro_batch, spec.hidden_size, lay.tp
     s_hidden = s / T if (lay.sp and T > 1) else s
-    e_hidden = 2 if (spec.bf16 and lay.sharding != "none") else 4
+    e_hidden = 2 if (spec.bf16 and lay.sharded) else 4
     out = []
     for r in range(K):
         chunks = _stage_chunks(K, V, lay.schedule, r)
@@ -93,14 +93,14 @@ def stage_estimates(spec: "mt.ModelSpec", lay: "mt.LayoutSpec", seq_length: int,
         hop = s_hidden * b * h * e_hidden
         buffers = m * hop * (sum(c != 0 for c in chunks) + sum(c != n_stages - 1 for c in chunks))
         state = mt.model_state(stage_spec, lay, n)
-        if lay.sharding != "none":
+        if lay.sharded:
             state.update(gathered=(2 if spec.bf16 else 4) * n, unsharded_grads=4.0 * n)
         comm = mt.comm(stage_spec, lay, seq_length, b, n)
         comm["pp"] = 2 * hop * (sum(c != n_stages - 1 for c in chunks) + sum(c != 0 for c in chunks))
         # a layer's backward (recomputed run in ``once``), or the loss's transients on the last stage
         transient = max(activation_memory.layer_working(spec, lay, s, b),
                         max(activation_memory.loss_transients(spec, lay, s, b)) if last else 0.0)
-        if lay.sharding != "none":
+        if lay.sharded:
             transient = state["gathered"] + max(transient, state["unsharded_grads"])
         # CPU pages of the tensors in flight (activation_memory.cpu_pages): layers, chunk outputs, the head
         tensors = flight * (sum(activation_memory.run_tensors(spec, lay, per_chunk)) + 1) \

@@ -1,5 +1,5 @@
 """The pieces of the memory model below the estimate: what a layout and a model are
-(``ModelSpec``, ``LayoutSpec``), what the estimate returns (``Estimate``), and the terms that do not
+(``ModelSpec``, ``ParallelConfig``), what the estimate returns (``Estimate``), and the terms that do not
 depend on the step's phases: model state by sharding mode, the optimizer step's peak, the head's kept
 tensors and the communication per step.
 
@@ -9,17 +9,20 @@ are in ``memory/estimate.py``'s docstring.  Pure Python (no torch).
 """
 from __future__ import annotations
 
-import argparse
-import math
 from dataclasses import dataclass
 from typing import Optional
 
+from ..arguments.parallel import ParallelConfig
 from . import activations as activation_memory
 from ..model.config import default_ffn_hidden_size
 
 
 @dataclass
 class ModelSpec:
+    """The model as the memory model sees it: the fields of :class:`~megatron_sp.model.GPTConfig`
+    of the same names (``from_config`` copies them by name) plus the run's precision and device.
+    Build it from a command line with :meth:`from_args` (the real parser's namespace) or
+    :meth:`from_flags`; nothing here declares a flag or a flag's default."""
     num_layers: int
     hidden_size: int
     num_attention_heads: int
@@ -28,91 +31,71 @@ class ModelSpec:
     num_query_groups: Optional[int] = None
     kv_channels: Optional[int] = None
     swiglu: bool = False
-    bias: bool = True
-    rope: bool = True
-    max_position_embeddings: int = 0  # learned absolute positions only
-    tied: bool = True
+    add_bias_linear: bool = True
+    position_embedding_type: str = "learned_absolute"
+    max_position_embeddings: int = 0
+    untie_embeddings_and_output_weights: bool = False
+    normalization: str = "LayerNorm"  # RMSNorm keeps x * rsqrt for its weight gradient
     hidden_dropout: float = 0.0
-    bf16: bool = False
-    recompute: Optional[str] = None  # None, "selective", "full"
-    rmsnorm: bool = False  # --normalization RMSNorm (keeps x * rsqrt for its weight gradient)
-    recompute_method: str = "uniform"  # full: "uniform" or "block"
+    attention_dropout: float = 0.0
+    recompute_granularity: Optional[str] = None  # None, "selective", "full"
+    recompute_method: Optional[str] = None  # full: "uniform" or "block"
     recompute_num_layers: int = 1
-    loss_chunk: int = 2048  # --cross-entropy-chunk-size (0: full logits)
-    loss_fusion: bool = False  # --cross-entropy-loss-fusion
-    mlp_chunk: int = 0  # --tiled-mlp-chunk-size (0: untiled)
-    offload_layers: int = 0  # --cpu-offloading-num-layers (with --cpu-offloading)
+    cross_entropy_chunk_size: int = 2048  # 0: full logits
+    cross_entropy_loss_fusion: bool = False
+    tiled_mlp_chunk_size: int = 0  # 0: untiled
+    cpu_offloading_num_layers: int = 0  # 0 unless --cpu-offloading
+    attention_backend: str = "auto"  # unfused/local materialise scores (see memory/estimate.py)
+    bf16: bool = False  # --bf16 or --fp16: 2-byte activations and compute weights
     device: str = "cuda"  # "cpu": host and device are one memory (offload moves nothing)
-    attention_backend: str = "auto"  # --attention-backend: unfused/local materialise scores (see module doc)
 
     def __post_init__(self):
         self.ffn_hidden_size = self.ffn_hidden_size or default_ffn_hidden_size(self.hidden_size, self.swiglu)
         self.num_query_groups = self.num_query_groups or self.num_attention_heads
         self.kv_channels = self.kv_channels or self.hidden_size // self.num_attention_heads
 
+    # --- what the terms ask -------------------------------------------------------------
+    @property
+    def rope(self) -> bool:
+        return self.position_embedding_type == "rope"
+
+    @property
+    def position_rows(self) -> int:
+        """Rows of the learned position embedding (0 under RoPE)."""
+        return 0 if self.rope else (self.max_position_embeddings or 0)
+
+    @property
+    def tied(self) -> bool:
+        return not self.untie_embeddings_and_output_weights
+
+    @property
+    def rmsnorm(self) -> bool:
+        return self.normalization == "RMSNorm"
+
+    # --- from the flags -----------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg, bf16: bool = False, device: str = "cuda") -> "ModelSpec":
+        """From a :class:`~megatron_sp.model.GPTConfig`, field by field."""
+        from ..arguments.model_config import fields_from
+        return fields_from(cls, cfg, bf16=bf16, device=device)
+
+    @classmethod
+    def from_args(cls, args, device: str = "cuda") -> "ModelSpec":
+        """From the namespace of ``pretrain_gpt.py``'s parser, validated (``arguments.preflight``)."""
+        from ..arguments.preflight import model_of
+        return cls.from_config(model_of(args), bf16=bool(args.bf16 or args.fp16), device=device)
+
     @classmethod
     def from_flags(cls, argv, bf16: bool = False, recompute: Optional[str] = None,
-                   make_vocab_size_divisible_by: int = 128, device: str = "cuda") -> "ModelSpec":
-        """From ``pretrain_gpt.py`` flags (the subset that changes memory); ``bf16``/``recompute``
-        given here override the flags."""
-        p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-        for flag, typ in (("--num-layers", int), ("--hidden-size", int), ("--num-attention-heads", int),
-                          ("--ffn-hidden-size", int), ("--num-query-groups", int), ("--kv-channels", int),
-                          ("--vocab-size", int), ("--max-position-embeddings", int), ("--hidden-dropout", float),
-                          ("--make-vocab-size-divisible-by", int), ("--recompute-granularity", str),
-                          ("--recompute-method", str), ("--recompute-num-layers", int),
-                          ("--cross-entropy-chunk-size", int), ("--tiled-mlp-chunk-size", int),
-                          ("--cpu-offloading-num-layers", int)):
-            p.add_argument(flag, type=typ, default=None)
-        for flag in ("--swiglu", "--disable-bias-linear", "--untie-embeddings-and-output-weights",
-                     "--group-query-attention", "--bf16", "--recompute-activations", "--cross-entropy-loss-fusion",
-                     "--cpu-offloading"):
-            p.add_argument(flag, action="store_true")
-        p.add_argument("--position-embedding-type", default="learned_absolute")
-        p.add_argument("--normalization", default="LayerNorm")
-        p.add_argument("--attention-backend", default="auto")
-        a, _ = p.parse_known_args(argv)
-        div = a.make_vocab_size_divisible_by or make_vocab_size_divisible_by
-        vocab = int(math.ceil(a.vocab_size / div) * div)  # NullTokenizer: EOD is the last of the V ids
-        recompute = recompute or a.recompute_granularity or ("selective" if a.recompute_activations else None)
-        return cls(a.num_layers, a.hidden_size, a.num_attention_heads, vocab, a.ffn_hidden_size,
-                   a.num_query_groups if a.group_query_attention else None, a.kv_channels, a.swiglu,
-                   not a.disable_bias_linear, a.position_embedding_type == "rope",
-                   0 if a.position_embedding_type == "rope" else (a.max_position_embeddings or 0),
-                   not a.untie_embeddings_and_output_weights,
-                   a.hidden_dropout if a.hidden_dropout is not None else 0.0, bf16 or a.bf16, recompute,
-                   rmsnorm=a.normalization == "RMSNorm", recompute_method=a.recompute_method or "uniform",
-                   recompute_num_layers=a.recompute_num_layers or 1,
-                   loss_chunk=2048 if a.cross_entropy_chunk_size is None else a.cross_entropy_chunk_size,
-                   loss_fusion=a.cross_entropy_loss_fusion, mlp_chunk=a.tiled_mlp_chunk_size or 0,
-                   offload_layers=(a.cpu_offloading_num_layers or 0) if a.cpu_offloading else 0, device=device,
-                   attention_backend=a.attention_backend)
-
-
-@dataclass(frozen=True)
-class LayoutSpec:
-    tp: int = 1
-    cp: int = 1
-    dp: int = 1
-    mode: str = "p2p"  # rsa | p2p | a2a | a2a+p2p
-    sp: bool = False
-    ulysses: int = 1  # Ulysses degree (a2a: = cp)
-    sharding: str = "none"  # none (DDP) | dist-opt | fsdp2
-    offload: bool = False   # --optimizer-cpu-offload
-    micro_batches: int = 1  # gradient accumulation steps per global batch
-    pp: int = 1             # pipeline stages (memory/stages.py)
-    virtual: int = 1        # virtual stages (model chunks) per pipeline rank
-    schedule: str = "1F1B"  # --pipeline-schedule
-
-    @property
-    def ulysses_degree(self) -> int:
-        if self.cp == 1:
-            return 1
-        return {"a2a": self.cp, "a2a+p2p": self.ulysses}.get(self.mode, 1)
-
-    @property
-    def ring_degree(self) -> int:
-        return self.cp // self.ulysses_degree
+                   device: str = "cuda") -> "ModelSpec":
+        """From ``pretrain_gpt.py`` flags through the real parser; the run flags a model does not
+        need (micro-batch, learning rate, iterations, data) are filled in when absent.  ``bf16`` /
+        ``recompute`` add ``--bf16`` / ``--recompute-granularity`` (uniform, 1 layer, for full)."""
+        from ..arguments.preflight import parse_model_flags
+        extra = (["--bf16"] if bf16 else []) + (["--recompute-granularity", recompute] if recompute else [])
+        if recompute == "full":
+            extra += ["--recompute-method", "uniform", "--recompute-num-layers", "1"]
+        return cls.from_args(parse_model_flags(list(argv) + extra), device=device)
 
 
 @dataclass
@@ -152,10 +135,6 @@ class Estimate:
         gradients, and each phase counts those made before it."""
         return max(self.activations + self.transient, self.optimizer)
 
-    @property
-    def total_peak(self) -> float:
-        return self.params + self.adam + (self.grads if self.grads_in_baseline else 0) + self.buffers + self.step_peak
-
     def breakdown(self) -> dict:
         mib = 2 ** 20
         return {"params_mib": self.params / mib, "grads_mib": self.grads / mib, "adam_mib": self.adam / mib,
@@ -171,17 +150,17 @@ def layer_parameters(spec: ModelSpec, tp: int) -> float:
     h, f, a, g, d = (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads, spec.num_query_groups,
                      spec.kv_channels)
     qkv_out, fc1_out = (a + 2 * g) * d, f * (2 if spec.swiglu else 1)
-    sharded = h * qkv_out + a * d * h + h * fc1_out + f * h + ((qkv_out + fc1_out) if spec.bias else 0)
-    return sharded / tp + 2 * h * 2 + (2 * h if spec.bias else 0)
+    sharded = h * qkv_out + a * d * h + h * fc1_out + f * h + ((qkv_out + fc1_out) if spec.add_bias_linear else 0)
+    return sharded / tp + 2 * h * 2 + (2 * h if spec.add_bias_linear else 0)
 
 
-def model_state(spec: ModelSpec, lay: LayoutSpec, n: Optional[float] = None) -> dict:
+def model_state(spec: ModelSpec, lay: ParallelConfig, n: Optional[float] = None) -> dict:
     """Bytes of the model state per rank by sharding mode (module doc): the persistent
     ``params``/``grads``/``adam`` (on the device, or in ``host`` memory with offload), the
     ``gathered`` compute weights and ``unsharded_grads`` alive at the step's peak.  ``n``:
     the rank's parameters if not the whole model's (a pipeline stage, of ``spec.num_layers``)."""
     n = local_parameters(spec, lay.tp) if n is None else n
-    if lay.sharding == "none":
+    if not lay.sharded:
         return dict(params=4.0 * n, grads=4.0 * n, adam=8.0 * n, host=0.0, gathered=0.0, unsharded_grads=0.0)
     if lay.sharding not in ("dist-opt", "fsdp2"):
         raise ValueError(f"sharding {lay.sharding!r}: choose none, dist-opt or fsdp2")
@@ -204,7 +183,7 @@ def local_parameters(spec: ModelSpec, tp: int) -> int:
     """Parameters on one TP rank (the same on every CP/DP rank)."""
     h, L, V = spec.hidden_size, spec.num_layers, spec.vocab_size
     per_layer = layer_parameters(spec, tp)  # linears (sharded) + two norms and row biases (replicated)
-    embed = V * h / tp * (1 if spec.tied else 2) + spec.max_position_embeddings * h
+    embed = V * h / tp * (1 if spec.tied else 2) + spec.position_rows * h
     return int(L * per_layer + embed + 2 * h)  # final norm
 
 
@@ -213,16 +192,16 @@ def parameter_tensors(spec: ModelSpec) -> tuple:
     weight; a layer's four linears, their biases and its two norms (weight, LayerNorm's bias)."""
     norm = 1 if spec.rmsnorm else 2
     outside = 1 + (0 if spec.rope else 1) + norm + (0 if spec.tied else 1)
-    return outside, 4 + (4 if spec.bias else 0) + 2 * norm
+    return outside, 4 + (4 if spec.add_bias_linear else 0) + 2 * norm
 
 
-def optimizer_peak(spec: ModelSpec, lay: LayoutSpec, n_params: float, ddp: bool) -> float:
+def optimizer_peak(spec: ModelSpec, lay: ParallelConfig, n_params: float, ddp: bool) -> float:
     """The optimizer step, after backward freed the activations: every gradient when they are not
     DDP buckets or shards (in the baseline), and on CPU the foreach AdamW's ``sqrt(v)`` temporaries,
     one per local (sharded) parameter (CUDA's fused kernel makes none; offloaded state steps on the host),
     with a page per tensor (``activation_memory.cpu_pages``)."""
     grads = 0.0 if ddp else 4.0 * n_params
-    if lay.sharding != "none":
+    if lay.sharded:
         n_params /= lay.dp * lay.cp
     temps = spec.device == "cpu" and not lay.offload
     outside, per_layer = parameter_tensors(spec)
@@ -230,14 +209,14 @@ def optimizer_peak(spec: ModelSpec, lay: LayoutSpec, n_params: float, ddp: bool)
     return grads + (4.0 * n_params if temps else 0.0) + activation_memory.cpu_pages(spec, tensors)
 
 
-def outside_saved(spec: ModelSpec, lay: LayoutSpec, s: float, b: int) -> float:
+def outside_saved(spec: ModelSpec, lay: ParallelConfig, s: float, b: int) -> float:
     """What the head keeps (final norm, output-layer input, the loss's tensors, RoPE's tables)."""
     out_w = activation_memory.weight_copies(spec, lay)[2]
     fused = activation_memory.fused_loss(spec, s * b)
     return activation_memory.outside_kept(spec, lay, s, b) + (0.0 if fused else out_w)
 
 
-def comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> dict:
+def comm(spec: ModelSpec, lay: ParallelConfig, N: int, b: int, n_params: int) -> dict:
     h, a, g, d, L = (spec.hidden_size, spec.num_attention_heads, spec.num_query_groups, spec.kv_channels,
                      spec.num_layers)
     T, P, e = lay.tp, lay.cp, (2 if spec.bf16 else 4)
@@ -245,7 +224,7 @@ def comm(spec: ModelSpec, lay: LayoutSpec, N: int, b: int, n_params: int) -> dic
     s = N / P
     out = {"cp": 0.0, "tp": 0.0, "grads": 0.0}
     if P > 1:
-        if lay.mode == "rsa":
+        if lay.rsa:
             blk = s * b * g * d / T * e  # one K (or V) block
             out["cp"] = L * blk * (2 * (P - 1) + 2 * (P - 1) + 2 * P)
         else:

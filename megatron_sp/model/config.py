@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..sequence_parallel.config import RING
+
 
 def default_ffn_hidden_size(hidden_size: int, swiglu: bool) -> int:
     """Megatron-LM's default MLP width: ``4 h``, or with SwiGLU (two input projections)
@@ -38,7 +40,7 @@ class GPTConfig:
     attention_dropout: float = 0.1
     init_method_std: float = 0.02
     sequence_parallel: bool = False
-    cp_comm_type: str = "p2p"
+    cp_comm_type: str = RING
     attention_backend: str = "auto"  # --attention-backend (sequence_parallel/backends.py)
     recompute_granularity: Optional[str] = None  # None, "full", "selective"
     recompute_method: Optional[str] = None  # "uniform" or "block" (full only)
@@ -52,7 +54,7 @@ class GPTConfig:
     cpu_offloading_num_layers: int = 0
     # Megatron-LM interop (issue 13)
     rotary_percent: float = 1.0  # fraction of each head's channels RoPE rotates
-    rotary_interpolation_factor: Optional[float] = None  # positions / factor
+    rotary_seq_len_interpolation_factor: Optional[float] = None  # positions / factor
     rope_scaling_factor: Optional[float] = None  # Llama-3.1 frequency scaling (--use-rope-scaling)
     apply_layernorm_1p: bool = False  # norm weight stored as gamma - 1
     add_qkv_bias: bool = False  # bias in linear_qkv even without add_bias_linear (Qwen2)
@@ -90,7 +92,7 @@ class GPTConfig:
                              f"(got {self.recompute_method!r})")
 
     def check_tensor_parallel(self, tp: int) -> None:
-        """Errors name the flags and the numbers (DESIGN.md section 6)."""
+        """Errors name the flags and the numbers."""
         if tp > self.num_attention_heads:
             raise ValueError(f"--tensor-model-parallel-size {tp} exceeds --num-attention-heads "
                              f"{self.num_attention_heads}: tensor parallelism splits whole heads, so it stops at "

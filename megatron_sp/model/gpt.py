@@ -54,7 +54,7 @@ class GPTModel(torch.nn.Module):
                 set_tp_attributes(self.position_embeddings.weight, None, 1, "normal")
         else:
             self.rotary = RotaryEmbedding(cfg.kv_channels, cfg.rotary_base, cfg.rotary_percent,
-                                          cfg.rotary_interpolation_factor, cfg.rope_scaling_factor)
+                                          cfg.rotary_seq_len_interpolation_factor, cfg.rope_scaling_factor)
         self.decoder = TransformerBlock(cfg, mesh, rng, layers)
         if post_process:
             self.final_norm = build_norm(cfg)

@@ -48,9 +48,7 @@ class MaskedLoss:
 
 
 class Pipeline:
-    """This rank's pipeline stages and their schedule; plays the role of the wrapped model in a step."""
-
-    is_pipeline = True
+    """The schedule over this rank's pipeline stages (the loop's model parts under PP)."""
 
     def __init__(self, modules: list, wrapped: list, layout, mesh, device, loss_of, schedule: str,
                  micro_batches: int, micro_batch_size: int, seq_local: int, hidden_size: int, hidden_dtype):

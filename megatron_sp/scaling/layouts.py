@@ -20,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from ..arguments.parallel import ParallelConfig
+from ..sequence_parallel.config import CP_COMM_TYPES, RING, effective_mode, ulysses_degree
+
 
 # --- layouts ---------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -28,28 +31,26 @@ class Layout:
     tp: int
     cp: int
     dp: int
-    mode: str = "p2p"
+    mode: str = RING
     sp: bool = False
     ulysses: int = 1  # Ulysses degree U (a2a: U = CP; a2a+p2p: hierarchical U)
-    sharding: str = "none"  # none | dist-opt | fsdp2 (model state over DP x CP)
+    sharding: str = "replicated"  # replicated | dist-opt | fsdp2 (model state over DP x CP)
     offload: bool = False
     pp: int = 1  # pipeline stages (1F1B, pp micro-batches per step)
 
     @property
+    def parallel(self) -> ParallelConfig:
+        """The layout as the one parallel-config object (the memory model's layout, the flags)."""
+        return ParallelConfig(tp=self.tp, cp=self.cp, dp=self.dp, mode=self.mode, sp=self.sp, ulysses=self.ulysses,
+                              sharding=self.sharding, offload=self.offload, micro_batches=self.micro_batches,
+                              pp=self.pp)
+
+    @property
     def ring(self) -> int:
-        return self.cp // self.ulysses
+        return self.parallel.ring
 
     def flags(self) -> list:
-        f = ["--tensor-model-parallel-size", str(self.tp), "--context-parallel-size", str(self.cp),
-             "--cp-comm-type", self.mode]
-        if self.sp:
-            f.append("--sequence-parallel")
-        if self.mode == "a2a+p2p" and self.cp > 1:
-            f += ["--hierarchical-context-parallel-sizes", str(self.ulysses), str(self.ring)]
-        f += {"fsdp2": ["--use-torch-fsdp2"], "dist-opt": ["--use-distributed-optimizer"]}.get(self.sharding, [])
-        if self.pp > 1:
-            f += ["--pipeline-model-parallel-size", str(self.pp)]
-        return f + (["--optimizer-cpu-offload"] if self.offload else [])
+        return self.parallel.flags()
 
     @property
     def micro_batches(self) -> int:
@@ -58,27 +59,16 @@ class Layout:
 
     def seq_granularity(self) -> int:
         """Sequence lengths must be multiples of this (zigzag 2P, else P; x TP under SP)."""
-        # causal zigzag: 2P (the loop checks it even at P = 1, so every P = 1 layout uses 2)
-        g = 2 * self.cp if (self.mode in ("p2p", "a2a+p2p") or self.cp == 1) else self.cp
-        return g * self.tp if self.sp else g
+        return self.parallel.seq_divisor
 
     def key(self) -> tuple:
         """Layouts with the same key run the same program (e.g. every layout at world 1)."""
-        mode = self.mode if self.cp > 1 else "-"
-        if mode == "a2a+p2p" and self.ulysses in (1, self.cp):  # a pure ring or pure Ulysses in disguise
-            mode = "p2p" if self.ulysses == 1 else "a2a"
-        return (self.tp, self.cp, self.dp, mode, self.sp and self.tp > 1, self.ulysses if self.cp > 1 else 1,
-                self.sharding, self.offload, self.pp)
+        pc = self.parallel
+        mode = effective_mode(self.mode, self.cp, self.ulysses) if self.cp > 1 else "-"
+        return (self.tp, self.cp, self.dp, mode, pc.sp and pc.tp > 1, pc.ulysses_degree, self.sharding, self.offload, self.pp)
 
     def describe(self) -> str:
-        parts = ([f"PP{self.pp}"] if self.pp > 1 else []) + [f"TP{self.tp}" + ("+SP" if self.sp else "")]
-        if self.cp > 1:
-            parts.append(f"CP{self.cp} {self.mode}" + (f" (U{self.ulysses}xR{self.ring})" if self.mode == "a2a+p2p"
-                                                        else ""))
-        if self.dp > 1:
-            parts.append(f"DP{self.dp}")
-        state = {"fsdp2": " FSDP2", "dist-opt": " dist-opt"}.get(self.sharding, "")
-        return " x ".join(parts) + state + (" +offload" if self.offload else "")
+        return self.parallel.describe()
 
 
 _STATE_SUFFIXES = {"+fsdp2": "fsdp2", "+distopt": "dist-opt"}
@@ -105,7 +95,7 @@ def long_sequence_flags(recompute: Optional[str] = None, loss_chunk: Optional[in
 
 def make_layout(name: str, world: int) -> Optional[Layout]:
     """The layout called ``name`` at ``world`` ranks, or None where it does not exist."""
-    rest, sharding, offload, pp = name, "none", False, 1
+    rest, sharding, offload, pp = name, "replicated", False, 1
     head, _, tail = rest.partition("+")
     if head == "pp" and not tail:
         return Layout(name, 1, 1, 1, pp=world)
@@ -119,7 +109,7 @@ def make_layout(name: str, world: int) -> Optional[Layout]:
     for suffix, mode in _STATE_SUFFIXES.items():
         if rest.endswith(suffix):
             rest, sharding = rest[:-len(suffix)], mode
-    if offload and sharding == "none":
+    if offload and sharding == "replicated":
         raise ValueError(f"layout {name!r}: +offload needs +fsdp2 or +distopt before it")
     layout = _make_parallel_layout(name, rest, world)
     return replace(layout, sharding=sharding, offload=offload, pp=pp) if layout else None
@@ -130,17 +120,16 @@ def _make_parallel_layout(name: str, rest: str, world: int) -> Optional[Layout]:
     if rest == "dp":
         return Layout(name, 1, 1, world)
     if rest in ("tp", "tp+sp"):
-        return Layout(name, world, 1, 1, "p2p", rest == "tp+sp")
+        return Layout(name, world, 1, 1, RING, rest == "tp+sp")
     if rest.startswith("tp") and rest[2:3].isdigit():  # mixes: tp2+p2p, tp2+sp+a2a ...
         head, _, rest = rest.partition("+")
         tp = int(head[2:])
         if rest.startswith("sp+"):
             sp, rest = True, rest[3:]
-    if rest not in ("rsa", "p2p", "a2a", "a2a+p2p"):
+    if rest not in CP_COMM_TYPES:
         raise ValueError(f"unknown layout {name!r}: use tp, tp+sp, rsa, p2p, a2a, a2a+p2p, tpN+<cp mode>, "
                          f"tpN+sp+<cp mode>, dp, each optionally ending in +fsdp2 or +distopt (then +offload)")
     if world % tp or (tp > 1 and world // tp < 2):
         return None
     cp = world // tp
-    u = {"a2a": cp, "a2a+p2p": 2 if cp >= 4 else 1}.get(rest, 1)
-    return Layout(name, tp, cp, 1, rest, sp and tp > 1, u)
+    return Layout(name, tp, cp, 1, rest, sp and tp > 1, ulysses_degree(rest, cp))

@@ -37,6 +37,7 @@ import os
 import time
 
 from .. import memory as mm
+from ..sequence_parallel.config import RING, ulysses_degree
 
 PAPER_PRESETS = {
     "bert-base-like": "--num-layers 12 --hidden-size 96 --num-attention-heads 12 --ffn-hidden-size 384 "
@@ -90,15 +91,14 @@ def _spec(flags: str, backend: str) -> mm.ModelSpec:
     return dataclasses.replace(mm.ModelSpec.from_flags(flags.split()), attention_backend=backend)
 
 
-def _layout(name: str, world: int) -> mm.LayoutSpec:
+def _layout(name: str, world: int) -> mm.ParallelConfig:
     if name == "tp":
-        return mm.LayoutSpec(tp=world)
-    ulysses = {"a2a": world, "a2a+p2p": 2 if world >= 4 else 1}.get(name, 1)
-    return mm.LayoutSpec(cp=world, mode=name if world > 1 else "p2p", ulysses=ulysses)
+        return mm.ParallelConfig(tp=world)
+    return mm.ParallelConfig(cp=world, mode=name if world > 1 else RING, ulysses=ulysses_degree(name, world))
 
 
 def _granularity(name: str, world: int) -> int:
-    return 2 * world if (name in ("p2p", "a2a+p2p") or world == 1) else world
+    return _layout(name, world).seq_divisor
 
 
 def tp_ceiling(heads: int, world: int) -> int:
@@ -109,13 +109,13 @@ def tp_ceiling(heads: int, world: int) -> int:
 def model_value(spec: mm.ModelSpec, name: str, world: int, exp: str, budget: float, seq: int, mbs: int,
                 tp: int = 0) -> int:
     """The model's max value of ``exp`` for layout ``name`` at ``world`` (``tp``: a TP degree instead)."""
-    lay = mm.LayoutSpec(tp=tp) if tp else _layout(name, world)
+    lay = mm.ParallelConfig(tp=tp) if tp else _layout(name, world)
     if exp == "max-batch":
         return mm.max_micro_batch(spec, lay, seq, budget)
     return mm.max_seq_length(spec, lay, mbs, budget, tp and 2 or _granularity(name, world))
 
 
-def _device_value(spec: mm.ModelSpec, lay: mm.LayoutSpec, exp: str, seq: int, mbs: int, granularity: int) -> int:
+def _device_value(spec: mm.ModelSpec, lay: mm.ParallelConfig, exp: str, seq: int, mbs: int, granularity: int) -> int:
     """Largest value whose whole footprint (weights, Adam, gradients, the step) fits a P100."""
     budget = P100_BYTES - 16.0 * mm.local_parameters(spec, lay.tp)
     if exp == "max-batch":
@@ -140,8 +140,8 @@ def real_bert_point(model: str, exp: str, mbs: int, devices: int = 64) -> tuple:
     """(RSA over ``devices``, TP at its ceiling) for the real BERT shapes on one 16 GB P100 each."""
     spec = _spec(REAL_BERT[model], "unfused")
     t = tp_ceiling(spec.num_attention_heads, devices)
-    rsa = _device_value(spec, mm.LayoutSpec(cp=devices, mode="rsa"), exp, REAL_SEQ_LENGTH, mbs, devices)
-    tp = _device_value(spec, mm.LayoutSpec(tp=t), exp, REAL_SEQ_LENGTH, mbs, 2)
+    rsa = _device_value(spec, mm.ParallelConfig(cp=devices, mode="rsa"), exp, REAL_SEQ_LENGTH, mbs, devices)
+    tp = _device_value(spec, mm.ParallelConfig(tp=t), exp, REAL_SEQ_LENGTH, mbs, 2)
     return rsa, tp, t
 
 

@@ -26,12 +26,14 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from .. import memory as mm
+from ..arguments.validate import padded_vocab_size
+from ..sequence_parallel.config import RING, ULYSSES, USP
 from .layouts import Layout, long_sequence_flags
 
 GB = 1e9
 FEATURES = ("loss", "mlp", "offload")
 RECOMPUTE = (None, "selective", "full")
-SHARDING = (("none", False), ("dist-opt", False), ("fsdp2", False), ("dist-opt", True), ("fsdp2", True))
+SHARDING = (("replicated", False), ("dist-opt", False), ("fsdp2", False), ("dist-opt", True), ("fsdp2", True))
 
 
 class PlanError(ValueError):
@@ -123,9 +125,8 @@ def _divisors(n: int) -> list:
 
 
 def _padded_vocab(spec: "mm.ModelSpec", tp: int) -> int:
-    """The vocabulary as pretrain_gpt.py pads it: a multiple of 128 x TP."""
-    div = 128 * tp
-    return int(math.ceil(spec.vocab_size / div) * div)
+    """The vocabulary as pretrain_gpt.py pads it at TP ``tp`` (``spec``'s is padded at TP 1)."""
+    return padded_vocab_size(spec.vocab_size, 128, tp)
 
 
 def _tp_ok(spec: "mm.ModelSpec", tp: int) -> bool:
@@ -137,15 +138,15 @@ def _cp_modes(spec: "mm.ModelSpec", tp: int, cp: int, node_size: int) -> list:
     (query and K/V) of a TP rank; the hybrid with the largest Ulysses degree that does and stays
     within a node."""
     if cp == 1:
-        return [("p2p", 1)]
+        return [(RING, 1)]
     heads, groups = spec.num_attention_heads // tp, spec.num_query_groups // tp
     ok = [u for u in _divisors(cp) if heads % u == 0 and (groups % u == 0 or u % groups == 0)]
-    modes = [("p2p", 1)]
+    modes = [(RING, 1)]
     if cp in ok:
-        modes.append(("a2a", cp))
+        modes.append((ULYSSES, cp))
     hybrid = [u for u in ok if 1 < u < cp and u * tp <= node_size]
     if hybrid:
-        modes.append(("a2a+p2p", max(hybrid)))
+        modes.append((USP, max(hybrid)))
     return modes
 
 
@@ -185,13 +186,7 @@ def options(spec: "mm.ModelSpec", pp: int, features, loss_chunk: int, mlp_chunk:
     return out
 
 
-def model_layout(layout: Layout) -> "mm.LayoutSpec":
-    return mm.LayoutSpec(tp=layout.tp, cp=layout.cp, dp=layout.dp, mode=layout.mode, sp=layout.sp,
-                         ulysses=layout.ulysses, sharding=layout.sharding, offload=layout.offload,
-                         micro_batches=layout.micro_batches, pp=layout.pp)
-
-
-def footprint(spec: "mm.ModelSpec", lay: "mm.LayoutSpec", seq: int, reserve: float) -> tuple:
+def footprint(spec: "mm.ModelSpec", lay: "mm.ParallelConfig", seq: int, reserve: float) -> tuple:
     """``(device bytes, host bytes, estimate)`` of the worst rank: the pipeline stage with the
     largest device footprint (every stage under PP), plus ``reserve`` on the device."""
     if lay.pp > 1:
@@ -221,17 +216,18 @@ def plan(model_flags, devices: int, device_gb: float, host_gb: float, node_size:
     plans = []
     for layout in layouts(base, devices, node_size):
         spec_tp = replace(base, vocab_size=_padded_vocab(base, layout.tp))
-        lay = model_layout(layout)
+        lay = layout.parallel
         for opt in options(base, layout.pp, features, loss_chunk, mlp_chunk):
-            spec = replace(spec_tp, recompute=opt.recompute, recompute_method="uniform", recompute_num_layers=1,
-                           loss_chunk=opt.loss_chunk, loss_fusion=False, mlp_chunk=opt.mlp_chunk,
-                           offload_layers=opt.offload_layers)
+            spec = replace(spec_tp, recompute_granularity=opt.recompute, recompute_method="uniform",
+                           recompute_num_layers=1, cross_entropy_chunk_size=opt.loss_chunk,
+                           cross_entropy_loss_fusion=False, tiled_mlp_chunk_size=opt.mlp_chunk,
+                           cpu_offloading_num_layers=opt.offload_layers)
             n = _longest(spec, lay, layout.seq_granularity(), dev, host, reserve, limit)
             if n:
                 d, h, est = footprint(spec, lay, n, reserve)
                 plans.append(Plan(layout, opt, n, d, h, est, model_flags, bf16, node_size))
     plans.sort(key=lambda p: (-p.seq_length, p.options.cost(), p.layout.offload, p.layout.tp, p.layout.pp,
-                              p.layout.sharding != "none", p.layout.dp))
+                              p.layout.parallel.sharded, p.layout.dp))
     return plans[:top] if top else plans
 
 
@@ -257,15 +253,8 @@ def _check_inputs(model_flags, devices, device_gb, host_gb, node_size, reserve_g
 
 def refusal(p: Plan, world: int) -> str:
     """pretrain_gpt.py's start-up error for the plan's command line, or '' when it runs."""
-    from ..arguments import build_parser, padded_vocab_size, validate_args
-    from ..training.loop import check_layout, model_config
-    try:
-        args = validate_args(build_parser().parse_args(p.argv()), world)
-        check_layout(args, model_config(args, padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
-                                                                args.tensor_model_parallel_size)))
-    except (ValueError, SystemExit) as exc:
-        return str(exc) or "refused"
-    return ""
+    from ..arguments.preflight import refusal as preflight_refusal
+    return preflight_refusal(p.argv(), world)
 
 
 def runnable(plans: list, count: int) -> list:

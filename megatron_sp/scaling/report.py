@@ -14,12 +14,6 @@ def _csv(path, rows):
         w.writerows(rows)
 
 
-def _human(v):
-    if not isinstance(v, (int, float)) or v == "":
-        return str(v)
-    return f"{v / 1024:.1f}K" if v >= 4096 and v % 1024 else (f"{v // 1024}K" if v >= 4096 else str(v))
-
-
 def markdown_table(args, rows) -> str:
     layouts = [l for l in args.layouts if any(r["layout"] == l for r in rows)]
     worlds = sorted({r["world"] for r in rows})

@@ -127,7 +127,7 @@ def _trial_batches(ctx, args, steps: int, first: bool) -> list:
     else:
         batches = [micro_batches(ctx.datasets[0], i * args.global_batch_size, args, ctx.mesh, ctx.device)
                    for i in range(steps)]
-    if first and ctx.ddp_model is not ctx.model and not getattr(ctx.ddp_model, "is_pipeline", False):
+    if first and not ctx.parallel.pipelined and ctx.model_parts[0] is not ctx.model:  # DDP-wrapped
         small = 2 * args.context_parallel_size * args.tensor_model_parallel_size
         batches.insert(0, _random_batch(ctx, args, small, 1) if args.mock_data else batches[0])
     return batches
@@ -156,10 +156,10 @@ def _same_program(ctx, first_argv: list, argv: list, args) -> bool:
     learning rate does not change the memory."""
     import dataclasses
 
-    from megatron_sp.training.loop import model_config
-    if not args.mock_data or getattr(ctx.ddp_model, "is_pipeline", False):
+    from megatron_sp.arguments.model_config import gpt_config
+    if not args.mock_data or ctx.parallel.pipelined:
         return False
-    cfg = model_config(args, ctx.args.padded_vocab_size)
+    cfg = gpt_config(args, ctx.args.padded_vocab_size)
     if cfg.position_embedding_type != "learned_absolute":  # no table sized by --max-position-embeddings
         cfg = dataclasses.replace(cfg, max_position_embeddings=ctx.model.cfg.max_position_embeddings)
     return _without_shape(argv) == _without_shape(first_argv) and cfg == ctx.model.cfg

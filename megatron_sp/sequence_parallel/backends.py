@@ -36,7 +36,7 @@ from typing import Optional
 
 import torch
 
-from .config import ATTENTION_BACKENDS
+from .config import ATTENTION_BACKENDS, BackendError, _refuse, check_backend_for_mode
 from .kernels import (BlockKernel, CpuFlashKernel, CudaEfficientKernel, CudaFlashKernel,
                       FlashAttnPackageKernel, ReferenceKernel, _works, select_kernel)
 
@@ -49,12 +49,6 @@ class UnfusedKernel(ReferenceKernel):
     keeps_probs = True
 
 
-class BackendError(ValueError):
-    pass
-
-
-def _refuse(backend: str, why: str, fix: str):
-    raise BackendError(f"--attention-backend {backend} {why}; {fix}")
 
 
 def _flash(device, dtype) -> BlockKernel:
@@ -107,17 +101,6 @@ def resolve_backend(backend: str, device, dtype, dropout_p: float = 0.0,
         _refuse(backend, f"cannot apply --attention-dropout {dropout_p} (only the unfused kernel applies "
                          "attention dropout here)", "pass --attention-dropout 0 or use --attention-backend unfused")
     return _flash(device, dtype) if backend == "flash" else _fused(device, dtype)
-
-
-def check_backend_for_mode(backend: str, mode: str, cp_size: int) -> None:
-    """Raise unless ``backend`` is a known value that ``mode`` over ``cp_size`` ranks can honour."""
-    if backend not in ATTENTION_BACKENDS:
-        raise BackendError(f"--attention-backend {backend!r} is unknown; choose one of "
-                           f"{', '.join(ATTENTION_BACKENDS)}")
-    if mode == "rsa" and cp_size > 1 and backend in ("flash", "fused"):
-        _refuse(backend, f"cannot apply to --cp-comm-type rsa over --context-parallel-size {cp_size}: RSA "
-                         "materialises its score rows by design (the paper's algorithm)",
-                "use --attention-backend auto or unfused, or --cp-comm-type p2p / a2a / a2a+p2p")
 
 
 def check_backend(backend: str, mode: str, cp_size: int, device, dtype, attention_dropout: float = 0.0) -> None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Tuple
 
-CP_COMM_TYPES = ("rsa", "p2p", "a2a", "a2a+p2p")
+RSA, RING, ULYSSES, USP = "rsa", "p2p", "a2a", "a2a+p2p"  # --cp-comm-type values; RING is the default
+CP_COMM_TYPES = (RSA, RING, ULYSSES, USP)
 ATTENTION_BACKENDS = ("flash", "fused", "unfused", "local", "auto")  # --attention-backend (backends.py)
-ZIGZAG_MODES = ("p2p", "a2a+p2p")       # causal ring modes: zigzag layout
+ZIGZAG_MODES = (RING, USP)       # causal ring modes: zigzag layout
+HIERARCHICAL_MODES = (USP,)       # Ulysses x ring: --hierarchical-context-parallel-sizes U R
+ROW_MODES = (RSA,)                    # the paper's algorithm: full score rows materialised, no block kernel
 DROPOUT_MODES = CP_COMM_TYPES           # every mode: rsa natively, others via the reference kernel
 
 
@@ -53,6 +56,25 @@ def cp_sizes(mode: str, mesh_or_sizes) -> Tuple[int, int, int]:
     if mode == "a2a":
         return p, p, 1
     return p, 1, p
+
+
+def ulysses_degree(mode: str, cp: int, hierarchical_u: int | None = None) -> int:
+    """The Ulysses degree U of ``mode`` over ``cp`` ranks: ``a2a`` all of them, ``a2a+p2p`` the
+    hierarchical U (when not given: 2 from 4 ranks up, the scaling tool's default), the rings 1."""
+    _check_mode(mode)
+    if cp == 1:
+        return 1
+    if mode in HIERARCHICAL_MODES:
+        return hierarchical_u if hierarchical_u is not None else (2 if cp >= 4 else 1)
+    return cp_sizes(mode, cp)[1]
+
+
+def effective_mode(mode: str, cp: int, u: int) -> str:
+    """The plain mode a hierarchical layout runs when one degree is 1: Ulysses x a ring of one is
+    ``a2a``, a Ulysses degree of one is the ``p2p`` ring."""
+    if mode in HIERARCHICAL_MODES and u in (1, cp):
+        return RING if u == 1 else ULYSSES
+    return mode
 
 
 def mesh_layout(mode: str, mesh) -> Tuple[int, int, int, int]:
@@ -103,3 +125,22 @@ def check_cp_config(seq_len: int, num_heads_local: int, num_kv_heads_local: int,
     if attention_dropout > 0 and mode not in DROPOUT_MODES:
         raise ValueError(f"--attention-dropout {attention_dropout} is not supported by "
                          f"--cp-comm-type {mode}; use one of {', '.join(DROPOUT_MODES)}")
+
+
+class BackendError(ValueError):
+    """An ``--attention-backend`` that cannot run here (one line: the flags and the fix)."""
+
+
+def _refuse(backend: str, why: str, fix: str):
+    raise BackendError(f"--attention-backend {backend} {why}; {fix}")
+
+
+def check_backend_for_mode(backend: str, mode: str, cp_size: int) -> None:
+    """Raise unless ``backend`` is a known value that ``mode`` over ``cp_size`` ranks can honour."""
+    if backend not in ATTENTION_BACKENDS:
+        raise BackendError(f"--attention-backend {backend!r} is unknown; choose one of "
+                           f"{', '.join(ATTENTION_BACKENDS)}")
+    if mode in ROW_MODES and cp_size > 1 and backend in ("flash", "fused"):
+        _refuse(backend, f"cannot apply to --cp-comm-type rsa over --context-parallel-size {cp_size}: RSA "
+                         "materialises its score rows by design (the paper's algorithm)",
+                "use --attention-backend auto or unfused, or --cp-comm-type p2p / a2a / a2a+p2p")

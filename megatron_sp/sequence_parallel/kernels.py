@@ -1,4 +1,4 @@
-"""Block attention kernels: one interface, several backends (DESIGN.md section 4).
+"""Block attention kernels: one interface, several backends (docs/ARCHITECTURE.md, "sequence_parallel").
 
 Every CP mode is built from one primitive, attention of a block of queries
 against a block of keys that returns the log-sum-exp (LSE) of each query row::

@@ -3,7 +3,7 @@
 Each rank keeps its queries; K/V blocks circulate around the ring
 (:func:`comm.circulate`, the next block in flight while the current one is
 computed).  Every step calls the block kernel, which returns ``(out_b, lse_b)``,
-and merges into an fp32 accumulator with the stable form of DESIGN.md section 4::
+and merges into an fp32 accumulator with the stable form::
 
     out <- out - sigmoid(lse_b - lse) * (out - out_b)
     lse <- lse - logsigmoid(lse - lse_b)

@@ -1,4 +1,4 @@
-"""The pretraining loop: build everything from the flags, then train (DESIGN.md section 2).
+"""The pretraining loop: build everything from the flags, then train (docs/ARCHITECTURE.md, "Data flow of a run").
 
 One iteration on a rank::
 
@@ -22,25 +22,26 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..model import GPTConfig, GPTModel
+from ..model import GPTModel
 from ..parallel_state import init_distributed, initialize_model_parallel
-from ..pipeline_parallel import Pipeline, layout_from_args, stage_modules
-from ..sequence_parallel import attention_summary, check_backend, check_cp_config
+from ..sequence_parallel import attention_summary, check_backend
 from ..tensor_parallel import RNGTracker
-from ..tensor_parallel.sharding import keeping_tp_attributes
-from ..arguments import build_parser, padded_vocab_size, validate_args
-from .batches import build_datasets, build_tokenizer, datasets_for_resume, evaluation_on, global_batches
+from ..arguments import build_parser
+from ..arguments.parallel import ParallelConfig
+from ..arguments.preflight import preflight
+from .batches import build_datasets, datasets_for_resume, evaluation_on, global_batches
 from ..checkpointing import check_save_dir, finish_pending_save, load_checkpoint, save_checkpoint
 from .divergence import DivergenceGuard
 from .exit_conditions import ExitSignal, should_exit
 from .faults import install_stop_fault
-from ..distributed import describe_model_state, ensure_process_group, shard_model, sharding_mode, wrap_data_parallel
+from ..distributed import describe_model_state, ensure_process_group
 from .log_stats import log_extras
 from .logging import (MetricsWriter, eval_line, flops_per_iteration, log_line, memory_mb, peak_tflops,
                       print_rank_last)
 from .lr_scheduler import LRScheduler, build_scheduler
 from .optimizer import MixedPrecisionOptimizer
-from .step import autocast_context, forward_backward, masked_loss, train_step
+from .model_parts import build_model_parts, compute_dtype
+from .step import forward_backward, train_step
 
 @dataclass
 class TrainState:
@@ -50,101 +51,6 @@ class TrainState:
     nan_iterations: int = 0
 
 
-def model_config(args, vocab_size: int) -> GPTConfig:
-    return GPTConfig(
-        num_layers=args.num_layers, hidden_size=args.hidden_size, num_attention_heads=args.num_attention_heads,
-        vocab_size=vocab_size, max_position_embeddings=args.max_position_embeddings,
-        ffn_hidden_size=args.ffn_hidden_size, num_query_groups=args.num_query_groups, kv_channels=args.kv_channels,
-        position_embedding_type=args.position_embedding_type, rotary_base=args.rotary_base,
-        normalization=args.normalization, norm_epsilon=args.norm_epsilon, swiglu=args.swiglu,
-        add_bias_linear=not args.disable_bias_linear,
-        untie_embeddings_and_output_weights=args.untie_embeddings_and_output_weights,
-        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
-        init_method_std=args.init_method_std, sequence_parallel=args.sequence_parallel,
-        cp_comm_type=args.cp_comm_type, attention_backend=args.attention_backend,
-        recompute_granularity=args.recompute_granularity,
-        recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers,
-        cross_entropy_chunk_size=args.cross_entropy_chunk_size,
-        cross_entropy_loss_fusion=args.cross_entropy_loss_fusion, tiled_mlp_chunk_size=args.tiled_mlp_chunk_size,
-        cpu_offloading_num_layers=args.cpu_offloading_num_layers if args.cpu_offloading else 0,
-        **interop_model_config(args))
-
-
-def model_vocab_size(args, tokenizer_vocab: int) -> int:
-    """The embedding's rows: ``--padded-vocab-size`` (or a checkpoint's, by --use-checkpoint-args),
-    else the tokenizer's vocabulary padded (``padded_vocab_size``)."""
-    given = getattr(args, "padded_vocab_size", None)
-    if given is None:
-        return padded_vocab_size(tokenizer_vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
-    if given < tokenizer_vocab:
-        raise ValueError(f"--padded-vocab-size {given} is smaller than the tokenizer's vocabulary of {tokenizer_vocab}")
-    return given
-
-
-def interop_model_config(args) -> dict:
-    """The GPTConfig fields of the Megatron-LM interop flags (defaults for flags an older checkpoint lacks)."""
-    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    return dict(rotary_percent=get("rotary_percent", 1.0),
-                rotary_interpolation_factor=get("rotary_seq_len_interpolation_factor"),
-                rope_scaling_factor=get("rope_scaling_factor") if get("use_rope_scaling") else None,
-                apply_layernorm_1p=bool(get("apply_layernorm_1p")), add_qkv_bias=bool(get("add_qkv_bias")),
-                openai_gelu=bool(get("openai_gelu")))
-
-
-def check_layout(args, cfg: GPTConfig) -> None:
-    """Every layout error, raised on every rank before the first collective."""
-    tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
-    cfg.check_tensor_parallel(tp)
-    sizes = tuple(args.hierarchical_context_parallel_sizes or (1, cp))
-    check_cp_config(args.seq_length, cfg.num_attention_heads // tp, cfg.num_query_groups // tp,
-                    args.cp_comm_type, True, sizes, args.attention_dropout)
-    if args.sequence_parallel and (args.seq_length // cp) % tp:
-        raise ValueError(f"--sequence-parallel splits each CP shard of --seq-length {args.seq_length} / "
-                         f"--context-parallel-size {cp} over --tensor-model-parallel-size {tp}: "
-                         f"{args.seq_length // cp} is not divisible by {tp}")
-
-
-def compute_dtype(args):
-    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
-
-
-def build_model(args, cfg: GPTConfig, mesh, rng, device, layout=None) -> tuple:
-    """``(model, stages)``: the GPT of this rank with its weights initialised, its state sharded
-    over DP x CP under a sharding flag, and under pipeline parallelism (``layout``) the
-    :class:`~megatron_sp.pipeline_parallel.StageModule` of each of its virtual stages (else
-    None).  Built on the meta device, sharded, then only this rank's elements are allocated
-    and initialised (layout-invariant: the full tensor of each parameter from ``--seed`` and
-    its name, then this rank's pieces)."""
-    mode = sharding_mode(args)
-    low = None if compute_dtype(args) == torch.float32 else compute_dtype(args)
-    stages = None
-    with torch.device("meta"):
-        if layout is None:
-            model = GPTModel(cfg, mesh, rng)
-        else:
-            ids = layout.stages_of(mesh.pp_rank)
-            model = GPTModel(cfg, mesh, rng, layout.layers_of(mesh.pp_rank), pre_process=0 in ids,
-                             post_process=layout.num_stages - 1 in ids)
-            hidden_dtype = low if (mode and low is not None) else torch.float32  # what the one-stage model passes
-            stages = stage_modules(model, layout, mesh.pp_rank, lambda: autocast_context(args, device), hidden_dtype)
-    roots = stages if (stages and mode) else [model]
-    if mode:
-        shard_model(model, mesh, mode, device, low, args.optimizer_cpu_offload, roots=roots)
-    with keeping_tp_attributes(model):
-        for root in roots:
-            root.to_empty(device=torch.device("cpu") if args.optimizer_cpu_offload else device)
-    model.init_weights(args.seed)
-    return model, stages
-
-
-def build_pipeline(args, model, stages, layout, mesh, device) -> Pipeline:
-    """The stages (DDP-wrapped over DP x CP with replicated state) and their schedule."""
-    wrapped = stages if sharding_mode(args) else [wrap_data_parallel(s, mesh) for s in stages]
-    return Pipeline(stages, wrapped, layout, mesh, device, masked_loss, args.pipeline_schedule,
-                    args.num_micro_batches, args.micro_batch_size, args.seq_length // mesh.cp_size,
-                    args.hidden_size, stages[0].hidden_dtype)
-
-
 # --- setup and the loop ----------------------------------------------------------------
 @dataclass
 class Context:
@@ -152,8 +58,10 @@ class Context:
     mesh: object
     device: torch.device
     tokenizer: object
-    model: GPTModel
-    ddp_model: torch.nn.Module  # DDP over DP x CP, or the model; a pipeline_parallel.Pipeline under PP
+    model: GPTModel   # this rank's GPT (under PP: its stages' layers)
+    model_parts: list  # what runs a forward: [the model] or the PP stages, DDP-wrapped when replicated
+    pipeline: object   # the pipeline_parallel.Pipeline (schedule) over model_parts under PP, else None
+    parallel: ParallelConfig
     optimizer: MixedPrecisionOptimizer
     scheduler: LRScheduler
     rng: RNGTracker
@@ -167,32 +75,23 @@ class Context:
 def setup(args) -> Context:
     """Validate everything first (no collective yet, so every rank fails alike), then build."""
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
-    validate_args(args, world)
-    tokenizer = build_tokenizer(args)
-    args.tokenizer_vocab_size = tokenizer.vocab_size  # saved with the flags: HF export trims padding to it
-    vocab = args.padded_vocab_size = model_vocab_size(args, tokenizer.vocab_size)
-    cfg = model_config(args, vocab)
-    check_layout(args, cfg)
+    pre = preflight(args, world)  # every check that needs no collective, on every rank alike
+    cfg, parallel = pre.model, pre.parallel
     init_distributed(args.distributed_backend, args.distributed_timeout_minutes * 60)
     device = torch.device("cuda", torch.cuda.current_device()) if (
         torch.cuda.is_available() and (args.distributed_backend or "nccl") == "nccl") else torch.device("cpu")
     check_backend(args.attention_backend, args.cp_comm_type, args.context_parallel_size, device,
                   compute_dtype(args), args.attention_dropout)  # on the device, before the first collective
-    own_group = ensure_process_group() if sharding_mode(args) else False
+    own_group = ensure_process_group() if parallel.sharded else False
     mesh = initialize_model_parallel(args.tensor_model_parallel_size, args.context_parallel_size,
                                      args.hierarchical_context_parallel_sizes, args.pipeline_model_parallel_size,
                                      args.distributed_timeout_minutes * 60)
     rng = RNGTracker(args.seed, mesh.tp_rank, mesh.cp_rank, mesh.dp_rank, device, mesh.pp_rank)
-    layout = layout_from_args(args) if mesh.pp_size > 1 else None
-    model, stages = build_model(args, cfg, mesh, rng, device, layout)
-    if layout is None:
-        ddp_model = wrap_data_parallel(model, mesh)
-    else:  # the pipeline plays the wrapped model's part in a step (training/step.py)
-        ddp_model = build_pipeline(args, model, stages, layout, mesh, device)
+    model, parts, pipeline = build_model_parts(args, cfg, parallel, mesh, rng, device, pre.pipeline_layout)
     optimizer = MixedPrecisionOptimizer(model, args, mesh)
     scheduler = build_scheduler(optimizer, args)
-    return Context(args, mesh, device, tokenizer, model, ddp_model, optimizer, scheduler, rng,
-                   build_datasets(args, tokenizer), TrainState(), own_process_group=own_group)
+    return Context(args, mesh, device, pre.tokenizer, model, parts, pipeline, parallel, optimizer, scheduler, rng,
+                   build_datasets(args, pre.tokenizer), TrainState(), own_process_group=own_group)
 
 
 def _is_last_rank(mesh) -> bool:
@@ -213,9 +112,9 @@ def print_summary(ctx) -> None:
     attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype(a),
                                            a.attention_dropout, attention_backend=a.attention_backend,
                                            ring_size=ctx.mesh.ring_size)
-    pipeline = (f"> pipeline: {ctx.ddp_model.describe()}; this rank (PP {ctx.mesh.pp_rank}) runs layers "
-                f"{_ranges(ctx.model.decoder.layers)}\n" if getattr(ctx.ddp_model, "is_pipeline", False) else "")
-    model_state = describe_model_state(sharding_mode(a), ctx.mesh.dp_size * ctx.mesh.cp_size, a.bf16, a.fp16,
+    pipeline = (f"> pipeline: {ctx.pipeline.describe()}; this rank (PP {ctx.mesh.pp_rank}) runs layers "
+                f"{_ranges(ctx.model.decoder.layers)}\n" if ctx.parallel.pipelined else "")
+    model_state = describe_model_state(ctx.parallel.sharding, ctx.parallel.dp_cp, a.bf16, a.fp16,
                                        a.optimizer_cpu_offload)
     print_rank_last(
         f"> layout: {ctx.mesh.describe()}, cp-comm-type {a.cp_comm_type}, sequence-parallel {a.sequence_parallel}, "
@@ -282,10 +181,10 @@ def evaluate(ctx, iteration: int, split: int = 1) -> float:
     run = max(iteration // args.eval_interval - 1, 0) if split == 1 else 0
     start = run * args.eval_iters * args.global_batch_size
     ctx.model.eval()
-    model = ctx.ddp_model if getattr(ctx.ddp_model, "is_pipeline", False) else ctx.model
+    parts = ctx.model_parts if ctx.parallel.pipelined else [ctx.model]  # no DDP hooks without backward
     total = 0.0
     for batches in global_batches(dataset, start, args.eval_iters, args, ctx.mesh, ctx.device):
-        total += forward_backward(model, batches, args, ctx.mesh, ctx.device).item()
+        total += forward_backward(parts, batches, args, ctx.mesh, ctx.device, pipeline=ctx.pipeline).item()
     ctx.model.train()
     return total / max(args.eval_iters, 1)
 

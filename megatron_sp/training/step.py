@@ -5,9 +5,10 @@ its masked loss sum by the token count of the whole global batch (one all-reduce
 DP x CP), and DDP *sums* gradients over DP x CP, so loss and gradients are the same in
 every layout.  A CP shard with no unmasked token contributes zero, never NaN.
 
-Under pipeline parallelism the model is a :class:`~megatron_sp.pipeline_parallel.Pipeline`:
-its schedule runs the same micro-batches through the stages with the same micro-batch
-loss (:func:`masked_loss`) on the last stage, whose loss is then broadcast over PP.
+The model is a list of parts (``[model]``, or this rank's pipeline stages); under pipeline
+parallelism a :class:`~megatron_sp.pipeline_parallel.Pipeline` schedule runs the same
+micro-batches through the stages with the same micro-batch loss (:func:`masked_loss`) on the
+last stage, whose loss is then broadcast over PP.
 """
 from __future__ import annotations
 
@@ -37,12 +38,15 @@ def masked_loss(per_token, loss_mask, tokens) -> torch.Tensor:
     return (per_token.float() * loss_mask).sum() / tokens
 
 
-def forward_backward(model, batches, args, mesh, device, optimizer=None) -> torch.Tensor:
-    """Loss of the global batch (the same on every rank); gradients if ``optimizer``."""
+def forward_backward(model_parts: list, batches, args, mesh, device, optimizer=None,
+                     pipeline=None) -> torch.Tensor:
+    """Loss of the global batch (the same on every rank); gradients if ``optimizer``.  Without a
+    ``pipeline`` the one part runs every micro-batch; with one, its schedule runs the parts."""
     tokens = _global_token_count(batches, mesh)
-    if getattr(model, "is_pipeline", False):
-        total = model.forward_backward(batches, tokens, optimizer)
+    if pipeline is not None:
+        total = pipeline.forward_backward(batches, tokens, optimizer)
     else:
+        (model,) = model_parts
         total = torch.zeros((), dtype=torch.float32, device=device)
         for i, b in enumerate(batches):
             with grad_sync(model, last_micro_batch=i == len(batches) - 1):
@@ -54,14 +58,14 @@ def forward_backward(model, batches, args, mesh, device, optimizer=None) -> torc
             total += loss.detach()
     if mesh.dp_cp_group is not None:
         dist.all_reduce(total, group=mesh.dp_cp_group)
-    if getattr(model, "is_pipeline", False):
-        model.broadcast_loss(total)
+    if pipeline is not None:
+        pipeline.broadcast_loss(total)
     return total
 
 
 def train_step(ctx, batches) -> dict:
     ctx.optimizer.zero_grad()
-    loss = forward_backward(ctx.ddp_model, batches, ctx.args, ctx.mesh, ctx.device, ctx.optimizer)
+    loss = forward_backward(ctx.model_parts, batches, ctx.args, ctx.mesh, ctx.device, ctx.optimizer, ctx.pipeline)
     if not torch.isfinite(loss) and ctx.args.check_for_nan_in_loss_and_grad and not ctx.args.fp16:
         raise FloatingPointError(f"lm loss is {loss.item()} at iteration {ctx.state.iteration + 1} "
                                  f"(rank {ctx.mesh.rank}); lower --lr or check the data "

@@ -69,9 +69,9 @@ def check_names_and_shapes(tensors: dict, args) -> None:
     from megatron_sp.model import GPTModel
     from megatron_sp.parallel_state import single_rank_mesh
     from megatron_sp.tensor_parallel import RNGTracker
-    from megatron_sp.training.loop import model_config
+    from megatron_sp.arguments.model_config import gpt_config
     with torch.device("meta"):
-        model = GPTModel(model_config(args, args.padded_vocab_size), single_rank_mesh(), RNGTracker(args.seed))
+        model = GPTModel(gpt_config(args, args.padded_vocab_size), single_rank_mesh(), RNGTracker(args.seed))
     params = {n: tuple(p.shape) for n, p in model.named_parameters()}
     got = {n: tuple(t.shape) for n, t in tensors.items()}
     if params != got:
