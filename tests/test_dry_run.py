@@ -91,3 +91,13 @@ def test_the_fake_mode_frees_a_storage_re_viewed_with_set_():
         del t, view
         gc.collect()
         assert ref() is None
+
+
+def test_activation_offload_leaves_nothing_behind_over_three_steps():
+    """The offload re-views storages with ``set_`` every step: live bytes after each of three
+    steps are the same, and the tracker's equal the direct count's."""
+    m, _, text = dry_run(_argv("activation offload"), 1, 0, steps=3)
+    after = [sum(v for d, v in s.items() if d.type == "cpu") for s in m.after_step]
+    direct = [sum(v for d, v in s.items() if d.type == "cpu") for s in m.direct_after_step]
+    assert len(after) == 3 and after[0] == after[1] == after[2], (after, text)
+    assert after == direct, (after, direct)
