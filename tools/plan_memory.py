@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--top", type=POSITIVE_INT, default=8, help="layouts to print")
     p.add_argument("--data-args", default=None, help="data flags of the printed command (default: mock data)")
     p.add_argument("--train-args", default=None, help="schedule flags of the printed command (default: a short one)")
+    p.add_argument("--verify", action="store_true",
+                   help="dry-run the chosen command as rank 0 (tools/dry_run.py: fake tensors, no GPU) and print "
+                        "its measured peaks beside the model's")
     return p.parse_args(argv)
 
 
@@ -83,6 +86,19 @@ def main(argv=None) -> int:
     data = args.data_args.split() if args.data_args is not None else None
     train = args.train_args.split() if args.train_args is not None else None
     print(f"\ncommand:\n  {top.command(data, train)}")
+    if args.verify:
+        return _verify(top, data, train)
+    return 0
+
+
+def _verify(plan, data, train) -> int:
+    """Dry-run the plan's command as rank 0 of its world; print the dry run's report (the
+    measured peaks by category, the model's figure beside each)."""
+    from megatron_sp.dry_run import dry_run
+    argv = plan.argv(data, train)
+    print(f"\nverify: dry run of the command as rank 0 of {plan.world} (fake tensors, steps 2):", flush=True)
+    _, est, text = dry_run(argv, plan.world, 0)
+    print("\n".join(text))
     return 0
 
 

@@ -23,7 +23,7 @@ def dry_run(argv, world_size: int = 1, rank: int = 0, steps: int = 2, direct: bo
     with fake_world(world_size, rank):
         m = measure(argv, steps=steps, fake=True, direct=direct)
     accel = next((d.type for d in map(_device, m.peaks) if d.type not in ("cpu", "meta")), "cpu")
-    est = model_estimate(argv, m.args, m.mesh, accel)
+    est = model_estimate(m.args, m.mesh, accel)
     return m, est, lines(m, est, world_size, rank)
 
 

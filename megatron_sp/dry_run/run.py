@@ -37,7 +37,7 @@ class Measurement:
 
 
 def _kernel(args, ctx) -> str:
-    from ..training.loop import compute_dtype
+    from ..training.model_parts import compute_dtype
     from ..sequence_parallel import attention_summary
     text, warning = attention_summary(args.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype(args),
                                       args.attention_dropout, attention_backend=args.attention_backend,
@@ -86,7 +86,8 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True) -> Me
         stack.enter_context(tracker)
         ctx = setup(args)
         if fake:
-            _keep_ddp_buckets(ctx.ddp_model)
+            for part in ctx.model_parts:
+                _keep_ddp_buckets(part)
         tracker.track_external(ctx.model, ctx.optimizer.optimizer)
         source = global_batches(ctx.datasets[0], 0, steps, args, ctx.mesh, ctx.device)
         for i in range(steps):
