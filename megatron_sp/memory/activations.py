@@ -69,6 +69,8 @@ rounds to 512 bytes: no term there.
 """
 from __future__ import annotations
 
+from ..sequence_parallel.config import reference_backward_bytes, score_block_bytes
+
 
 
 def _dims(spec, lay, s, b):
@@ -184,15 +186,8 @@ def _materialised(spec, lay) -> bool:
 def score_block(spec, lay, s: float, b: int) -> float:
     """fp32 bytes of the largest score block one block-kernel call materialises: the ring step's
     diagonal ``[b, a/(T U), sU, sU]`` (a ring of one: the whole local portion after the all-to-all)."""
-    a, T, U = spec.num_attention_heads, lay.tp, lay.ulysses_degree
-    return b * (a / (T * U)) * (s * U) ** 2 * 4
-
-
-def reference_backward_bytes(block_bytes: float, dropout: bool) -> float:
-    """Score-sized bytes alive at the reference kernel's backward peak for one ``block_bytes`` fp32
-    block: the probabilities, their gradient and two temporaries of the softmax backward (4 blocks);
-    with dropout also the regenerated mask and the dropped probabilities (6)."""
-    return (6 if dropout else 4) * block_bytes
+    U = lay.ulysses_degree
+    return score_block_bytes(b, spec.num_attention_heads / (lay.tp * U), s * U)
 
 
 def probs_bytes(spec, lay, s: float, b: int) -> float:

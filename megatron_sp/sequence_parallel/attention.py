@@ -115,14 +115,14 @@ def attention_summary(mode: str, cp_size: int, device, dtype, attention_dropout:
     a2a+p2p).  ``warning`` is set when the choice costs memory quadratic in the block length
     without the user having asked for it: attention dropout under ``auto`` on a backend that
     cannot apply it falls back to the reference kernel, which materialises the fp32
-    ``[s_block, s_block]`` scores of every head.  ``score_bytes``: what the memory model counts
-    for those scores at a layer's backward at the run's shape (``memory.unfused_transient``),
-    printed with the line when > 0.
+    ``[s_block, s_block]`` scores of every head.  ``score_bytes``: the reference kernel's score
+    bytes at a layer's backward at the run's shape (``config.reference_backward_bytes``, as the
+    memory model counts them), printed with the reference kernel's line when > 0.
     """
     cost = f"; {score_bytes / 1e9:.3g} GB of scores at a layer's backward at this length" if score_bytes > 0 else ""
     what = f"--cp-comm-type {mode} over CP {cp_size}"
     if mode == "rsa" and cp_size > 1:
-        return f"{what}: full score rows [s/{cp_size} x s] per head (the paper's RSA){cost}", None
+        return f"{what}: full score rows [s/{cp_size} x s] per head (the paper's RSA)", None
     ring = ring_size if ring_size is not None else (1 if mode == "a2a" else cp_size)
     chosen = resolve_backend(attention_backend, device, dtype, attention_dropout, kernel)
     backend = f"--attention-backend {attention_backend}" + (" (= unfused)" if attention_backend == "local" else "")
@@ -138,7 +138,7 @@ def attention_summary(mode: str, cp_size: int, device, dtype, attention_dropout:
     else:
         line = f"{what}: block kernel {chosen.name}" + (
             "" if attention_backend == "auto" else f" (--attention-backend {attention_backend})")
-    if chosen.name != "reference" and not chosen.keeps_probs:
+    if chosen.name != "reference" or chosen.keeps_probs:  # the figure is the reference kernel's blocks
         cost = ""
     if (attention_dropout > 0 and chosen.name == "reference" and not kernel
             and attention_backend not in UNFUSED_BACKENDS):

@@ -169,3 +169,16 @@ def left_window(window_size) -> Optional[int]:
         return None
     left = window_size_type(",".join(str(x) for x in window_size))[0]
     return None if left < 0 else left
+
+
+def score_block_bytes(b: int, heads: float, s_block: float) -> float:
+    """fp32 bytes of one block kernel call's scores ``[b, heads, s_block, s_block]`` (the reference
+    kernel materialises them; the flash kernels do not)."""
+    return b * heads * s_block ** 2 * 4
+
+
+def reference_backward_bytes(block_bytes: float, dropout: bool) -> float:
+    """Score-sized bytes alive at the reference kernel's backward peak for one ``block_bytes`` fp32
+    block: the probabilities, their gradient and two temporaries of the softmax backward (4 blocks);
+    with dropout also the regenerated mask and the dropped probabilities (6)."""
+    return (6 if dropout else 4) * block_bytes

@@ -25,13 +25,12 @@ import torch.distributed as dist
 from ..model import GPTModel
 from ..parallel_state import init_distributed, initialize_model_parallel
 from ..sequence_parallel import attention_summary, check_backend
-from ..sequence_parallel.config import left_window
+from ..sequence_parallel.config import left_window, reference_backward_bytes, score_block_bytes
 from ..tensor_parallel import RNGTracker
 from ..arguments import build_parser
 from ..arguments.batch_schedule import batch_schedule_from_args
 from ..arguments.parallel import ParallelConfig
 from ..arguments.preflight import preflight
-from .. import memory
 from .batches import (build_datasets, datasets_for_resume, evaluation_on, evaluation_window, global_batches,
                       validation_sets)
 from ..checkpointing import check_save_dir, finish_pending_save, load_checkpoint, save_checkpoint
@@ -125,8 +124,9 @@ def print_summary(ctx) -> None:
         dist.all_reduce(full, group=ctx.mesh.pp_group)
     total = int(full.sum().item())
     a = ctx.args
-    scores = memory.unfused_transient(memory.ModelSpec.from_args(a, device=ctx.device.type), ctx.parallel,
-                                      a.seq_length / ctx.parallel.cp, a.micro_batch_size)  # the kernel's O(s^2) bytes
+    u = ctx.parallel.ulysses_degree  # the reference kernel's largest block: the local portion after the all-to-all
+    scores = reference_backward_bytes(score_block_bytes(a.micro_batch_size, a.num_attention_heads / (ctx.parallel.tp * u),
+                                                        a.seq_length / ctx.parallel.cp * u), a.attention_dropout > 0)
     attn, attn_warning = attention_summary(a.cp_comm_type, ctx.mesh.cp_size, ctx.device, compute_dtype(a),
                                            a.attention_dropout, attention_backend=a.attention_backend,
                                            ring_size=ctx.mesh.ring_size, score_bytes=scores)
