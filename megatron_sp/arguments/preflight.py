@@ -10,6 +10,7 @@ alone, and returns what the run is built from::
     pre.parallel    # ParallelConfig, derived once (parallel.py)
     pre.tokenizer   # the tokenizer the flags name (its vocabulary sizes the model)
     pre.pipeline_layout  # under PP: which layers each stage holds (else None)
+    pre.batch_schedule   # the global batch size by consumed samples (constant, ramp-up, steps)
 
     refusal(argv, world_size)   # '' when it runs, else the one line pretrain_gpt.py would print
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from ..data.tokenizers import build_tokenizer_from_args
 from ..model.config import GPTConfig
 from ..sequence_parallel.config import check_backend_for_mode, check_cp_config
+from .batch_schedule import batch_schedule_from_args
 from .model_config import gpt_config, model_vocab_size
 from .parallel import ParallelConfig, pipeline_layout
 from .parser import build_parser
@@ -40,6 +42,7 @@ class Preflight:
     parallel: ParallelConfig
     tokenizer: object
     pipeline_layout: object = None  # the PipelineLayout under PP (which layers each stage holds)
+    batch_schedule: object = None   # the global batch by consumed samples (batch_schedule.py)
 
 
 def check_layout(args, cfg: GPTConfig) -> None:
@@ -67,7 +70,8 @@ def preflight(argv, world_size: int, on_this_machine: bool = True) -> Preflight:
     model = gpt_config(args, args.padded_vocab_size)
     check_layout(args, model)
     parallel = ParallelConfig.from_args(args)
-    return Preflight(args, model, parallel, tokenizer, pipeline_layout(args) if parallel.pipelined else None)
+    return Preflight(args, model, parallel, tokenizer, pipeline_layout(args) if parallel.pipelined else None,
+                     batch_schedule_from_args(args))
 
 
 def refusal(argv, world_size: int, on_this_machine: bool = False) -> str:

@@ -106,7 +106,7 @@ def setup(args) -> Context:
     scheduler = build_scheduler(optimizer, args)
     return Context(args, mesh, device, pre.tokenizer, model, parts, pipeline, parallel, optimizer, scheduler, rng,
                    build_datasets(args, pre.tokenizer), TrainState(), own_process_group=own_group,
-                   batch_schedule=batch_schedule_from_args(args))
+                   batch_schedule=pre.batch_schedule)
 
 
 def _is_last_rank(mesh) -> bool:
