@@ -23,31 +23,22 @@ owner holding the sum over all ranks (``P`` sends per rank).
 """
 from __future__ import annotations
 
-import contextlib
 from typing import List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
 from ..collective_errors import raise_named
+from .records import COLLECTIVES
 
-_RECORDS: Optional[list] = None
-
-
-@contextlib.contextmanager
 def count_collectives():
     """Record ``(kind, bytes)`` for every send / all_to_all / all_gather issued inside."""
-    global _RECORDS
-    previous, _RECORDS = _RECORDS, []
-    try:
-        yield _RECORDS
-    finally:
-        _RECORDS = previous
+    return COLLECTIVES.recording()
 
 
 def _record(kind: str, tensor: torch.Tensor) -> None:
-    if _RECORDS is not None:
-        _RECORDS.append((kind, tensor.numel() * tensor.element_size()))
+    if COLLECTIVES.on:
+        COLLECTIVES.add((kind, tensor.numel() * tensor.element_size()))
 
 
 class Ring:

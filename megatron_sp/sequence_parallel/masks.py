@@ -40,32 +40,24 @@ computed, for the tests and the benchmark (tools/bench_masked_attention.py).
 from __future__ import annotations
 
 import bisect
-import contextlib
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from .records import BLOCKS
+
 
 FULL, CAUSAL, FLIPPED = "full", "causal", "flipped"
 _UNLIMITED = 1 << 62
-_RECORDS: Optional[list] = None
-
-
-@contextlib.contextmanager
 def count_blocks():
     """Record ``(live, pairs)`` for every ring step of every masked call issued inside:
     ``live`` whether a kernel ran at that step, ``pairs`` the (query, key) pairs it computed."""
-    global _RECORDS
-    previous, _RECORDS = _RECORDS, []
-    try:
-        yield _RECORDS
-    finally:
-        _RECORDS = previous
+    return BLOCKS.recording()
 
 
 def record_step(blocks) -> None:
-    if _RECORDS is not None:
-        _RECORDS.append((bool(blocks), sum((q.stop - q.start) * (k.stop - k.start) for q, k, _ in blocks)))
+    if BLOCKS.on:
+        BLOCKS.add((bool(blocks), sum((q.stop - q.start) * (k.stop - k.start) for q, k, _ in blocks)))
 
 
 def decompose(qa: int, qb: int, ka: int, kb: int, w: int, out: list) -> None:
