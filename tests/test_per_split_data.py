@@ -54,6 +54,13 @@ def test_each_split_is_its_own_blend(prefixes, tmp_path):
     assert all(np.array_equal(_tokens(x), _tokens(y)) for x, y in zip((train, valid, test), again))
     no_test = _validate(argv[:-2])  # without --test-data-path: no test split, as Megatron
     assert build_datasets(no_test, build_tokenizer(no_test))[2] is None
+    packed = _validate(argv + ["--reset-position-ids", "--reset-attention-mask"])  # per-split data packs too
+    samples = list(build_datasets(packed, build_tokenizer(packed))[0])
+    assert all("cu_seqlens" in x for x in samples)
+    inner = [(x, e) for x in samples for e in (x["tokens"][:-1] == 127).nonzero().flatten().tolist()[:1]]
+    assert inner, "the fixture's documents end inside some sample"
+    for x, e in inner:  # positions restart after an EOD and the document starts say so
+        assert x["position_ids"][e + 1] == 0 and e + 1 in x["cu_seqlens"].tolist()
 
 
 def test_multiple_validation_sets_are_evaluated_each_in_full(prefixes, tmp_path, capsys):

@@ -206,7 +206,8 @@ def build_gpt_datasets(data_path: list[str], split: str, seq_length: int, seed: 
 
 def build_per_split_gpt_datasets(paths: list, seq_length: int, seed: int, num_samples: tuple, eod: int,
                                  eod_mask_loss: bool = False, cache_dir: str | None = None,
-                                 multiple_validation_sets: bool = False):
+                                 multiple_validation_sets: bool = False, reset_position_ids: bool = False,
+                                 reset_attention_mask: bool = False):
     """``(train, valid, test)`` from Megatron's ``--train-data-path`` / ``--valid-data-path`` /
     ``--test-data-path``: each split is its own blend, every document of its prefixes in it (no
     ``--split``); a split without a path has no dataset (None).  ``num_samples[i]`` None: one
@@ -224,7 +225,8 @@ def build_per_split_gpt_datasets(paths: list, seq_length: int, seed: int, num_sa
                 return None
             indexed = _open(prefix)
             return GPTDataset(indexed, np.arange(len(indexed), dtype=np.int64), seq_length, n, seed, eod,
-                              eod_mask_loss, cache_dir or default_cache_dir(prefix), name)
+                              eod_mask_loss, cache_dir or default_cache_dir(prefix), name, reset_position_ids,
+                              reset_attention_mask)
 
         n = num_samples[i]
         if i == 1 and multiple_validation_sets:

@@ -69,19 +69,20 @@ def build_datasets(args, tokenizer, train_samples: int | None = None):
         return build_mock_gpt_datasets(args.split, args.seq_length, args.seed, num_samples, tokenizer.vocab_size,
                                        tokenizer.eod, args.eod_mask_loss, args.data_cache_path, *_resets(args))
     from ..data.token_ids import check_token_ids
+    flags = tokenizer_flags(args)  # for the token-id check's message
     paths = [args.data_path] if args.data_path else [getattr(args, f"{s}_data_path") for s in ("train", "valid",
                                                                                                "test")]
     for path in paths:
         if path:
             check_token_ids(path, tokenizer.vocab_size, getattr(args, "padded_vocab_size", tokenizer.vocab_size),
-                            tokenizer_flags(args), args.data_cache_path, default_cache_dir)
+                            flags, args.data_cache_path, default_cache_dir)
     if not args.data_path:  # Megatron's per-split paths: each split its own blend
         from ..data.gpt_dataset import build_per_split_gpt_datasets
         if getattr(args, "full_validation", False):
             num_samples[1] = None if evaluation_on(args) else 0  # one epoch of each validation set
         return build_per_split_gpt_datasets(paths, args.seq_length, args.seed, num_samples, tokenizer.eod,
                                             args.eod_mask_loss, args.data_cache_path,
-                                            getattr(args, "multiple_validation_sets", False))
+                                            getattr(args, "multiple_validation_sets", False), *_resets(args))
     return build_gpt_datasets(args.data_path, args.split, args.seq_length, args.seed, num_samples,
                               tokenizer.eod, args.eod_mask_loss, args.data_cache_path, *_resets(args))
 

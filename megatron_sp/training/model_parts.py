@@ -52,23 +52,17 @@ def build_model(args, cfg: GPTConfig, mesh, rng, device, layout=None, sharding: 
     return model, stages
 
 
-def model_parts(model, stages, mesh, parallel: ParallelConfig) -> list:
-    """What runs a forward on this rank, one shape with and without PP (torchtitan's model parts):
-    ``[model]`` or this rank's pipeline stages, each DDP-wrapped over DP x CP when the state is
-    replicated (FSDP2 already reduces a sharded one)."""
-    parts = stages if parallel.pipelined else [model]
-    return parts if parallel.sharded else [wrap_data_parallel(p, mesh) for p in parts]
-
-
-def build_pipeline(args, stages, parts, layout, mesh, device) -> Pipeline:
-    """The schedule that runs this rank's stages (``parts``: the stages as they run, wrapped)."""
-    return Pipeline(stages, parts, layout, mesh, device, masked_loss, args.pipeline_schedule,
-                    args.num_micro_batches, args.micro_batch_size, args.seq_length // mesh.cp_size,
-                    args.hidden_size, stages[0].hidden_dtype)
-
-
 def build_model_parts(args, cfg: GPTConfig, parallel: ParallelConfig, mesh, rng, device, layout=None) -> tuple:
-    """``(model, parts, pipeline)`` of this rank (module doc)."""
+    """``(model, parts, pipeline)`` of this rank (module doc): the parts are ``[model]`` or this
+    rank's pipeline stages, each DDP-wrapped over DP x CP when the state is replicated (FSDP2
+    already reduces a sharded one); under PP the schedule runs them."""
     model, stages = build_model(args, cfg, mesh, rng, device, layout, parallel.sharding)
-    parts = model_parts(model, stages, mesh, parallel)
-    return model, parts, (build_pipeline(args, stages, parts, layout, mesh, device) if parallel.pipelined else None)
+    parts = stages if parallel.pipelined else [model]
+    if not parallel.sharded:
+        parts = [wrap_data_parallel(p, mesh) for p in parts]
+    if not parallel.pipelined:
+        return model, parts, None
+    pipeline = Pipeline(stages, parts, layout, mesh, device, masked_loss, args.pipeline_schedule,
+                        args.num_micro_batches, args.micro_batch_size, args.seq_length // mesh.cp_size,
+                        args.hidden_size, stages[0].hidden_dtype)
+    return model, parts, pipeline
