@@ -60,6 +60,7 @@ def build_datasets(args, tokenizer, train_samples: int | None = None):
     batches from the start); valid: ``--eval-iters`` global batches for each evaluation
     every ``--eval-interval``; test: ``--eval-iters`` global batches for the one evaluation at
     the end.  As in Megatron, a split whose ``--split`` weight is 0 has no dataset (None)."""
+    flags = tokenizer_flags(args)  # for the token-id check's message (real data)
     gbs = args.global_batch_size  # evaluations use the target batch (Megatron's eval global batch)
     eval_runs = args.train_iters // args.eval_interval + 1 if evaluation_on(args) else 0
     num_samples = [train_samples_needed(args) if train_samples is None else train_samples,
@@ -69,7 +70,6 @@ def build_datasets(args, tokenizer, train_samples: int | None = None):
         return build_mock_gpt_datasets(args.split, args.seq_length, args.seed, num_samples, tokenizer.vocab_size,
                                        tokenizer.eod, args.eod_mask_loss, args.data_cache_path, *_resets(args))
     from ..data.token_ids import check_token_ids
-    flags = tokenizer_flags(args)  # for the token-id check's message
     paths = [args.data_path] if args.data_path else [getattr(args, f"{s}_data_path") for s in ("train", "valid",
                                                                                                "test")]
     for path in paths:
