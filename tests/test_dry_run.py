@@ -42,8 +42,13 @@ def _real(rank, world, names):
     out = {}
     for name in names:
         m = measure(_argv(name))
-        out[name] = (m.peak("cpu"), [s for s in m.after_step])
+        out[name] = {kind: (m.peak(kind), _memory(m.after_step[-1], kind)) for kind in ("cuda", "cpu")
+                     if m.peak(kind) or kind == "cuda"}
     return out
+
+
+def _memory(snapshot: dict, kind: str) -> int:
+    return sum(v for d, v in snapshot.items() if d.type == kind)
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -52,18 +57,20 @@ def test_dry_run_peak_equals_the_real_runs(world):
     real = run_distributed(_real, world, names, timeout=600)[0]  # rank 0's (PP: the first stage's)
     for name in names:
         m, est, text = dry_run(_argv(name), world, 0)
-        peak, real_peak = m.peak("cpu"), real[name][0]
-        assert abs(peak - real_peak) <= 0.01 * real_peak, (name, peak, real_peak, text)
-        # live bytes after each step: the tracker's equal the direct count's, and do not grow
-        after = [sum(v for d, v in s.items() if d.type == "cpu") for s in m.after_step]
-        direct = [sum(v for d, v in s.items() if d.type == "cpu") for s in m.direct_after_step]
-        # (FSDP2: the tracker misses one 8-byte scalar the direct count sees)
-        assert all(abs(a - b) <= max(64, 1e-3 * b) for a, b in zip(after, direct)), (name, after, direct)
-        assert after[-1] <= after[0], (name, after)
-        real_after = sum(v for d, v in real[name][1][-1].items() if d.type == "cpu")
-        assert abs(after[-1] - real_after) <= 0.01 * real_after, (name, after, real_after)
-        model = est.device_peak + est.host_total  # CPU: one memory
-        assert 0.7 * peak <= model <= 1.4 * peak, (name, model, peak, text)
+        # each memory apart: the accelerator's ("cuda", on CPU the bytes a GPU would hold) and the host's
+        for kind, (real_peak, real_after) in real[name].items():
+            peak = m.peak(kind)
+            assert abs(peak - real_peak) <= 0.01 * real_peak, (name, kind, peak, real_peak, text)
+            # live bytes after each step: the tracker's equal the direct count's, and do not grow
+            after = [_memory(s, kind) for s in m.after_step]
+            direct = [_memory(s, kind) for s in m.direct_after_step]
+            # (FSDP2: the tracker misses one 8-byte scalar the direct count sees)
+            assert all(abs(a - b) <= max(512, 1e-3 * b) for a, b in zip(after, direct)), (name, kind, after, direct)
+            assert after[-1] <= after[0], (name, kind, after)
+            assert abs(after[-1] - real_after) <= max(512, 0.01 * real_after), (name, kind, after, real_after)
+        assert 0.7 * m.peak("cuda") <= est.device_peak <= 1.4 * m.peak("cuda"), (name, est.device_peak, text)
+        if "offload" in name:  # what a GPU run holds in host memory: the offloaded inputs or the model state
+            assert m.peak("cpu") > 0 and 0.7 * m.peak("cpu") <= est.host_total <= 1.4 * m.peak("cpu"), (name, text)
         assert "attention kernel: " in "\n".join(text) and "cpu_flash" in m.kernel, (name, m.kernel)
 
 
@@ -93,11 +100,49 @@ def test_the_fake_mode_frees_a_storage_re_viewed_with_set_():
         assert ref() is None
 
 
-def test_activation_offload_leaves_nothing_behind_over_three_steps():
-    """The offload re-views storages with ``set_`` every step: live bytes after each of three
-    steps are the same, and the tracker's equal the direct count's."""
-    m, _, text = dry_run(_argv("activation offload"), 1, 0, steps=3)
-    after = [sum(v for d, v in s.items() if d.type == "cpu") for s in m.after_step]
-    direct = [sum(v for d, v in s.items() if d.type == "cpu") for s in m.direct_after_step]
-    assert len(after) == 3 and after[0] == after[1] == after[2], (after, text)
-    assert after == direct, (after, direct)
+OFFLOAD = ("--mock-data --tokenizer-type NullTokenizer --vocab-size 4096 --num-layers 4 --hidden-size 64 "
+           "--num-attention-heads 4 --group-query-attention --num-query-groups 2 --swiglu --normalization RMSNorm "
+           "--position-embedding-type rope --disable-bias-linear --untie-embeddings-and-output-weights "
+           "--seq-length 256 --max-position-embeddings 256 --micro-batch-size 2 --global-batch-size 2 --lr 1e-3 "
+           "--hidden-dropout 0 --attention-dropout 0 --train-iters 3 --eval-iters 0 --cross-entropy-chunk-size 0 "
+           "--recompute-granularity full --recompute-method uniform --recompute-num-layers 1")
+
+
+def test_activation_offload_moves_what_it_packs_to_the_host_and_brings_it_back():
+    """Full recompute, 4 layers, the first 3 offloaded, 3 steps, on the dry run's split accounting
+    (activation offload copies to a separate host storage, as on CUDA).  Each offloaded layer
+    packs its input, [s, b, h] fp32 = ``I`` bytes (the first also RoPE's cos/sin, ``R``):
+
+    * forward: the host gains ``I`` per offloaded layer; the accelerator holds ``I`` less per
+      offloaded layer once nothing else refers to its input (a layer's caller holds its input
+      until it returns, and the model's forward holds layer 0's, the embedding output, until the
+      decoder returns): after layer ``i`` the accelerator is ``I * max(0, i - 1)`` below the
+      same run without offload;
+    * backward: each offloaded layer's backward brings its input back and the host lets it go;
+    * after every step the host holds nothing and the accelerator what it held without offload,
+      the same after each of the three steps; the tracker equals a direct count of live storages;
+    * the accelerator's peak (the loss's backward, every checkpointed input alive) is lower by
+      what the memory model says (``3 I``), and the host's is the model's ``3 I + R``."""
+    s, b, h, d, offloaded = 256, 2, 64, 16, 3
+    I, R = s * b * h * 4, 2 * s * b * d * 4
+    plain, est_plain, _ = dry_run(OFFLOAD.split(), 1, 0, steps=3)
+    off, est_off, text = dry_run((OFFLOAD + f" --cpu-offloading --cpu-offloading-num-layers {offloaded}").split(),
+                                 1, 0, steps=3)
+
+    def trace(m, phase, kind):
+        return [_memory(live, kind) for step, ph, _, live in m.layer_trace if step == 2 and ph == phase]
+
+    host_fw, host_bw = trace(off, "forward", "cpu"), trace(off, "backward", "cpu")
+    assert host_fw == [R + I, R + 2 * I, R + 3 * I, R + 3 * I], (host_fw, text)
+    assert host_bw == [R + 3 * I, R + 2 * I, R + I, 0], (host_bw, text)  # layers 3, 2, 1, 0
+    dropped = [a - c for a, c in zip(trace(plain, "forward", "cuda"), trace(off, "forward", "cuda"))]
+    assert dropped == [I * max(0, i - 1) for i in range(4)], dropped
+    for m in (plain, off):
+        for kind in ("cuda", "cpu"):
+            assert [_memory(x, kind) for x in m.after_step] == [_memory(x, kind) for x in m.direct_after_step]
+    assert [_memory(x, "cpu") for x in off.after_step] == [0, 0, 0], off.after_step
+    assert [_memory(x, "cuda") for x in off.after_step] == [_memory(x, "cuda") for x in plain.after_step]
+    assert len({_memory(x, "cuda") for x in off.after_step}) == 1, off.after_step
+    saved = plain.peak("cuda") - off.peak("cuda")
+    assert saved == offloaded * I == est_plain.device_peak - est_off.device_peak, (saved, text)
+    assert off.peak("cpu") == offloaded * I + R == est_off.host_total, (off.peak("cpu"), est_off.host_total, text)

@@ -17,7 +17,9 @@ context of layer ``i`` (one *group*).  On CUDA the device-to-host copy runs on a
 and in backward the first unpack of a group brings that group back and starts bringing back
 the previous group on the side stream, so the copy of layer ``i - 1`` overlaps the backward
 of layer ``i``.  On CPU host and device are one memory: a handle keeps the storage itself, so
-offload runs the same bookkeeping, changes nothing and costs nothing.
+offload runs the same bookkeeping, changes nothing and costs nothing; when an accountant keeps
+host bytes apart (the dry run, ``megatron_sp/placement.py``) the CPU copies as CUDA does, without
+streams, so the accelerator's bytes drop by what is packed.
 
 Weights are never moved: parameters, their views and their autocast copies stay where they
 are.  What moves is storages: views of one storage (SwiGLU's gate and up, a reshaped output)
@@ -32,6 +34,8 @@ from __future__ import annotations
 import weakref
 
 import torch
+
+from ..placement import host_is_separate, host_memory
 
 # autograd nodes that only re-view or re-type their input: a saved tensor reached from a
 # parameter through these alone is a weight (e.g. the transposed bf16 copy a linear saves)
@@ -53,7 +57,8 @@ def _is_weight(t: torch.Tensor) -> bool:
 
 
 class _HostStorage:
-    """One storage's bytes in host memory (CUDA) or the storage itself (CPU)."""
+    """One storage's bytes in host memory (CUDA; a CPU run whose host is accounted apart) or the
+    storage itself (a CPU run: one memory)."""
 
     def __init__(self, t: torch.Tensor, group: "_Group"):
         self.group, self.device = group, t.device
@@ -63,22 +68,29 @@ class _HostStorage:
         if t.device.type == "cuda":
             stream = group.offloader.stream(t.device)
             stream.wait_stream(torch.cuda.current_stream(t.device))
-            with torch.cuda.stream(stream):
+            with torch.cuda.stream(stream), host_memory():
                 self.host = torch.empty(self.nbytes, dtype=torch.uint8, pin_memory=True)
                 self.host.copy_(data, non_blocking=True)
             data.record_stream(stream)  # the device block is reused only after the copy
+        elif host_is_separate(t.device):  # CPU, host accounted apart (the dry run): copy, as on CUDA
+            with host_memory():
+                self.host = torch.empty(self.nbytes, dtype=torch.uint8).copy_(data)
         else:
             self.host = data  # one memory: nothing to move
+        self.moved = self.host is not data
 
     def fetch(self) -> None:
         """Start bringing the bytes back (CUDA: asynchronously on the offload stream)."""
         if self.ready is not None:
             return
-        if self.device.type != "cuda":
+        if not self.moved:
             self.ready = self.host
             return
-        stream = self.group.offloader.stream(self.device)
         ready = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
+        if self.device.type != "cuda":
+            self.ready = ready.copy_(self.host)
+            return
+        stream = self.group.offloader.stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             ready.copy_(self.host, non_blocking=True)

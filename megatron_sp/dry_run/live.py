@@ -10,22 +10,90 @@ summed over those still alive when asked.  It has no free callbacks and no bookk
 get wrong, so a storage freed behind the tracker's back (or kept alive by it) shows up as a
 difference between the two.
 
+:class:`Placement` is the memory each storage counts in.  On a GPU it is the storage's device.
+On a CPU run that keeps host bytes apart (``split``: the dry run and the real CPU runs it is
+checked against) a storage created inside ``megatron_sp.placement.host_memory`` (activation
+offload's copies, the model state and optimizer step of ``--optimizer-cpu-offload``) counts as
+host memory (``cpu``) and every other storage as the accelerator's (``cuda:0``, rounded up to
+512 bytes as CUDA's caching allocator does); the gradient shards FSDP2 hands to host parameters
+(on a GPU, copied to the host after each reduce-scatter) are moved to the host when the tracker
+next passes a module boundary in backward (:meth:`LiveTracker.sweep`), so one layer's shard may
+count on the accelerator for one layer's backward, as the device copy the reduce-scatter
+writes does on a GPU.
+
 Under ``FakeTensorMode`` the fake-op cache must never hold a ``set_`` (:func:`fake_mode`): a
 cached ``set_(storage)`` keeps the storage in its cache key, so every storage that the activation
 offload re-views with ``set_`` would stay alive for ever (torch 2.13), a leak no real run has.
 Every other op is cached (a third less CPU time on a 4-layer dry run).
+
+DTensor works out the shape of an op's output by running the op on fake tensors, in the fake
+mode it finds active: under the dry run that is the dry run's own, so the trackers would count
+those stand-in outputs as allocations (a whole model's worth of optimizer-state temporaries in
+the first step, when its cache is cold).  :func:`uncounted_propagation` keeps the trackers out
+of it, in the dry run and the real run alike.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import weakref
 
 import torch
-from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed._tools.mem_tracker import MemTracker, _UpdateType
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ..placement import allocating_on_host
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 TOTAL = "Total"
+_UNCOUNTED = contextvars.ContextVar("megatron_sp_dry_run_uncounted", default=False)
+
+
+@contextlib.contextmanager
+def uncounted_propagation():
+    """Ops DTensor runs to propagate shapes are not allocations of the step (module doc)."""
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+    real = ShardingPropagator._propagate_tensor_meta_non_cached
+
+    def propagate(self, *args, **kwargs):
+        token = _UNCOUNTED.set(True)
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            _UNCOUNTED.reset(token)
+
+    ShardingPropagator._propagate_tensor_meta_non_cached = propagate
+    try:
+        yield
+    finally:
+        ShardingPropagator._propagate_tensor_meta_non_cached = real
+HOST = torch.device("cpu")
+ACCELERATOR = torch.device("cuda", 0)  # where a CPU run's device tensors would be on a GPU (module doc)
+CUDA_BLOCK = 512  # CUDA's caching allocator rounds every block up to this
+
+
+class Placement:
+    """The memory a storage counts in (module doc); shared by the tracker and the direct count."""
+
+    def __init__(self, split: bool = False):
+        self.split = split
+        self.moved = WeakIdKeyDictionary()  # storages handed to the host after they were made
+
+    def key(self, device: torch.device) -> torch.device:
+        """The memory of a storage created now on ``device``."""
+        if not self.split or device.type != "cpu":
+            return device
+        return HOST if allocating_on_host() else ACCELERATOR
+
+    def of(self, st, created_key: torch.device) -> torch.device:
+        return HOST if st in self.moved else created_key
+
+
+def rounded(nbytes: int, key: torch.device) -> int:
+    """Bytes a storage takes in the memory ``key`` (CUDA: whole 512-byte blocks)."""
+    return math.ceil(nbytes / CUDA_BLOCK) * CUDA_BLOCK if key.type == "cuda" else nbytes
 
 
 @contextlib.contextmanager
@@ -81,10 +149,81 @@ def _storages(t: torch.Tensor) -> list:
 class LiveTracker(MemTracker):
     """``MemTracker`` that records the step, phase and module of each device's peak."""
 
-    def __init__(self):
+    def __init__(self, placement: "Placement | None" = None):
         super().__init__()
         self.step, self.label = 0, "setup"
         self.peak_where: dict = {}  # device -> "step 2, backward, decoder.layers.3.mlp"
+        self.placement = placement or Placement()
+        self.host_params: list = []  # parameters whose gradients live in host memory (module doc)
+        self.layer_trace: list = []  # (step, "forward"/"backward", layer fqn, {memory: live bytes}) per layer
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if _UNCOUNTED.get():
+            return func(*args, **(kwargs or {}))
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+    # -- the memory of each storage (module doc) -------------------------------------------
+    def _track(self, reftype, t) -> None:
+        super()._track(reftype, t)
+        self._place(t)
+
+    def _update_and_maybe_create_winfos(self, t, reftype, update_existing: bool = False):
+        winfos = super()._update_and_maybe_create_winfos(t, reftype, update_existing)
+        self._place(t)
+        return winfos
+
+    def _place(self, t: torch.Tensor, key=None) -> None:
+        """Count ``t``'s storages in the memory they are in: where they were made (first sight),
+        or ``key``."""
+        if not self.placement.split:
+            return
+        for st in _storages(t):
+            winfo, _ = self._WINFO.get(st, (None, None))
+            if winfo is None or (key is None and getattr(winfo, "placed", False)):
+                continue
+            want = key if key is not None else self.placement.key(t.device)
+            winfo.placed = True
+            if winfo.device != want:
+                self._update_snap(_UpdateType.DEL, winfo)
+                winfo.device = want
+                winfo.mem_consumed = winfo._calculate_mem_consumed()
+                self._update_snap(_UpdateType.ADD, winfo)
+
+    def sweep(self) -> None:
+        """Move the gradients of host parameters to the host (module doc)."""
+        if not (self.placement.split and self.host_params):
+            return
+        for p in self.host_params:
+            g = p.grad
+            if g is None:
+                continue
+            g = getattr(g, "_local_tensor", g)  # a DTensor's shard
+            for st in _storages(g):
+                self.placement.moved[st] = True
+            self._place(g, HOST)
+
+    def _pre_bw_hook(self, module, args) -> None:
+        self.sweep()
+        super()._pre_bw_hook(module, args)
+
+    def _post_bw_hook(self, module, args) -> None:
+        super()._post_bw_hook(module, args)
+        self.sweep()
+        self._trace(module, "backward")
+
+    def _post_fw_hook(self, module, inputs, outputs) -> None:
+        super()._post_fw_hook(module, inputs, outputs)
+        if not self._mod_tracker.is_bw:  # not a recompute
+            self._trace(module, "forward")
+
+    def _trace(self, module, phase: str) -> None:
+        """Live bytes per memory after each decoder layer's forward and backward, in ``layer_trace``."""
+        if module is None or self.label != "step":
+            return
+        fqn = self._mod_tracker.get_known_fqn(module) or ""
+        tail = fqn.rsplit(".", 2)
+        if len(tail) == 3 and tail[1] == "layers" and tail[2].isdigit():
+            self.layer_trace.append((self.step, phase, fqn, self.current()))
 
     def _pre_fw_hook(self, module, inputs) -> None:
         # MemTracker refuses a root module run twice in one tracking (gradient accumulation, a
@@ -125,12 +264,15 @@ class LiveTracker(MemTracker):
 class DirectCount(TorchDispatchMode):
     """Weak references to the storages every op returns; :meth:`live` sums the living ones."""
 
-    def __init__(self):
+    def __init__(self, placement: "Placement | None" = None):
         super().__init__()
-        self._refs = {}  # id(storage object) -> (weakref, device, nbytes)
+        self._refs = {}  # id(storage object) -> (weakref, memory it was made in, nbytes)
+        self.placement = placement or Placement()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if _UNCOUNTED.get():
+            return out
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.add(t)
@@ -141,17 +283,18 @@ class DirectCount(TorchDispatchMode):
             key = id(st)
             known = self._refs.get(key)
             if known is None or known[0]() is not st:
-                self._refs[key] = (weakref.ref(st), t.device, st.nbytes())
+                self._refs[key] = (weakref.ref(st), self.placement.key(t.device), st.nbytes())
 
     def live(self) -> dict:
-        """device -> bytes of the storages still alive (dead references dropped)."""
+        """memory -> bytes of the storages still alive (dead references dropped)."""
         out, dead = {}, []
-        for key, (ref, device, _) in self._refs.items():
+        for key, (ref, made_in, _) in self._refs.items():
             st = ref()
             if st is None:
                 dead.append(key)
             else:
-                out[device] = out.get(device, 0) + st.nbytes()
+                where = self.placement.of(st, made_in)
+                out[where] = out.get(where, 0) + rounded(st.nbytes(), where)
         for key in dead:
             del self._refs[key]
         return out

@@ -1,10 +1,12 @@
 """The dry run's report: live bytes at each memory's peak by category, beside the memory model.
 
-Accelerator and host are reported separately.  On a CPU run they are one memory: the
-"accelerator" is the CPU and the host column is empty, and the model's figure for it is its
-device peak plus its host bytes (what ``--optimizer-cpu-offload`` and ``--cpu-offloading``
-would move off a GPU stays in the same memory).  Every figure on the left is counted from
-the tensors the step made; only the column headed "model" comes from ``megatron_sp.memory``.
+Accelerator and host are reported separately.  On CPU the two are one memory, so the count
+keeps them apart by who made each storage (``live.Placement``): what a GPU run puts in host
+memory (activation offload's copies, the state and step of ``--optimizer-cpu-offload``) is
+``cpu``, every other storage is the accelerator's, keyed ``cuda`` and rounded to CUDA's 512-byte
+blocks; the model's figures beside them are its device peak and its host bytes.  Every figure
+on the left is counted from the tensors the step made; only the column headed "model" comes
+from ``megatron_sp.memory``.
 """
 from __future__ import annotations
 

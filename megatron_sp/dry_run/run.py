@@ -6,7 +6,10 @@ process group the caller made: the real run a dry run is checked against) and th
 Both build everything through ``training.loop.setup`` and run ``training.step.train_step``,
 the code a training run executes, under one :class:`~megatron_sp.dry_run.live.LiveTracker`
 entered before setup, so the persistent state (weights, optimizer state, DDP buckets) and
-every step's activations and temporaries are counted alike.
+every step's activations and temporaries are counted alike.  Host and accelerator bytes are
+counted apart (``live.Placement``; on CPU the accelerator's are keyed ``cuda:0``), and activation
+offload copies to a separate host storage on CPU as it does on a GPU
+(``megatron_sp.placement.separate_host``).
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .live import DirectCount, LiveTracker, fake_mode
+from ..placement import separate_host
+from .live import DirectCount, LiveTracker, Placement, fake_mode, uncounted_propagation
 from .stubs import FIXED_NOTES, StubValues
 
 
@@ -26,6 +30,7 @@ class Measurement:
     peak_where: dict                 # device -> "step 2, backward, module ..."
     after_step: list                 # per step: device -> live bytes (tracker) after it
     direct_after_step: list          # per step: device -> live bytes (direct count) after it
+    layer_trace: list = field(default_factory=list)  # (step, phase, layer, {memory: live bytes}) per layer
     kernel: str = ""                 # the attention kernel chosen
     stubs: list = field(default_factory=list)
     seconds: float = 0.0
@@ -33,6 +38,7 @@ class Measurement:
     mesh: object = None
 
     def peak(self, device_type: str) -> int:
+        """Peak bytes of one memory: ``"cuda"`` the accelerator's, ``"cpu"`` the host's."""
         return max((v["Total"] for d, v in self.peaks.items() if torch.device(d).type == device_type), default=0)
 
 
@@ -75,9 +81,12 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True) -> Me
     start = time.perf_counter()
     args = build_parser().parse_args(list(argv))
     args.train_iters = steps  # data for these steps only (the LR schedule changes no byte)
-    tracker, stubs, counter = LiveTracker(), StubValues(), DirectCount()
+    placement = Placement(split=True)
+    tracker, stubs, counter = LiveTracker(placement), StubValues(), DirectCount(placement)
     after, direct_after = [], []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(separate_host())
+        stack.enter_context(uncounted_propagation())
         if fake:
             stack.enter_context(fake_mode())
             stack.enter_context(stubs)
@@ -89,12 +98,15 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True) -> Me
             for part in ctx.model_parts:
                 _keep_ddp_buckets(part)
         tracker.track_external(ctx.model, ctx.optimizer.optimizer)
+        if args.optimizer_cpu_offload:  # FSDP2 hands their gradient shards to the host
+            tracker.host_params = [p for p in ctx.model.parameters() if p.requires_grad]
         source = global_batches(ctx.datasets[0], 0, steps, args, ctx.mesh, ctx.device)
         for i in range(steps):
             tracker.step, tracker.label = i + 1, "data"
             batches = next(source)
             tracker.label = "step"
             train_step(ctx, batches)
+            tracker.sweep()
             del batches
             tracker.label = "between steps"
             tracker.reset_mod_stats()
@@ -102,5 +114,5 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True) -> Me
             direct_after.append(counter.live() if direct else {})
         source.close()
     notes = (list(FIXED_NOTES) + stubs.lines()) if fake else []
-    return Measurement(tracker.peaks(), dict(tracker.peak_where), after, direct_after, _kernel(args, ctx), notes,
-                       time.perf_counter() - start, args, ctx.mesh)
+    return Measurement(tracker.peaks(), dict(tracker.peak_where), after, direct_after, tracker.layer_trace,
+                       _kernel(args, ctx), notes, time.perf_counter() - start, args, ctx.mesh)

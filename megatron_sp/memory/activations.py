@@ -362,6 +362,8 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
     offload = spec.cpu_offloading_num_layers if spec.device != "cpu" else 0
     kept = [c + (0.0 if m else k) for k, c, m in zip(run_kept, run_copies, moved)]  # weights never move
     host = sum(k for k, m in zip(run_kept, moved) if m)
+    if host and spec.rope:  # RoPE's fp32 cos and sin [s, b, 1, r], saved by every layer, moved once
+        host += 2 * tok * int(spec.kv_channels * getattr(spec, "rotary_percent", 1.0)) * 4
     fused = fused_loss(spec, tok)
     device_kept = sum(kept) + outside_kept(spec, lay, s, b) + (0.0 if fused else out_w)
     cached = spec.num_layers * (attn_w + mlp_w) + out_w - sum(run_copies) - (0.0 if fused else out_w)

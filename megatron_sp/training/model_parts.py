@@ -15,6 +15,7 @@ from ..arguments.parallel import ParallelConfig
 from ..distributed import shard_model, wrap_data_parallel
 from ..model import GPTConfig, GPTModel
 from ..pipeline_parallel import Pipeline, stage_modules
+from ..placement import host_memory
 from ..tensor_parallel.sharding import keeping_tp_attributes
 from .step import autocast_context, masked_loss
 
@@ -45,10 +46,11 @@ def build_model(args, cfg: GPTConfig, mesh, rng, device, layout=None, sharding: 
     roots = stages if (stages and mode) else [model]
     if mode:
         shard_model(model, mesh, mode, device, low, args.optimizer_cpu_offload, roots=roots)
-    with keeping_tp_attributes(model):
-        for root in roots:
-            root.to_empty(device=torch.device("cpu") if args.optimizer_cpu_offload else device)
-    model.init_weights(args.seed)
+    with host_memory(args.optimizer_cpu_offload):  # --optimizer-cpu-offload: the state is host memory
+        with keeping_tp_attributes(model):
+            for root in roots:
+                root.to_empty(device=torch.device("cpu") if args.optimizer_cpu_offload else device)
+        model.init_weights(args.seed)
     return model, stages
 
 

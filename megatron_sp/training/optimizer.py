@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..distributed import clip_grad_norm, found_inf, local
+from ..placement import host_memory
 from .loss_scaler import build_loss_scaler
 
 
@@ -60,6 +61,7 @@ class MixedPrecisionOptimizer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         on_cuda = bool(self.params) and local(self.params[0]).is_cuda  # False under --optimizer-cpu-offload
         self.device = local(self.params[0]).device if self.params else torch.device("cpu")
+        self.on_host = bool(getattr(args, "optimizer_cpu_offload", False))  # its state and step: host memory
         sharded = any(hasattr(p, "device_mesh") for p in self.params)
         groups = _param_groups(model, args.weight_decay, getattr(args, "decoupled_lr", None),
                                getattr(args, "decoupled_min_lr", None))
@@ -84,6 +86,10 @@ class MixedPrecisionOptimizer:
     @torch.no_grad()
     def step(self) -> dict:
         """Unscale, check for overflow, clip, step. Returns ``grad_norm`` and ``skipped``."""
+        with host_memory(self.on_host):  # --optimizer-cpu-offload: the step runs in host memory
+            return self._step()
+
+    def _step(self) -> dict:
         if self.scaler.scale != 1.0:
             for p in self.params:
                 if p.grad is not None:
