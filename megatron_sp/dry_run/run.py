@@ -7,8 +7,8 @@ Both build everything through ``training.loop.setup`` and run ``training.step.tr
 the code a training run executes, under one :class:`~megatron_sp.dry_run.live.LiveTracker`
 entered before setup, so the persistent state (weights, optimizer state, DDP buckets) and
 every step's activations and temporaries are counted alike.  Host and accelerator bytes are
-counted apart (``live.Placement``; on CPU the accelerator's are keyed ``cuda:0``), and activation
-offload copies to a separate host storage on CPU as it does on a GPU
+counted apart (``live.Placement``; on a CPU-only machine the accelerator's are keyed ``cuda:0``),
+and there activation offload copies to a separate host storage as it does on a GPU
 (``megatron_sp.placement.separate_host``).
 """
 from __future__ import annotations
@@ -81,11 +81,13 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True) -> Me
     start = time.perf_counter()
     args = build_parser().parse_args(list(argv))
     args.train_iters = steps  # data for these steps only (the LR schedule changes no byte)
-    placement = Placement(split=True)
+    # a CPU-only run counts host and accelerator bytes apart; on a GPU the devices say it
+    placement = Placement(split=not torch.cuda.is_available())
     tracker, stubs, counter = LiveTracker(placement), StubValues(), DirectCount(placement)
     after, direct_after = [], []
     with contextlib.ExitStack() as stack:
-        stack.enter_context(separate_host())
+        if placement.split:
+            stack.enter_context(separate_host())
         stack.enter_context(uncounted_propagation())
         if fake:
             stack.enter_context(fake_mode())
