@@ -56,7 +56,7 @@ def test_dry_run_peak_equals_the_real_runs(world):
     names = [n for n, (w, _) in CASES.items() if w == world]
     real = run_distributed(_real, world, names, timeout=600)[0]  # rank 0's (PP: the first stage's)
     for name in names:
-        m, est, text = dry_run(_argv(name), world, 0)
+        m, est, text = dry_run(_argv(name), world, 0, cuda_kernels=False)  # the real run's CPU kernels
         # each memory apart: the accelerator's ("cuda", on CPU the bytes a GPU would hold) and the host's
         for kind, (real_peak, real_after) in real[name].items():
             peak = m.peak(kind)
@@ -146,3 +146,33 @@ def test_activation_offload_moves_what_it_packs_to_the_host_and_brings_it_back()
     saved = plain.peak("cuda") - off.peak("cuda")
     assert saved == offloaded * I == est_plain.device_peak - est_off.device_peak, (saved, text)
     assert off.peak("cpu") == offloaded * I + R == est_off.host_total, (off.peak("cpu"), est_off.host_total, text)
+
+
+def test_the_rms_norm_stand_in_allocates_as_cudas_fused_kernel():
+    """Under autocast bf16 a 2-byte input is cast to fp32 (rms_norm is on autocast's fp32 list),
+    the kernel saves the fp32 input and an fp32 rstd per row and returns fp32; its backward gives
+    the input (through the cast) and the weight their gradients in their own dtypes.  The CPU
+    composite saves more and makes five fp32 [tok, h] temporaries in backward."""
+    import torch
+    import torch.nn.functional as F
+
+    from megatron_sp.dry_run.cuda_kernels import cuda_rms_norm
+    from megatron_sp.dry_run.live import fake_mode
+    tok, h = 512, 64
+    with fake_mode():
+        x = torch.randn(tok, 1, h, dtype=torch.bfloat16, requires_grad=True)
+        w = torch.ones(h, dtype=torch.bfloat16, requires_grad=True)
+        saved = {}
+
+        def pack(t):
+            saved[id(t.untyped_storage())] = (t.untyped_storage(), t.dtype)
+            return t
+
+        with cuda_rms_norm(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = F.rms_norm(x, (h,), w, 1e-5)
+        assert y.dtype == torch.float32 and y.shape == x.shape
+        assert sorted(st.nbytes() for st, _ in saved.values()) == sorted([4 * h, 4 * tok, 4 * tok * h])
+        y.sum().backward()
+        assert x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
+    assert F.rms_norm.__name__ == "rms_norm"  # restored

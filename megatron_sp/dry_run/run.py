@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..placement import separate_host
+from .cuda_kernels import NOTE as CUDA_NOTE, cuda_rms_norm
 from .live import DirectCount, LiveTracker, Placement, fake_mode, uncounted_propagation
 from .stubs import FIXED_NOTES, StubValues
 
@@ -72,8 +73,10 @@ def _keep_ddp_buckets(model) -> None:
         model.reducer = _ReducerKeepingBuckets(model.reducer)
 
 
-def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True) -> Measurement:
-    """Setup and ``steps`` training steps of ``argv`` under a :class:`LiveTracker` (module doc)."""
+def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True, cuda_kernels: bool = False) -> Measurement:
+    """Setup and ``steps`` training steps of ``argv`` under a :class:`LiveTracker` (module doc).
+    ``cuda_kernels``: on a CPU-only machine, ops whose CPU kernel allocates otherwise than CUDA's
+    allocate as CUDA's (``cuda_kernels.py``; fake tensors only: the stand-ins compute no values)."""
     from ..arguments import build_parser
     from ..training.batches import global_batches
     from ..training.loop import setup
@@ -92,6 +95,9 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True) -> Me
         if fake:
             stack.enter_context(fake_mode())
             stack.enter_context(stubs)
+        standing_in = fake and cuda_kernels and placement.split
+        if standing_in:
+            stack.enter_context(cuda_rms_norm())
         if direct:
             stack.enter_context(counter)
         stack.enter_context(tracker)
@@ -115,6 +121,6 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True) -> Me
             after.append(tracker.current())
             direct_after.append(counter.live() if direct else {})
         source.close()
-    notes = (list(FIXED_NOTES) + stubs.lines()) if fake else []
+    notes = (list(FIXED_NOTES) + ([CUDA_NOTE] if standing_in else []) + stubs.lines()) if fake else []
     return Measurement(tracker.peaks(), dict(tracker.peak_where), after, direct_after, tracker.layer_trace,
                        _kernel(args, ctx), notes, time.perf_counter() - start, args, ctx.mesh)

@@ -83,3 +83,38 @@ def test_activation_offload_frees_device_memory_with_the_same_gradients():
     assert loss == plain_loss
     for a, b in zip(grads, plain_grads):
         assert torch.equal(a, b)
+
+
+def _saved_bytes(fn):
+    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_dry_runs_rms_norm_stand_in_saves_what_cudas_kernel_saves(dtype):
+    """The dry run replaces the CPU composite RMSNorm by a stand-in that allocates as CUDA's
+    fused kernel under autocast (megatron_sp/dry_run/cuda_kernels.py): same saved bytes, same
+    output dtype, same gradient dtypes as the real kernel."""
+    import torch.nn.functional as F
+
+    from megatron_sp.dry_run.cuda_kernels import cuda_rms_norm
+    x = torch.randn(4096, 1, 1024, device="cuda", dtype=dtype, requires_grad=True)
+    w = torch.ones(1024, device="cuda", dtype=dtype, requires_grad=True)
+
+    def run():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return F.rms_norm(x, (1024,), w + 1, 1e-5)
+
+    real, real_saved = _saved_bytes(run)
+    with cuda_rms_norm():
+        stand_in, stand_in_saved = _saved_bytes(run)
+    assert stand_in_saved == real_saved and stand_in.dtype == real.dtype and stand_in.shape == real.shape
+    torch.autograd.grad(stand_in.sum(), (x, w))  # the stand-in's backward runs on CUDA too
