@@ -61,6 +61,19 @@ def _diff(measured, modelled) -> str:
     return f"{(modelled - measured) / MiB:+,.1f} MiB ({modelled / measured - 1:+.1%})"
 
 
+def _names(args, host: bool) -> dict:
+    """Category names that say more for this command: sharded weights' shards and gathered copies,
+    offloaded activations."""
+    sharded = getattr(args, "use_torch_fsdp2", False) or getattr(args, "use_distributed_optimizer", False)
+    offload = getattr(args, "optimizer_cpu_offload", False)
+    if host:
+        return {"Parameter": "parameters (shards)", "Activation": "activations (offloaded)",
+                "Gradient": "gradients (shards)"}
+    if sharded and getattr(args, "use_torch_fsdp2", False):
+        return {"Parameter": "parameters (gathered)" if offload else "parameters (shards + gathered)"}
+    return {}
+
+
 def lines(measurement, est, world: int, rank: int) -> list:
     """The printed report (module doc)."""
     a, m = measurement.args, measurement.mesh
@@ -78,9 +91,10 @@ def lines(measurement, est, world: int, rank: int) -> list:
                 out.append(f"{title}: nothing allocated")
             continue
         out.append(f"{title}: peak {snap['Total'] / MiB:,.1f} MiB at {_where(measurement, kind)}")
+        names = _names(a, host=kind == "cpu" and accel != "cpu")
         for key, name in CATEGORIES:
             if snap.get(key):
-                out.append(f"  {name:<26} {snap[key] / MiB:>12,.1f} MiB")
+                out.append(f"  {names.get(key, name):<26} {snap[key] / MiB:>12,.1f} MiB")
         if modelled is not None:
             out.append(f"  {'memory model':<26} {modelled / MiB:>12,.1f} MiB   model - dry run: "
                        f"{_diff(snap['Total'], modelled)}")
