@@ -170,3 +170,24 @@ def test_fp32_plans_name_the_memory_efficient_kernel():
     p = planner.plan(SMALL, 1, DEV_GB, HOST_GB, reserve_gb=0.05, bf16=False)[0]
     assert "--attention-backend fused" in p.command() and "--bf16" not in p.command()
     assert planner.planned_model_flags(SMALL, bf16=False, device="cpu")[-1] == "flash"  # CPU: torch's flash op
+
+
+def test_verify_dry_runs_the_plan_and_says_whether_it_fits():
+    """``--verify`` dry-runs the chosen command (the fused attention it plans for fp32 is CUDA only:
+    the CPU flash kernel stands in, and the report says so) and ends with a verdict whose exit
+    status is 1 when the measured peak plus the reserve exceeds the budget."""
+    import re
+    import subprocess
+    import sys
+    cmd = [sys.executable, "tools/plan_memory.py", "--model-args",
+           "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --vocab-size 256 --ffn-hidden-size 128",
+           "--devices", "2", "--device-memory-gb", "0.05", "--host-memory-gb", "0.1", "--reserve-gb", "0",
+           "--fp32", "--top", "1", "--verify"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                                "OMP_NUM_THREADS": "1"})
+    verdict = re.search(r"verdict: (fits|does NOT fit): device ([\d.]+) GB .* of 0.05, host ([\d.]+) GB of 0.1",
+                        run.stdout)
+    assert verdict, run.stdout[-2000:] + run.stderr[-2000:]
+    fits = float(verdict.group(2)) <= 0.05 and float(verdict.group(3)) <= 0.1
+    assert (verdict.group(1) == "fits") == fits and run.returncode == (0 if fits else 1)
+    assert "torch's CPU flash kernel stands in" in run.stdout

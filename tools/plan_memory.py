@@ -87,19 +87,25 @@ def main(argv=None) -> int:
     train = args.train_args.split() if args.train_args is not None else None
     print(f"\ncommand:\n  {top.command(data, train)}")
     if args.verify:
-        return _verify(top, data, train)
+        return _verify(top, data, train, args)
     return 0
 
 
-def _verify(plan, data, train) -> int:
+def _verify(plan, data, train, args) -> int:
     """Dry-run the plan's command as rank 0 of its world; print the dry run's report (the
-    measured peaks by category, the model's figure beside each)."""
+    measured peaks by category, the model's figure beside each) and whether the measured peaks
+    fit the budgets (device: with the reserve).  Exit status 1 when they do not."""
     from megatron_sp.dry_run import dry_run
     argv = plan.argv(data, train)
     print(f"\nverify: dry run of the command as rank 0 of {plan.world} (fake tensors, steps 2):", flush=True)
-    _, est, text = dry_run(argv, plan.world, 0)
+    m, est, text = dry_run(argv, plan.world, 0)
     print("\n".join(text))
-    return 0
+    device = m.peak("cuda") / 1e9 + args.reserve_gb
+    host = m.peak("cpu") / 1e9
+    fits = device <= args.device_memory_gb and host <= args.host_memory_gb
+    print(f"\nverdict: {'fits' if fits else 'does NOT fit'}: device {device:.1f} GB (dry-run peak + "
+          f"{args.reserve_gb:g} GB reserve) of {args.device_memory_gb:g}, host {host:.1f} GB of {args.host_memory_gb:g}")
+    return 0 if fits else 1
 
 
 if __name__ == "__main__":

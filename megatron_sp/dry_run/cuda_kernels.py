@@ -13,7 +13,9 @@ allocates.
 calls too) while the dry run counts, with an autograd function that allocates what the CUDA
 kernel allocates: forward the fp32 cast of the input (autocast), the fp32 output and
 ``rstd [..., 1]``; backward the input's fp32 gradient and the weight's.  Values are not
-computed (fake tensors have none).  The report lists the substitution.
+computed (fake tensors have none).  ``--attention-backend fused`` (CUDA's cuDNN or
+memory-efficient kernel, what the planner picks for fp32) has no CPU kernel: torch's CPU flash
+kernel stands in, keeping the same O(s) per head.  The report lists each substitution.
 
     with cuda_rms_norm():
         y = F.rms_norm(x, (h,), w, eps)   # [tok, h] bf16 -> fp32, rstd [tok, 1] fp32 saved
@@ -28,6 +30,9 @@ import torch.nn.functional as F
 NOTE = ("RMSNorm: CUDA's fused kernel stands in for the CPU composite (autocast's fp32 policy; saves "
         "the fp32 input and rstd; backward makes the fp32 input and weight gradients), as a GPU run "
         "allocates (dry_run/cuda_kernels.py)")
+
+FUSED_NOTE = ("--attention-backend fused (cuDNN / memory-efficient attention, CUDA only): torch's CPU flash "
+              "kernel stands in; both keep O(s) per head (the output and its log-sum-exp)")
 
 
 class _FusedRMSNorm(torch.autograd.Function):

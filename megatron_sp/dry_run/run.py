@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..placement import separate_host
-from .cuda_kernels import NOTE as CUDA_NOTE, cuda_rms_norm
+from .cuda_kernels import FUSED_NOTE, NOTE as CUDA_NOTE, cuda_rms_norm
 from .live import DirectCount, LiveTracker, Placement, fake_mode, uncounted_propagation
 from .stubs import FIXED_NOTES, StubValues
 
@@ -96,8 +96,12 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True, cuda_
             stack.enter_context(fake_mode())
             stack.enter_context(stubs)
         standing_in = fake and cuda_kernels and placement.split
+        notes_in = [CUDA_NOTE] if standing_in and args.normalization == "RMSNorm" else []
         if standing_in:
             stack.enter_context(cuda_rms_norm())
+            if args.attention_backend == "fused":  # CUDA only: the CPU's flash kernel keeps the same O(s)
+                args.attention_backend = "flash"
+                notes_in.append(FUSED_NOTE)
         if direct:
             stack.enter_context(counter)
         stack.enter_context(tracker)
@@ -121,6 +125,6 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True, cuda_
             after.append(tracker.current())
             direct_after.append(counter.live() if direct else {})
         source.close()
-    notes = (list(FIXED_NOTES) + ([CUDA_NOTE] if standing_in else []) + stubs.lines()) if fake else []
+    notes = (list(FIXED_NOTES) + notes_in + stubs.lines()) if fake else []
     return Measurement(tracker.peaks(), dict(tracker.peak_where), after, direct_after, tracker.layer_trace,
                        _kernel(args, ctx), notes, time.perf_counter() - start, args, ctx.mesh)
