@@ -97,10 +97,56 @@ def _norm(spec, sp) -> float:
     return (4 * spec.hidden_size + 4) / sp if spec.rmsnorm else 8 / sp
 
 
+def _composite_rmsnorm(spec) -> bool:
+    """RMSNorm runs as torch's composite (``rms_norm_composite``: fp32 upcast, pow, mean, rsqrt, two
+    muls, each differentiated by autograd): on CPU.  CUDA has a fused kernel (``_fused_rms_norm``)."""
+    return spec.rmsnorm and spec.device == "cpu"
+
+
+def _norm_input_bytes(spec, lay) -> int:
+    """Bytes per element of a norm's input that the norm keeps: the composite RMSNorm keeps its fp32
+    upcast ``x.float()`` (the input itself when the stream is fp32; a new 4-byte tensor when it is
+    2-byte, the input then kept by nothing); LayerNorm keeps the input."""
+    return 4 if _composite_rmsnorm(spec) else _stream_bytes(spec, lay)
+
+
+# fp32 [tok, h] tensors alive at the composite RMSNorm's backward peak, besides its fp32 upcast: the
+# incoming gradient cast to fp32, grad * rsqrt (waiting for the other branch), mean's backward
+# (expand / h), pow's backward pow(x, 1), its * 2 and * grad (measured: MemTracker, torch 2.13)
+COMPOSITE_NORM_BACKWARD = 5
+
+
+def held_input(spec, lay, s: float, b: int) -> float:
+    """A checkpointed run's input while the run is recomputed in backward.  :func:`layer_kept` counts the
+    layer input as the first norm's input, which it is, except where the composite RMSNorm keeps an
+    fp32 upcast instead (a 2-byte stream): then the checkpoint holds the input as a tensor of its own."""
+    h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
+    distinct = _norm_input_bytes(spec, lay) != _stream_bytes(spec, lay)
+    return tok * _stream_bytes(spec, lay) * h / sp if distinct else 0.0
+
+
+def rope_tables(spec, lay, s: float, b: int) -> float:
+    """RoPE's cos and sin ``[s, b, 1, d]`` fp32, shared by the layers and alive through backward."""
+    return s * b * 2 * spec.kv_channels * 4 if spec.rope else 0.0
+
+
+def norm_backward(spec, lay, s: float, b: int) -> float:
+    """Bytes the pre-MLP norm's backward adds on top of the layer's kept bytes (as ``layer_working``
+    counts them): its fp32 temporaries, less what is freed by then (its x * rsqrt, its output = the
+    fc1 input, the MLP's kept intermediates).  0 unless RMSNorm runs as the CPU composite (the fused
+    kernels make one input-sized gradient, below the MLP's and attention's transients)."""
+    if not _composite_rmsnorm(spec):
+        return 0.0
+    h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
+    temps = COMPOSITE_NORM_BACKWARD * 4 * h / sp
+    mlp = 0.0 if spec.tiled_mlp_chunk_size else e * (4 if spec.swiglu else 2) * f / T
+    return tok * (temps - 4 * h / sp - e * h - mlp)
+
+
 def layer_kept(spec, lay, s: float, b: int, selective: bool = False) -> float:
     """Bytes one layer keeps from its forward to its backward without full recompute."""
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
-    per = 2 * _stream_bytes(spec, lay) * h / sp + 2 * _norm(spec, sp) + 2 * e * h
+    per = 2 * _norm_input_bytes(spec, lay) * h / sp + 2 * _norm(spec, sp) + 2 * e * h
     if spec.rope:  # q, k rotated (new tensors), v made contiguous, the output
         per += e * (2 * a + 2 * g) * d / T
     else:  # q, k views keep the fused qkv output; v made contiguous; q copied when heads per group > 1
@@ -243,7 +289,7 @@ def runs(spec, n=None):
 def outside_kept(spec, lay, s: float, b: int) -> float:
     """Final norm, output-layer input, the loss's saved tensors and the RoPE tables."""
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
-    per = _stream_bytes(spec, lay) * h / sp + _norm(spec, sp) + e * h
+    per = _norm_input_bytes(spec, lay) * h / sp + _norm(spec, sp) + e * h
     # the per-token loss (fp32) and the labels: int64 (fused), or local ids + ownership mask next to
     # the fp32 softmax (unfused); under TP the embedding keeps its local ids and mask likewise
     per += 4 + (8 if fused_loss(spec, tok) else 4 * V / T + 9) + (9 if T > 1 else 0)
@@ -273,8 +319,9 @@ def loss_transients(spec, lay, s: float, b: int):
 
 
 def layer_backward_transient(spec, lay, s: float, b: int) -> float:
-    """Bytes a layer's backward adds on top of what it keeps: the larger of the MLP's and the attention's."""
-    return max(backward_parts(spec, lay, s, b))
+    """Bytes a layer's backward adds on top of what it keeps: the largest of the MLP's, the attention's
+    and (CPU composite RMSNorm) the pre-MLP norm's."""
+    return max(*backward_parts(spec, lay, s, b), norm_backward(spec, lay, s, b))
 
 
 def backward_parts(spec, lay, s: float, b: int) -> tuple:
@@ -336,7 +383,7 @@ def chunk_kept(spec, lay, s: float, b: int, first: int, n: int) -> tuple:
     device = sum(c + (0.0 if m else k) for k, c, m in zip(run_kept, run_copies, moved))
     host = sum(k for k, m in zip(run_kept, moved) if m)
     recomputed = max((end - start for start, end, checkpointed in run_list if checkpointed), default=0)
-    return device, host, (full_layer + saved_w) * recomputed
+    return device, host, (full_layer + saved_w) * recomputed + (held_input(spec, lay, s, b) if recomputed else 0.0)
 
 
 def run_tensors(spec, lay, n=None) -> list:
@@ -369,7 +416,9 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
     t_layer = layer_working(spec, lay, s, b)
     stream = tok * _stream_bytes(spec, lay) * h / sp  # the residual-stream gradient
     last, first = run_list[-1][1] - run_list[-1][0], run_list[0][1] - run_list[0][0]
-    working = (full_layer + saved_w) * last  # the last run, recomputed if checkpointed
+    held = held_input(spec, lay, s, b)
+    # the last run, recomputed if checkpointed (and its input); RoPE's tables, alive through backward
+    working = (full_layer + saved_w) * last + (held if run_list[-1][2] else 0.0) + rope_tables(spec, lay, s, b)
     back = gathered + unsharded_grads
     # CPU pages (cpu_pages): the tensors kept, and the gradients made so far without DDP
     n_runs = run_tensors(spec, lay)
@@ -381,10 +430,15 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
            "layer_backward": sum(kept[:-1]) + working + t_layer + early_grads + stream + back
            + cpu_pages(spec, sum(n_runs[:-1]) + n_layer * last + n_grads),
            # the first run's backward: every gradient but the embedding's is made by then
-           "first_backward": (full_layer + saved_w) * first + t_layer + stream
+           "first_backward": (full_layer + saved_w) * first + (held if run_list[0][2] else 0.0)
+           + rope_tables(spec, lay, s, b) + t_layer + stream
            + early_grads + layer_grads * (spec.num_layers - 1) + back
            + cpu_pages(spec, n_layer * first + (n_grads + param_tensors[1] * (spec.num_layers - 1)
                                                 if layer_grads else 0))}
+    if _composite_rmsnorm(spec):  # the final norm's backward (norm_backward): its temporaries, less its
+        # x * rsqrt and its output (the output layer's input), freed by then
+        out["final_norm_backward"] = (device_kept + tok * (COMPOSITE_NORM_BACKWARD - 1) * 4 * h / sp - tok * e * h
+                                      + early_grads + back + cpu_pages(spec, sum(n_runs) + n_out))
     if host:  # the last offloaded run's backward: it is back, the one before it on its way
         on_host = [k for k, m in zip(run_kept, moved) if m]
         prefetched = on_host[-2] if len(on_host) > 1 else 0.0

@@ -106,17 +106,43 @@ def estimate(spec: ModelSpec, lay: ParallelConfig, seq_length: int, micro_batch:
         early = 0.0 if ddp else 4.0 * (spec.vocab_size / lay.tp * spec.hidden_size + 2 * spec.hidden_size) + layer
         peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, 0.0 if ddp else layer,
                                                      param_tensors=parameter_tensors(spec))
-    else:  # sharded gradients persist between steps; gathered weights and unsharded gradients do not
-        ddp, early = True, 0.0
-        peaks, kept, host = activation_memory.phases(spec, lay, s, b, 0.0, 0.0, state["gathered"],
+    else:  # sharded: see grad_shards
+        ddp = True  # no gradient is made whole on a rank outside the unsharded ones of the step
+        early, shard_layer, shard_all, host_grads = grad_shards(spec, lay, n, state)
+        peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, shard_layer, state["gathered"],
                                                      state["unsharded_grads"])
-    optimizer = optimizer_peak(spec, lay, n, ddp)
+        state = dict(state, host=state["host"] - host_grads)
+    optimizer = optimizer_peak(spec, lay, n, ddp) + (shard_all if lay.sharded else 0.0)
     peaks["optimizer_step"] = optimizer
     return Estimate(params=state["params"], grads=state["grads"], adam=state["adam"],
                     activations=kept, transient=max(peaks.values()) - kept, comm_bytes=sum(traffic.values()),
-                    grads_in_baseline=ddp, early_grads=early, comm_detail=traffic, host=state["host"],
+                    grads_in_baseline=ddp and not lay.sharded, early_grads=early, comm_detail=traffic,
+                    host=state["host"],
                     optimizer=optimizer, host_activations=host, phases=peaks,
                     host_optimizer=host_optimizer_step(spec, lay, n))
+
+
+def grad_shards(spec: ModelSpec, lay: ParallelConfig, n: float, state: dict) -> tuple:
+    """Where the gradients of sharded state (FSDP2, dist-opt) exist in the step.  ``train_step`` starts
+    with ``zero_grad`` (``training/optimizer.py``: every ``.grad`` set to None), so no gradient shard
+    exists in the forward; backward makes each layer's shard when that layer's unsharded gradients are
+    reduce-scattered (the root's, embeddings and output layer, at the end of backward); the optimizer
+    step reads them all.  Meanwhile the output weight's unsharded gradient (compute dtype, ``c V h/T``),
+    made by the loss's backward, waits for the root's reduce-scatter through every layer's backward.
+
+    Returns ``(early, per layer, all, host)``: the bytes alive before the last layer's backward peaks
+    (the output weight's unsharded gradient), one layer's shard and every shard where they count in
+    the device's phases (0 when ``--optimizer-cpu-offload`` keeps them in host memory on CUDA), and
+    the shards' bytes to take out of the persistent host state (on CPU, where host and device are one
+    memory, the phases count them)."""
+    shards = lay.dp * lay.cp
+    c = 2 if spec.bf16 else 4
+    out_grad = 0.0 if spec.tied else c * spec.vocab_size / lay.tp * spec.hidden_size
+    on_host = lay.offload and spec.device != "cpu"
+    shard_layer = 0.0 if on_host else 4.0 * layer_parameters(spec, lay.tp) / shards
+    shard_all = 0.0 if on_host else 4.0 * n / shards
+    host_grads = state["grads"] if (lay.offload and not on_host) else 0.0
+    return out_grad, shard_layer, shard_all, host_grads
 
 
 def largest(fits, granularity: int, limit: int) -> int:
