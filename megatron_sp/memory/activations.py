@@ -27,7 +27,11 @@ which autocast caches for the whole forward anyway.  Outside the layers:
 the final norm (its input and internals), the output-layer input ``e h``, RoPE's cos and sin
 ``2 d`` fp32, the embedding's dropout mask and, with the unfused loss, the fp32 softmax
 ``4 V/T`` (fused: the int64 labels and the per-token loss).  RMSNorm is counted as torch's
-composite (CPU; a fused CUDA kernel keeps ``x * rsqrt`` less).
+composite (a fused CUDA kernel keeps ``x * rsqrt`` less).  On CPU the composite runs in fp32:
+under a 2-byte stream it keeps the fp32 upcast of its input (``4 h``, in place of the input,
+which a checkpointed run's input then adds as a tensor of its own: :func:`held_input`), and its
+backward makes 5 fp32 ``[tok, h]`` temporaries (:func:`norm_backward`), 80 KB per token at
+h = 4096, more than a tiled MLP's backward.
 
 **Phases.**  The step's peak is the largest of
 
@@ -37,8 +41,10 @@ composite (CPU; a fused CUDA kernel keeps ``x * rsqrt`` less).
   (a chunk's part + the running sum) and one chunk recomputed;
 * the last layer's backward: all other layers' kept bytes, the last checkpointed run
   recomputed, the layer's backward transient (MLP: ``f/T`` gradients, or one tile recomputed
-  and its weight gradients; attention: dq, dk, dv and the CP buffers), the gradients made so
-  far (without DDP) and the residual-stream gradient;
+  and its weight gradients; attention: dq, dk, dv and the CP buffers; CPU RMSNorm: the norm's
+  fp32 temporaries), the gradients made so far (without DDP), the residual-stream gradient
+  and RoPE's tables;
+* CPU RMSNorm: the final norm's backward, on top of everything kept;
 * the first layer's backward: that layer, and every gradient but the embedding's (small
   models, where the gradients outweigh the activations);
 * with offload on CUDA, the backward of an offloaded layer: its kept bytes back on the device
@@ -308,7 +314,9 @@ def loss_transients(spec, lay, s: float, b: int):
     """(forward, backward) bytes of the loss on top of everything kept."""
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
     cast = 4 if e != 4 else 0  # the fp32 copy of bf16 logits
-    weight_grad = V / T * h * 4
+    # the output weight's gradient: fp32 (autocast's bf16 copy differentiates into the fp32 weight), or
+    # the compute dtype of the gathered weight under sharded state (FSDP2's mixed precision)
+    weight_grad = V / T * h * (e if lay.sharded else 4)
     if not fused_loss(spec, tok):
         return tok * V / T * (e + cast), tok * h * e + weight_grad + tok * V / T * (2 if cast else 0)
     c = min(spec.cross_entropy_chunk_size, tok)
@@ -330,8 +338,11 @@ def backward_parts(spec, lay, s: float, b: int) -> tuple:
     width = 4 if spec.swiglu else 2  # kept MLP intermediates per f/T
     if spec.tiled_mlp_chunk_size:
         c = min(spec.tiled_mlp_chunk_size, tok)
-        weights = (3 if spec.swiglu else 2) * f * h / T * 4
-        mlp = tok * h * e + c * e * f / T * (width + width // 2) + weights * (2 if tok > c else 1)
+        # the MLP weights' gradients: the running sum and one tile's (fp32); under sharded state they are
+        # the gathered weights' (compute dtype) and the sum is the layer's unsharded gradient (model_state)
+        weights = (3 if spec.swiglu else 2) * f * h / T * (e if lay.sharded else 4)
+        tiles = (1 if tok > c else 0) if lay.sharded else (2 if tok > c else 1)
+        mlp = tok * h * e + c * e * f / T * (width + width // 2) + weights * tiles
     else:
         mlp = tok * e * f / T * width / 2
     attn = tok * e * (a + 2 * g) * d / T
@@ -425,7 +436,9 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
     n_layer = layer_tensors(spec, lay) + weight_copy_tensors(spec, lay)  # a layer in backward (selective: recomputed)
     n_out, n_grads = outside_tensors(spec, lay, tok), (sum(param_tensors) if early_grads else 0)
     out = {"forward_end": device_kept + cached + loss_fwd + gathered + cpu_pages(spec, sum(n_runs) + n_out),
-           "loss_backward": device_kept + loss_bwd + (out_w if fused else 0.0) + back
+           # no layer's backward has begun: unsharded gradients only when accumulated over micro-batches
+           "loss_backward": device_kept + loss_bwd + (out_w if fused else 0.0) + gathered
+           + (unsharded_grads if lay.micro_batches > 1 else 0.0)
            + cpu_pages(spec, sum(n_runs) + n_out),
            "layer_backward": sum(kept[:-1]) + working + t_layer + early_grads + stream + back
            + cpu_pages(spec, sum(n_runs[:-1]) + n_layer * last + n_grads),

@@ -50,16 +50,22 @@ bf16/fp16, else 4; :func:`model_state`)::
                             step, and with gradient accumulation the unsharded fp32
                             gradients (4) from the first micro-batch's backward to the last
     --use-torch-fsdp2       (4 + 4 + 8) / D, the root's weights (embeddings, output layer)
-                            gathered (c) in the step, plus two layers gathered (c) and two
-                            layers' unsharded fp32 gradients (4) at a time
+                            gathered (c) in the step, plus two layers gathered (c) at a time
+    both, without           in a layer's backward its unsharded gradients (c) and the previous
+    accumulation            layer's fp32 reduce-scatter input (4); the output weight's
+                            unsharded gradient (c) from the loss's backward to the end
     --optimizer-cpu-offload the (4 + 4 + 8) / D shards live in host memory instead
+
+The sharded gradients (4 / D) are not persistent: ``train_step`` begins with ``zero_grad``
+(every ``.grad`` None), so they are made in backward, a layer's at its reduce-scatter, and
+read by the optimizer step (:func:`grad_shards`); the phases count those made by then.
 
 The persistent state exists before the measured step (the scaling tool takes its baseline
 after a warm-up step), so the step's peak counts gradients, activations and transients;
 ``device_peak`` adds the persistent device state, and ``host`` is the host memory a rank
 holds for the model state.  On CPU the foreach AdamW makes one ``sqrt(v)`` temporary per
-parameter in the optimizer step (CUDA's fused kernel none); with DDP's buckets (DP x CP > 1) or
-sharded state the gradients are in the baseline, otherwise backward makes them again.
+parameter in the optimizer step (CUDA's fused kernel none); with DDP's buckets (DP x CP > 1) the
+gradients are in the baseline, otherwise backward makes them again (sharded: their shards).
 
 Host memory per rank (``Estimate.host_total``): the model state under
 ``--optimizer-cpu-offload`` (``host``), the activations ``--cpu-offloading`` moves

@@ -178,12 +178,14 @@ def model_state(spec: ModelSpec, lay: ParallelConfig, n: Optional[float] = None)
     c = 2 if spec.bf16 else 4
     layer = layer_parameters(spec, lay.tp)
     root = n - spec.num_layers * layer
+    # without accumulation, in a layer's backward: its gradients (compute dtype, as the gathered weights)
+    # and the previous layer's fp32 reduce-scatter input, which FSDP2 frees at the next reduce-scatter
+    unsharded = (c + 4.0) * layer
     if lay.sharding == "dist-opt":
         gathered = c * n
-        unsharded = 4.0 * n if lay.micro_batches > 1 else 2 * 4.0 * layer
+        unsharded = 4.0 * n if lay.micro_batches > 1 else unsharded
     else:
         gathered = c * (root + 2 * layer)
-        unsharded = 2 * 4.0 * layer
     state = dict(params=4.0 * n / shards, grads=4.0 * n / shards, adam=8.0 * n / shards)
     host = sum(state.values()) if lay.offload else 0.0
     return dict(state, host=host, gathered=gathered, unsharded_grads=unsharded)
