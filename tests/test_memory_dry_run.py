@@ -2,7 +2,7 @@
 
 Under FSDP2's bf16 mixed precision the residual stream is 2-byte, and on CPU torch's RMSNorm runs
 as its fp32 composite: each norm keeps an fp32 upcast of its input and its backward makes five
-fp32 ``[tok, h]`` temporaries, more than a tiled MLP's backward (memory/activations.py
+fp32 ``[tok, h]`` temporaries, more than a tiled MLP's backward (memory/norms.py
 ``norm_backward``).  The gradient shards do not persist: ``train_step`` starts with
 ``zero_grad`` (memory/estimate.py ``grad_shards``).  A toy model with a long sequence makes
 the per-token terms dominate (the first two cases), a larger vocabulary the gradients and the
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from megatron_sp.dry_run import dry_run
-from megatron_sp.memory.activations import COMPOSITE_NORM_BACKWARD
+from megatron_sp.memory.norms import COMPOSITE_NORM_BACKWARD
 
 BASE = ("--mock-data --tokenizer-type NullTokenizer --num-layers 2 --hidden-size 64 --ffn-hidden-size 224 "
         "--num-attention-heads 4 --group-query-attention --num-query-groups 2 --swiglu --normalization RMSNorm "
@@ -60,5 +60,6 @@ def test_composite_rmsnorm_keeps_and_makes_what_the_model_counts(dtype):
     tracker = MemTracker()  # forward and backward: the temporaries are those backward makes
     with tracker:
         norm(x0 * 1).backward(grad)
-    peak = {str(getattr(k, "value", k)): v for k, v in tracker.get_tracker_snapshot("peak")[torch.device("cpu")].items()}
+    snapshot = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
+    peak = {str(getattr(k, "value", k)): v for k, v in snapshot.items()}
     assert abs(peak["Temp"] - COMPOSITE_NORM_BACKWARD * fp32) <= 0.01 * fp32, (peak["Temp"] / fp32, peak)

@@ -28,10 +28,8 @@ the final norm (its input and internals), the output-layer input ``e h``, RoPE's
 ``2 d`` fp32, the embedding's dropout mask and, with the unfused loss, the fp32 softmax
 ``4 V/T`` (fused: the int64 labels and the per-token loss).  RMSNorm is counted as torch's
 composite (a fused CUDA kernel keeps ``x * rsqrt`` less).  On CPU the composite runs in fp32:
-under a 2-byte stream it keeps the fp32 upcast of its input (``4 h``, in place of the input,
-which a checkpointed run's input then adds as a tensor of its own: :func:`held_input`), and its
-backward makes 5 fp32 ``[tok, h]`` temporaries (:func:`norm_backward`), 80 KB per token at
-h = 4096, more than a tiled MLP's backward.
+under a 2-byte stream it keeps the fp32 upcast of its input, and its backward makes 5 fp32
+``[tok, h]`` temporaries, more than a tiled MLP's backward (``memory/norms.py``).
 
 **Phases.**  The step's peak is the largest of
 
@@ -76,6 +74,9 @@ rounds to 512 bytes: no term there.
 from __future__ import annotations
 
 from ..sequence_parallel.config import reference_backward_bytes, score_block_bytes
+from .norms import (COMPOSITE_NORM_BACKWARD, composite_rmsnorm as _composite_rmsnorm, held_input,
+                    norm_backward, norm_input_bytes as _norm_input_bytes, rope_tables,
+                    stream_bytes as _stream_bytes)
 
 
 
@@ -87,12 +88,6 @@ def _dims(spec, lay, s, b):
             spec.kv_channels, spec.vocab_size, T, sp, e, s * b)
 
 
-def _stream_bytes(spec, lay) -> int:
-    """An element of the residual stream: fp32 (fp32 weights under autocast), or the compute dtype
-    when sharded state gathers bf16/fp16 weights (FSDP2's mixed precision makes the stream 2-byte)."""
-    return 2 if (spec.bf16 and lay.sharded) else 4
-
-
 def _mask_bytes(spec) -> int:
     """A dropout mask element: bool on CUDA (native_dropout), the input's dtype on CPU (fp32 stream)."""
     return 1 if spec.device == "cuda" else 4
@@ -101,52 +96,6 @@ def _mask_bytes(spec) -> int:
 def _norm(spec, sp) -> float:
     """Bytes per token a norm keeps besides its input: RMSNorm x*rsqrt and rsqrt, LayerNorm mean, rstd."""
     return (4 * spec.hidden_size + 4) / sp if spec.rmsnorm else 8 / sp
-
-
-def _composite_rmsnorm(spec) -> bool:
-    """RMSNorm runs as torch's composite (``rms_norm_composite``: fp32 upcast, pow, mean, rsqrt, two
-    muls, each differentiated by autograd): on CPU.  CUDA has a fused kernel (``_fused_rms_norm``)."""
-    return spec.rmsnorm and spec.device == "cpu"
-
-
-def _norm_input_bytes(spec, lay) -> int:
-    """Bytes per element of a norm's input that the norm keeps: the composite RMSNorm keeps its fp32
-    upcast ``x.float()`` (the input itself when the stream is fp32; a new 4-byte tensor when it is
-    2-byte, the input then kept by nothing); LayerNorm keeps the input."""
-    return 4 if _composite_rmsnorm(spec) else _stream_bytes(spec, lay)
-
-
-# fp32 [tok, h] tensors alive at the composite RMSNorm's backward peak, besides its fp32 upcast: the
-# incoming gradient cast to fp32, grad * rsqrt (waiting for the other branch), mean's backward
-# (expand / h), pow's backward pow(x, 1), its * 2 and * grad (measured: MemTracker, torch 2.13)
-COMPOSITE_NORM_BACKWARD = 5
-
-
-def held_input(spec, lay, s: float, b: int) -> float:
-    """A checkpointed run's input while the run is recomputed in backward.  :func:`layer_kept` counts the
-    layer input as the first norm's input, which it is, except where the composite RMSNorm keeps an
-    fp32 upcast instead (a 2-byte stream): then the checkpoint holds the input as a tensor of its own."""
-    h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
-    distinct = _norm_input_bytes(spec, lay) != _stream_bytes(spec, lay)
-    return tok * _stream_bytes(spec, lay) * h / sp if distinct else 0.0
-
-
-def rope_tables(spec, lay, s: float, b: int) -> float:
-    """RoPE's cos and sin ``[s, b, 1, d]`` fp32, shared by the layers and alive through backward."""
-    return s * b * 2 * spec.kv_channels * 4 if spec.rope else 0.0
-
-
-def norm_backward(spec, lay, s: float, b: int) -> float:
-    """Bytes the pre-MLP norm's backward adds on top of the layer's kept bytes (as ``layer_working``
-    counts them): its fp32 temporaries, less what is freed by then (its x * rsqrt, its output = the
-    fc1 input, the MLP's kept intermediates).  0 unless RMSNorm runs as the CPU composite (the fused
-    kernels make one input-sized gradient, below the MLP's and attention's transients)."""
-    if not _composite_rmsnorm(spec):
-        return 0.0
-    h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
-    temps = COMPOSITE_NORM_BACKWARD * 4 * h / sp
-    mlp = 0.0 if spec.tiled_mlp_chunk_size else e * (4 if spec.swiglu else 2) * f / T
-    return tok * (temps - 4 * h / sp - e * h - mlp)
 
 
 def layer_kept(spec, lay, s: float, b: int, selective: bool = False) -> float:
