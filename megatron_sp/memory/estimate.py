@@ -113,7 +113,7 @@ def estimate(spec: ModelSpec, lay: ParallelConfig, seq_length: int, micro_batch:
         peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, 0.0 if ddp else layer,
                                                      param_tensors=parameter_tensors(spec))
     else:  # sharded: see grad_shards
-        ddp = True  # no gradient is made whole on a rank outside the unsharded ones of the step
+        ddp = True  # for optimizer_peak: no whole gradients (the shards are added to it below)
         early, shard_layer, shard_all, host_grads = grad_shards(spec, lay, n, state)
         peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, shard_layer, state["gathered"],
                                                      state["unsharded_grads"])
@@ -143,7 +143,7 @@ def grad_shards(spec: ModelSpec, lay: ParallelConfig, n: float, state: dict) -> 
     memory, the phases count them)."""
     shards = lay.dp * lay.cp
     c = 2 if spec.bf16 else 4
-    out_grad = 0.0 if spec.tied else c * spec.vocab_size / lay.tp * spec.hidden_size
+    out_grad = c * spec.vocab_size / lay.tp * spec.hidden_size  # tied: into the embedding's, as unsharded
     on_host = lay.offload and spec.device != "cpu"
     shard_layer = 0.0 if on_host else 4.0 * layer_parameters(spec, lay.tp) / shards
     shard_all = 0.0 if on_host else 4.0 * n / shards
