@@ -27,7 +27,9 @@ which autocast caches for the whole forward anyway.  Outside the layers:
 the final norm (its input and internals), the output-layer input ``e h``, RoPE's cos and sin
 ``2 d`` fp32, the embedding's dropout mask and, with the unfused loss, the fp32 softmax
 ``4 V/T`` (fused: the int64 labels and the per-token loss).  RMSNorm is counted as torch's
-composite (CPU; a fused CUDA kernel keeps ``x * rsqrt`` less).
+composite (a fused CUDA kernel keeps ``x * rsqrt`` less).  On CPU the composite runs in fp32:
+under a 2-byte stream it keeps the fp32 upcast of its input, and its backward makes 5 fp32
+``[tok, h]`` temporaries, more than a tiled MLP's backward (``memory/norms.py``).
 
 **Phases.**  The step's peak is the largest of
 
@@ -37,8 +39,10 @@ composite (CPU; a fused CUDA kernel keeps ``x * rsqrt`` less).
   (a chunk's part + the running sum) and one chunk recomputed;
 * the last layer's backward: all other layers' kept bytes, the last checkpointed run
   recomputed, the layer's backward transient (MLP: ``f/T`` gradients, or one tile recomputed
-  and its weight gradients; attention: dq, dk, dv and the CP buffers), the gradients made so
-  far (without DDP) and the residual-stream gradient;
+  and its weight gradients; attention: dq, dk, dv and the CP buffers; CPU RMSNorm: the norm's
+  fp32 temporaries), the gradients made so far (without DDP), the residual-stream gradient
+  and RoPE's tables;
+* CPU RMSNorm: the final norm's backward, on top of everything kept;
 * the first layer's backward: that layer, and every gradient but the embedding's (small
   models, where the gradients outweigh the activations);
 * with offload on CUDA, the backward of an offloaded layer: its kept bytes back on the device
@@ -70,6 +74,9 @@ rounds to 512 bytes: no term there.
 from __future__ import annotations
 
 from ..sequence_parallel.config import reference_backward_bytes, score_block_bytes
+from .norms import (COMPOSITE_NORM_BACKWARD, composite_rmsnorm as _composite_rmsnorm, held_input,
+                    norm_backward, norm_input_bytes as _norm_input_bytes, rope_tables,
+                    stream_bytes as _stream_bytes)
 
 
 
@@ -79,12 +86,6 @@ def _dims(spec, lay, s, b):
     e = 2 if spec.bf16 else 4
     return (spec.hidden_size, spec.ffn_hidden_size, spec.num_attention_heads, spec.num_query_groups,
             spec.kv_channels, spec.vocab_size, T, sp, e, s * b)
-
-
-def _stream_bytes(spec, lay) -> int:
-    """An element of the residual stream: fp32 (fp32 weights under autocast), or the compute dtype
-    when sharded state gathers bf16/fp16 weights (FSDP2's mixed precision makes the stream 2-byte)."""
-    return 2 if (spec.bf16 and lay.sharded) else 4
 
 
 def _mask_bytes(spec) -> int:
@@ -100,7 +101,7 @@ def _norm(spec, sp) -> float:
 def layer_kept(spec, lay, s: float, b: int, selective: bool = False) -> float:
     """Bytes one layer keeps from its forward to its backward without full recompute."""
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
-    per = 2 * _stream_bytes(spec, lay) * h / sp + 2 * _norm(spec, sp) + 2 * e * h
+    per = 2 * _norm_input_bytes(spec, lay) * h / sp + 2 * _norm(spec, sp) + 2 * e * h
     if spec.rope:  # q, k rotated (new tensors), v made contiguous, the output
         per += e * (2 * a + 2 * g) * d / T
     else:  # q, k views keep the fused qkv output; v made contiguous; q copied when heads per group > 1
@@ -243,7 +244,7 @@ def runs(spec, n=None):
 def outside_kept(spec, lay, s: float, b: int) -> float:
     """Final norm, output-layer input, the loss's saved tensors and the RoPE tables."""
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
-    per = _stream_bytes(spec, lay) * h / sp + _norm(spec, sp) + e * h
+    per = _norm_input_bytes(spec, lay) * h / sp + _norm(spec, sp) + e * h
     # the per-token loss (fp32) and the labels: int64 (fused), or local ids + ownership mask next to
     # the fp32 softmax (unfused); under TP the embedding keeps its local ids and mask likewise
     per += 4 + (8 if fused_loss(spec, tok) else 4 * V / T + 9) + (9 if T > 1 else 0)
@@ -262,7 +263,9 @@ def loss_transients(spec, lay, s: float, b: int):
     """(forward, backward) bytes of the loss on top of everything kept."""
     h, f, a, g, d, V, T, sp, e, tok = _dims(spec, lay, s, b)
     cast = 4 if e != 4 else 0  # the fp32 copy of bf16 logits
-    weight_grad = V / T * h * 4
+    # the output weight's gradient: fp32 (autocast's bf16 copy differentiates into the fp32 weight), or
+    # the compute dtype of the gathered weight under sharded state (FSDP2's mixed precision)
+    weight_grad = V / T * h * (e if lay.sharded else 4)
     if not fused_loss(spec, tok):
         return tok * V / T * (e + cast), tok * h * e + weight_grad + tok * V / T * (2 if cast else 0)
     c = min(spec.cross_entropy_chunk_size, tok)
@@ -273,8 +276,9 @@ def loss_transients(spec, lay, s: float, b: int):
 
 
 def layer_backward_transient(spec, lay, s: float, b: int) -> float:
-    """Bytes a layer's backward adds on top of what it keeps: the larger of the MLP's and the attention's."""
-    return max(backward_parts(spec, lay, s, b))
+    """Bytes a layer's backward adds on top of what it keeps: the largest of the MLP's, the attention's
+    and (CPU composite RMSNorm) the pre-MLP norm's."""
+    return max(*backward_parts(spec, lay, s, b), norm_backward(spec, lay, s, b))
 
 
 def backward_parts(spec, lay, s: float, b: int) -> tuple:
@@ -283,8 +287,11 @@ def backward_parts(spec, lay, s: float, b: int) -> tuple:
     width = 4 if spec.swiglu else 2  # kept MLP intermediates per f/T
     if spec.tiled_mlp_chunk_size:
         c = min(spec.tiled_mlp_chunk_size, tok)
-        weights = (3 if spec.swiglu else 2) * f * h / T * 4
-        mlp = tok * h * e + c * e * f / T * (width + width // 2) + weights * (2 if tok > c else 1)
+        # the MLP weights' gradients: the running sum and one tile's (fp32); under sharded state they are
+        # the gathered weights' (compute dtype) and the sum is the layer's unsharded gradient (model_state)
+        weights = (3 if spec.swiglu else 2) * f * h / T * (e if lay.sharded else 4)
+        tiles = (1 if tok > c else 0) if lay.sharded else (2 if tok > c else 1)
+        mlp = tok * h * e + c * e * f / T * (width + width // 2) + weights * tiles
     else:
         mlp = tok * e * f / T * width / 2
     attn = tok * e * (a + 2 * g) * d / T
@@ -336,7 +343,7 @@ def chunk_kept(spec, lay, s: float, b: int, first: int, n: int) -> tuple:
     device = sum(c + (0.0 if m else k) for k, c, m in zip(run_kept, run_copies, moved))
     host = sum(k for k, m in zip(run_kept, moved) if m)
     recomputed = max((end - start for start, end, checkpointed in run_list if checkpointed), default=0)
-    return device, host, (full_layer + saved_w) * recomputed
+    return device, host, (full_layer + saved_w) * recomputed + (held_input(spec, lay, s, b) if recomputed else 0.0)
 
 
 def run_tensors(spec, lay, n=None) -> list:
@@ -371,22 +378,31 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
     t_layer = layer_working(spec, lay, s, b)
     stream = tok * _stream_bytes(spec, lay) * h / sp  # the residual-stream gradient
     last, first = run_list[-1][1] - run_list[-1][0], run_list[0][1] - run_list[0][0]
-    working = (full_layer + saved_w) * last  # the last run, recomputed if checkpointed
+    held = held_input(spec, lay, s, b)
+    # the last run, recomputed if checkpointed (and its input); RoPE's tables, alive through backward
+    working = (full_layer + saved_w) * last + (held if run_list[-1][2] else 0.0) + rope_tables(spec, lay, s, b)
     back = gathered + unsharded_grads
     # CPU pages (cpu_pages): the tensors kept, and the gradients made so far without DDP
     n_runs = run_tensors(spec, lay)
     n_layer = layer_tensors(spec, lay) + weight_copy_tensors(spec, lay)  # a layer in backward (selective: recomputed)
     n_out, n_grads = outside_tensors(spec, lay, tok), (sum(param_tensors) if early_grads else 0)
     out = {"forward_end": device_kept + cached + loss_fwd + gathered + cpu_pages(spec, sum(n_runs) + n_out),
-           "loss_backward": device_kept + loss_bwd + (out_w if fused else 0.0) + back
+           # no layer's backward has begun: unsharded gradients only when accumulated over micro-batches
+           "loss_backward": device_kept + loss_bwd + (out_w if fused else 0.0) + gathered
+           + (unsharded_grads if lay.micro_batches > 1 else 0.0)
            + cpu_pages(spec, sum(n_runs) + n_out),
            "layer_backward": sum(kept[:-1]) + working + t_layer + early_grads + stream + back
            + cpu_pages(spec, sum(n_runs[:-1]) + n_layer * last + n_grads),
            # the first run's backward: every gradient but the embedding's is made by then
-           "first_backward": (full_layer + saved_w) * first + t_layer + stream
+           "first_backward": (full_layer + saved_w) * first + (held if run_list[0][2] else 0.0)
+           + rope_tables(spec, lay, s, b) + t_layer + stream
            + early_grads + layer_grads * (spec.num_layers - 1) + back
            + cpu_pages(spec, n_layer * first + (n_grads + param_tensors[1] * (spec.num_layers - 1)
                                                 if layer_grads else 0))}
+    if _composite_rmsnorm(spec):  # the final norm's backward (norm_backward): its temporaries, less its
+        # x * rsqrt and its output (the output layer's input), freed by then
+        out["final_norm_backward"] = (device_kept + tok * (COMPOSITE_NORM_BACKWARD - 1) * 4 * h / sp - tok * e * h
+                                      + early_grads + back + cpu_pages(spec, sum(n_runs) + n_out))
     if host:  # the last offloaded run's backward: it is back, the one before it on its way
         on_host = [k for k, m in zip(run_kept, moved) if m]
         prefetched = on_host[-2] if len(on_host) > 1 else 0.0

@@ -50,16 +50,22 @@ bf16/fp16, else 4; :func:`model_state`)::
                             step, and with gradient accumulation the unsharded fp32
                             gradients (4) from the first micro-batch's backward to the last
     --use-torch-fsdp2       (4 + 4 + 8) / D, the root's weights (embeddings, output layer)
-                            gathered (c) in the step, plus two layers gathered (c) and two
-                            layers' unsharded fp32 gradients (4) at a time
+                            gathered (c) in the step, plus two layers gathered (c) at a time
+    both, without           in a layer's backward its unsharded gradients (c) and the previous
+    accumulation            layer's fp32 reduce-scatter input (4); the output weight's
+                            unsharded gradient (c) from the loss's backward to the end
     --optimizer-cpu-offload the (4 + 4 + 8) / D shards live in host memory instead
+
+The sharded gradients (4 / D) are not persistent: ``train_step`` begins with ``zero_grad``
+(every ``.grad`` None), so they are made in backward, a layer's at its reduce-scatter, and
+read by the optimizer step (:func:`grad_shards`); the phases count those made by then.
 
 The persistent state exists before the measured step (the scaling tool takes its baseline
 after a warm-up step), so the step's peak counts gradients, activations and transients;
 ``device_peak`` adds the persistent device state, and ``host`` is the host memory a rank
 holds for the model state.  On CPU the foreach AdamW makes one ``sqrt(v)`` temporary per
-parameter in the optimizer step (CUDA's fused kernel none); with DDP's buckets (DP x CP > 1) or
-sharded state the gradients are in the baseline, otherwise backward makes them again.
+parameter in the optimizer step (CUDA's fused kernel none); with DDP's buckets (DP x CP > 1) the
+gradients are in the baseline, otherwise backward makes them again (sharded: their shards).
 
 Host memory per rank (``Estimate.host_total``): the model state under
 ``--optimizer-cpu-offload`` (``host``), the activations ``--cpu-offloading`` moves
@@ -106,17 +112,43 @@ def estimate(spec: ModelSpec, lay: ParallelConfig, seq_length: int, micro_batch:
         early = 0.0 if ddp else 4.0 * (spec.vocab_size / lay.tp * spec.hidden_size + 2 * spec.hidden_size) + layer
         peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, 0.0 if ddp else layer,
                                                      param_tensors=parameter_tensors(spec))
-    else:  # sharded gradients persist between steps; gathered weights and unsharded gradients do not
-        ddp, early = True, 0.0
-        peaks, kept, host = activation_memory.phases(spec, lay, s, b, 0.0, 0.0, state["gathered"],
+    else:  # sharded: see grad_shards
+        ddp = True  # for optimizer_peak: no whole gradients (the shards are added to it below)
+        early, shard_layer, shard_all, host_grads = grad_shards(spec, lay, n, state)
+        peaks, kept, host = activation_memory.phases(spec, lay, s, b, early, shard_layer, state["gathered"],
                                                      state["unsharded_grads"])
-    optimizer = optimizer_peak(spec, lay, n, ddp)
+        state = dict(state, host=state["host"] - host_grads)
+    optimizer = optimizer_peak(spec, lay, n, ddp) + (shard_all if lay.sharded else 0.0)
     peaks["optimizer_step"] = optimizer
     return Estimate(params=state["params"], grads=state["grads"], adam=state["adam"],
                     activations=kept, transient=max(peaks.values()) - kept, comm_bytes=sum(traffic.values()),
-                    grads_in_baseline=ddp, early_grads=early, comm_detail=traffic, host=state["host"],
+                    grads_in_baseline=ddp and not lay.sharded, early_grads=early, comm_detail=traffic,
+                    host=state["host"],
                     optimizer=optimizer, host_activations=host, phases=peaks,
                     host_optimizer=host_optimizer_step(spec, lay, n))
+
+
+def grad_shards(spec: ModelSpec, lay: ParallelConfig, n: float, state: dict) -> tuple:
+    """Where the gradients of sharded state (FSDP2, dist-opt) exist in the step.  ``train_step`` starts
+    with ``zero_grad`` (``training/optimizer.py``: every ``.grad`` set to None), so no gradient shard
+    exists in the forward; backward makes each layer's shard when that layer's unsharded gradients are
+    reduce-scattered (the root's, embeddings and output layer, at the end of backward); the optimizer
+    step reads them all.  Meanwhile the output weight's unsharded gradient (compute dtype, ``c V h/T``),
+    made by the loss's backward, waits for the root's reduce-scatter through every layer's backward.
+
+    Returns ``(early, per layer, all, host)``: the bytes alive before the last layer's backward peaks
+    (the output weight's unsharded gradient), one layer's shard and every shard where they count in
+    the device's phases (0 when ``--optimizer-cpu-offload`` keeps them in host memory on CUDA), and
+    the shards' bytes to take out of the persistent host state (on CPU, where host and device are one
+    memory, the phases count them)."""
+    shards = lay.dp * lay.cp
+    c = 2 if spec.bf16 else 4
+    out_grad = c * spec.vocab_size / lay.tp * spec.hidden_size  # tied: into the embedding's, as unsharded
+    on_host = lay.offload and spec.device != "cpu"
+    shard_layer = 0.0 if on_host else 4.0 * layer_parameters(spec, lay.tp) / shards
+    shard_all = 0.0 if on_host else 4.0 * n / shards
+    host_grads = state["grads"] if (lay.offload and not on_host) else 0.0
+    return out_grad, shard_layer, shard_all, host_grads
 
 
 def largest(fits, granularity: int, limit: int) -> int:

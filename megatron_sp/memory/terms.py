@@ -112,7 +112,7 @@ class Estimate:
     adam: float            # bytes of Adam m and v
     activations: float     # kept on the device at the end of forward: all layers + outside
     transient: float       # extra at the peak phase (the loss, a layer's backward ...)
-    grads_in_baseline: bool  # DDP (DP x CP > 1) allocates gradient buckets at setup
+    grads_in_baseline: bool  # DDP (DP x CP > 1) allocates gradient buckets at setup (sharded: no; stages.py: yes)
     early_grads: float     # gradients already allocated when the last layer's backward peaks (no DDP)
     comm_bytes: float      # sent per step by this rank
     comm_detail: dict
@@ -140,9 +140,9 @@ class Estimate:
     def step_peak(self) -> float:
         """Bytes the step needs above the baseline taken after a warm-up step (the previous step's
         gradients freed): the largest phase (kept activations + that phase's transient), or the
-        optimizer step's peak if larger.  Weights, Adam state and (under DDP, DP x CP > 1, or sharded
-        state) the gradients are persistent and in the baseline; without DDP backward makes the
-        gradients, and each phase counts those made before it."""
+        optimizer step's peak if larger.  Weights, Adam state and (under DDP, DP x CP > 1) the
+        gradients are persistent and in the baseline; otherwise backward makes the gradients (sharded
+        state: their shards, ``estimate.grad_shards``), and each phase counts those made before it."""
         return max(self.activations + self.transient, self.optimizer)
 
     def breakdown(self) -> dict:
@@ -178,12 +178,14 @@ def model_state(spec: ModelSpec, lay: ParallelConfig, n: Optional[float] = None)
     c = 2 if spec.bf16 else 4
     layer = layer_parameters(spec, lay.tp)
     root = n - spec.num_layers * layer
+    # without accumulation, in a layer's backward: its gradients (compute dtype, as the gathered weights)
+    # and the previous layer's fp32 reduce-scatter input, which FSDP2 frees at the next reduce-scatter
+    unsharded = (c + 4.0) * layer
     if lay.sharding == "dist-opt":
         gathered = c * n
-        unsharded = 4.0 * n if lay.micro_batches > 1 else 2 * 4.0 * layer
+        unsharded = 4.0 * n if lay.micro_batches > 1 else unsharded
     else:
         gathered = c * (root + 2 * layer)
-        unsharded = 2 * 4.0 * layer
     state = dict(params=4.0 * n / shards, grads=4.0 * n / shards, adam=8.0 * n / shards)
     host = sum(state.values()) if lay.offload else 0.0
     return dict(state, host=host, gathered=gathered, unsharded_grads=unsharded)

@@ -118,7 +118,8 @@ class Plan:
         est, gib = self.estimate, GB
         state_where = "host" if est.host else "device"
         rows = [("fp32 weights (shard)", est.params / gib, state_where),
-                ("gradients (shard)", est.grads / gib, state_where if est.grads_in_baseline else "device, in step"),
+                ("gradients (shard)", est.grads / gib, state_where if (est.grads_in_baseline or est.host)
+                 else "device, in step"),
                 ("Adam m, v (shard)", est.adam / gib, state_where),
                 ("pipeline receive buffers", est.buffers / gib, "device"),
                 ("activations kept at the end of forward", est.activations / gib, "device"),
