@@ -73,10 +73,12 @@ def _keep_ddp_buckets(model) -> None:
         model.reducer = _ReducerKeepingBuckets(model.reducer)
 
 
-def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True, cuda_kernels: bool = False) -> Measurement:
+def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True, cuda_kernels: bool = False,
+            split_host: bool = True) -> Measurement:
     """Setup and ``steps`` training steps of ``argv`` under a :class:`LiveTracker` (module doc).
     ``cuda_kernels``: on a CPU-only machine, ops whose CPU kernel allocates otherwise than CUDA's
-    allocate as CUDA's (``cuda_kernels.py``; fake tensors only: the stand-ins compute no values)."""
+    allocate as CUDA's (``cuda_kernels.py``; fake tensors only: the stand-ins compute no values).
+    ``split_host=False``: a CPU-only machine's one memory, as a CPU run has it (no accelerator key)."""
     from ..arguments import build_parser
     from ..training.batches import global_batches
     from ..training.loop import setup
@@ -85,7 +87,7 @@ def measure(argv, steps: int = 2, fake: bool = False, direct: bool = True, cuda_
     args = build_parser().parse_args(list(argv))
     args.train_iters = steps  # data for these steps only (the LR schedule changes no byte)
     # a CPU-only run counts host and accelerator bytes apart; on a GPU the devices say it
-    placement = Placement(split=not torch.cuda.is_available())
+    placement = Placement(split=split_host and not torch.cuda.is_available())
     tracker, stubs, counter = LiveTracker(placement), StubValues(), DirectCount(placement)
     after, direct_after = [], []
     with contextlib.ExitStack() as stack:
