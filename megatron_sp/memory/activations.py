@@ -74,8 +74,8 @@ rounds to 512 bytes: no term there.
 from __future__ import annotations
 
 from ..sequence_parallel.config import reference_backward_bytes, score_block_bytes
-from .norms import (COMPOSITE_NORM_BACKWARD, composite_rmsnorm as _composite_rmsnorm, held_input,
-                    norm_backward, norm_input_bytes as _norm_input_bytes, rope_tables,
+from .norms import (composite_rmsnorm as _composite_rmsnorm, held_input, norm_backward,
+                    norm_backward_temporaries, norm_input_bytes as _norm_input_bytes, rope_tables,
                     stream_bytes as _stream_bytes)
 
 
@@ -94,8 +94,11 @@ def _mask_bytes(spec) -> int:
 
 
 def _norm(spec, sp) -> float:
-    """Bytes per token a norm keeps besides its input: RMSNorm x*rsqrt and rsqrt, LayerNorm mean, rstd."""
-    return (4 * spec.hidden_size + 4) / sp if spec.rmsnorm else 8 / sp
+    """Bytes per token a norm keeps besides its input: the composite RMSNorm (CPU) x*rsqrt and rsqrt,
+    CUDA's fused RMSNorm rstd, LayerNorm mean and rstd."""
+    if spec.rmsnorm:
+        return (4 * spec.hidden_size + 4) / sp if _composite_rmsnorm(spec) else 4 / sp
+    return 8 / sp
 
 
 def layer_kept(spec, lay, s: float, b: int, selective: bool = False) -> float:
@@ -399,9 +402,11 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
            + early_grads + layer_grads * (spec.num_layers - 1) + back
            + cpu_pages(spec, n_layer * first + (n_grads + param_tensors[1] * (spec.num_layers - 1)
                                                 if layer_grads else 0))}
-    if _composite_rmsnorm(spec):  # the final norm's backward (norm_backward): its temporaries, less its
+    temporaries = norm_backward_temporaries(spec)
+    if temporaries:  # the final norm's backward (norm_backward): its temporaries, less (composite) its
         # x * rsqrt and its output (the output layer's input), freed by then
-        out["final_norm_backward"] = (device_kept + tok * (COMPOSITE_NORM_BACKWARD - 1) * 4 * h / sp - tok * e * h
+        freed = (4 * h / sp if _composite_rmsnorm(spec) else 0.0) + e * h
+        out["final_norm_backward"] = (device_kept + tok * (temporaries * 4 * h / sp - freed)
                                       + early_grads + back + cpu_pages(spec, sum(n_runs) + n_out))
     if host:  # the last offloaded run's backward: it is back, the one before it on its way
         on_host = [k for k, m in zip(run_kept, moved) if m]

@@ -25,6 +25,8 @@ from __future__ import annotations
 # incoming gradient cast to fp32, grad * rsqrt (waiting for the other branch), mean's backward
 # (expand / h), pow's backward pow(x, 1), its * 2 and * grad (tests/test_memory_dry_run.py measures it)
 COMPOSITE_NORM_BACKWARD = 5
+# CUDA's fused kernel under autocast: the incoming gradient cast to fp32 and the fp32 input gradient
+FUSED_NORM_BACKWARD = 2
 
 
 def stream_bytes(spec, lay) -> int:
@@ -38,10 +40,26 @@ def composite_rmsnorm(spec) -> bool:
     return spec.rmsnorm and spec.device == "cpu"
 
 
+def fp32_norm(spec) -> bool:
+    """The norm runs in fp32 whatever the stream: the CPU composite RMSNorm, or any norm on CUDA
+    under mixed precision (autocast's fp32 policy for layer_norm and rms_norm; the model casts the
+    output back to the stream's dtype, model/transformer.py)."""
+    return composite_rmsnorm(spec) or (spec.device != "cpu" and (spec.bf16 or getattr(spec, "fp16", False)))
+
+
+def norm_backward_temporaries(spec) -> int:
+    """fp32 ``[tok, h]`` tensors at a norm's backward peak besides its kept input: the composite's 5
+    (:data:`COMPOSITE_NORM_BACKWARD`), a fused kernel's 2 (the incoming gradient cast to fp32, and the
+    input gradient), none counted for the CPU's fused LayerNorm (below the MLP's transient)."""
+    if composite_rmsnorm(spec):
+        return COMPOSITE_NORM_BACKWARD
+    return FUSED_NORM_BACKWARD if fp32_norm(spec) else 0
+
+
 def norm_input_bytes(spec, lay) -> int:
-    """Bytes per element of a norm's input that the norm keeps: the composite RMSNorm its fp32 upcast,
-    LayerNorm and the fused RMSNorm the input."""
-    return 4 if composite_rmsnorm(spec) else stream_bytes(spec, lay)
+    """Bytes per element of a norm's input that the norm keeps: an fp32 norm its fp32 input (the
+    upcast under a 2-byte stream), CPU's LayerNorm the input."""
+    return 4 if fp32_norm(spec) else stream_bytes(spec, lay)
 
 
 def _sp(lay) -> int:
@@ -51,7 +69,8 @@ def _sp(lay) -> int:
 def held_input(spec, lay, s: float, b: int) -> float:
     """A checkpointed run's input while the run is recomputed in backward: ``layer_kept`` counts the
     layer input as the first norm's input, which it is unless the composite RMSNorm keeps an fp32
-    upcast instead (a 2-byte stream); then the checkpoint holds the input as a tensor of its own."""
+    upcast instead (a 2-byte stream; also CUDA's fp32 norms); then the checkpoint holds the input as
+    a tensor of its own."""
     if norm_input_bytes(spec, lay) == stream_bytes(spec, lay):
         return 0.0
     return s * b * stream_bytes(spec, lay) * spec.hidden_size / _sp(lay)
@@ -64,13 +83,14 @@ def rope_tables(spec, lay, s: float, b: int) -> float:
 
 def norm_backward(spec, lay, s: float, b: int) -> float:
     """Bytes the pre-MLP norm's backward adds on top of the layer's kept bytes (as ``layer_working``
-    counts them): its fp32 temporaries, less what is freed by then (its x * rsqrt, its output = the
-    fc1 input, the MLP's kept intermediates).  0 unless RMSNorm runs as the composite (the fused
-    kernel makes one input-sized gradient, below the MLP's and attention's transients)."""
-    if not composite_rmsnorm(spec):
+    counts them): its fp32 temporaries (:func:`norm_backward_temporaries`), less what is freed by
+    then (its x * rsqrt (composite), its output = the fc1 input, the MLP's kept intermediates)."""
+    n = norm_backward_temporaries(spec)
+    if not n:
         return 0.0
     h, f, T, sp = spec.hidden_size, spec.ffn_hidden_size, lay.tp, _sp(lay)
     e = 2 if spec.bf16 else 4
-    temps = COMPOSITE_NORM_BACKWARD * 4 * h / sp
+    temps = n * 4 * h / sp
+    freed = (4 * h / sp if composite_rmsnorm(spec) else 0.0) + e * h
     mlp = 0.0 if spec.tiled_mlp_chunk_size else e * (4 if spec.swiglu else 2) * f / T
-    return s * b * (temps - 4 * h / sp - e * h - mlp)
+    return s * b * (temps - freed - mlp)

@@ -50,7 +50,16 @@ def build_norm(cfg: GPTConfig) -> torch.nn.Module:
     for name, p in norm.named_parameters():
         set_tp_attributes(p, None, 1, "ones" if name == "weight" and not cfg.apply_layernorm_1p else "zeros",
                           sequence_parallel=cfg.sequence_parallel)
+    norm.register_forward_hook(_in_input_dtype)
     return norm
+
+
+def _in_input_dtype(module, inputs, out):
+    """The norm's output in its input's dtype.  CUDA's autocast runs layer_norm and rms_norm in
+    fp32 (its fp32 list) and returns fp32; every consumer casts to the compute dtype anyway, but
+    the tiled MLP saves its input as given, so a 2-byte stream would keep 4 bytes per element
+    there (CPU: already the input's dtype, no copy)."""
+    return out.to(inputs[0].dtype)
 
 
 def dropout_add(x, residual, p: float, training: bool, rng, sharded: bool):
