@@ -58,11 +58,36 @@ class RotaryEmbedding(torch.nn.Module):
         return emb.cos(), emb.sin()
 
 
-def apply_rotary(x, cos, sin):
+def _rotate(x, cos, sin):
     # x: [s, b, heads, d]; cos, sin: [s, b, 1, r] with r <= d (channels r.. pass through)
     rot = cos.shape[-1]
     x_rot, x_pass = x[..., :rot].float(), x[..., rot:]
     x1, x2 = x_rot.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    out = (x_rot * cos + rotated * sin).to(x.dtype)
+    out = torch.cat([-x2, x1], dim=-1).mul_(sin).addcmul_(x_rot, cos)  # two fp32 copies of x at most
+    del x_rot, x1, x2
+    out = out.to(x.dtype)
     return out if rot == x.shape[-1] else torch.cat([out, x_pass], dim=-1)
+
+
+class _Rotary(torch.autograd.Function):
+    """The rotation in fp32, returned in ``x``'s dtype, keeping only ``cos`` and ``sin`` (which
+    every layer shares) for backward.  Left to autograd the same expression keeps its fp32
+    intermediates (the upcast ``x``, ``rotate_half(x)`` and the products: about five fp32
+    copies of q per layer, 80 KB per token at 8B, on the device for the recomputed layer);
+    the backward here is the transposed rotation, the rotation by ``-angle``."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
+
+
+def apply_rotary(x, cos, sin):
+    """``x * cos + rotate_half(x) * sin`` on the first ``r`` channels of ``x`` ([s, b, heads, d]),
+    computed in fp32 and returned in ``x``'s dtype (see :class:`_Rotary` for what it keeps)."""
+    return _Rotary.apply(x, cos, sin)
