@@ -301,8 +301,12 @@ def backward_parts(spec, lay, s: float, b: int) -> tuple:
     U, R = lay.ulysses_degree, lay.ring_degree
     if U > 1:
         attn += tok * e * 2 * (a + 2 * max(g, U * T)) * d / T  # all-to-all send + receive buffers
-    if R > 1 and not lay.rsa:
-        attn += tok * e * 2 * 2 * max(g, U * T) * d / T  # two K/V blocks in flight
+    if R > 1 and not lay.rsa:  # the ring's backward (sequence_parallel/ring.py ring_backward)
+        kv = max(g, U * T) * d / T  # K or V of one token, local heads
+        attn += tok * (e * 2 * 2 * kv  # two K/V blocks in flight
+                       + 4 * a * d / T  # dq summed over the steps in fp32
+                       + 2 * e * a * d / T  # a block's dout and out made contiguous for the kernel
+                       + 2 * 4 * kv)  # dk, dv summed in fp32 (the sums travel with the blocks)
     if spec.masked and R == 1 and not _materialised(spec, lay):
         # documents / window over a ring of one: the live sub-blocks' dQ, dK, dV sum in fp32 accumulators
         # (unmasked, the one kernel call's gradients are the result); the masks themselves are O(documents)
