@@ -350,26 +350,30 @@ print(meter.peak())
 """
 
 
-def test_offloaded_optimizer_step_makes_one_fp32_temporary_per_parameter():
-    """--optimizer-cpu-offload steps the fp32 shards on the host with the foreach AdamW (what
-    training/optimizer.py builds when the parameters are not on CUDA): measured, one fp32 temporary
-    per parameter, the model's host term; the planner's host footprint includes it (~32 GB at 8B)."""
+def test_offloaded_optimizer_step_makes_no_temporary_and_the_checks_one_gradients_worth():
+    """--optimizer-cpu-offload steps the fp32 shards on the host with torch's fused AdamW (what
+    training/optimizer.py builds when the parameters are not on CUDA): measured, no temporary (the
+    foreach AdamW it replaced made one fp32 per parameter, ~32 GB at 8B).  The model's host term of
+    the step is the gradient checks on the largest shard (7 bytes an element); the planner's host
+    footprint includes it."""
     import subprocess
     root = os.path.join(os.path.dirname(__file__), "..")
     out = subprocess.run([sys.executable, "-c", _ADAMW_STEP], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     n = 8_001_000
+    assert int(out.stdout.split()[-1]) < 0.01 * 4.0 * n, out.stdout
     spec = mm.ModelSpec.from_flags(TINY, bf16=True)
     offload = mm.ParallelConfig(sharding="fsdp2", offload=True)
-    assert mm.host_optimizer_step(spec, offload, n) == 4.0 * n
-    assert abs(int(out.stdout.split()[-1]) / mm.host_optimizer_step(spec, offload, n) - 1) < 0.05, out.stdout
+    check = mm.terms.largest_gradient_check(spec, offload)
+    assert mm.host_optimizer_step(spec, offload, n) == check > 0
     assert mm.host_optimizer_step(spec, mm.ParallelConfig(sharding="fsdp2"), n) == 0  # not offloaded: the device's
     est = mm.estimate(spec, mm.ParallelConfig(dp=2, sharding="fsdp2", offload=True), 1024, 1)
-    assert est.host_optimizer == 4.0 * mm.local_parameters(spec, 1) / 2
+    assert est.host_optimizer == mm.terms.largest_gradient_check(spec, mm.ParallelConfig(dp=2, sharding="fsdp2",
+                                                                                          offload=True))
     assert est.host_total == est.host + est.host_activations + est.host_optimizer
     from megatron_sp.scaling import planner
     from megatron_sp.scaling.presets import MODEL_PRESETS
     best = planner.plan(MODEL_PRESETS["llama-3-8b"].split(), 1, 80, 250)[0]
-    assert best.layout.offload and 31e9 < best.estimate.host_optimizer < 33e9
+    assert best.layout.offload and 3e9 < best.estimate.host_optimizer < 4e9  # 7 x the 128256 x 4096 output weight
     assert best.host_bytes >= best.estimate.host + best.estimate.host_activations + best.estimate.host_optimizer

@@ -207,28 +207,38 @@ def parameter_tensors(spec: ModelSpec) -> tuple:
     return outside, 4 + (4 if spec.add_bias_linear else 0) + 2 * norm
 
 
+def largest_gradient_check(spec: ModelSpec, lay: ParallelConfig) -> float:
+    """Bytes of the step's gradient checks on the largest local gradient (training/optimizer.py):
+    ``isfinite`` (composite: an fp32 ``abs`` and three bool tensors) and the norm's fp32 ``pow``
+    run one parameter at a time, so the largest one sets the peak: 7 bytes per element."""
+    h, f, T = spec.hidden_size, spec.ffn_hidden_size, lay.tp
+    largest = max(spec.vocab_size / T * h, (2 if spec.swiglu else 1) * f / T * h)
+    if lay.sharded:
+        largest /= lay.dp * lay.cp
+    return 7.0 * largest
+
+
 def optimizer_peak(spec: ModelSpec, lay: ParallelConfig, n_params: float, ddp: bool) -> float:
     """The optimizer step, after backward freed the activations: every gradient when they are not
-    DDP buckets or shards (in the baseline), and on CPU the foreach AdamW's ``sqrt(v)`` temporaries,
-    one per local (sharded) parameter (CUDA's fused kernel makes none; on CUDA offloaded state steps
-    on the host: :func:`host_optimizer_step`), with a page per tensor (``activation_memory.cpu_pages``)."""
+    DDP buckets or shards (in the baseline), the gradient checks on the largest one, with a page per
+    tensor (``activation_memory.cpu_pages``).  AdamW is torch's fused kernel on CUDA and on CPU
+    (training/optimizer.py): no temporaries (the foreach AdamW made an fp32 ``sqrt(v)`` per
+    parameter).  Under ``--optimizer-cpu-offload`` on CUDA the checks run in host memory
+    (:func:`host_optimizer_step`)."""
     grads = 0.0 if ddp else 4.0 * n_params
-    if lay.sharded:
-        n_params /= lay.dp * lay.cp
-    temps = spec.device == "cpu"  # host and device are one memory: offloaded or not, the step makes them
     outside, per_layer = parameter_tensors(spec)
-    tensors = (outside + spec.num_layers * per_layer) * ((0 if ddp else 1) + (1 if temps else 0))
-    return grads + (4.0 * n_params if temps else 0.0) + activation_memory.cpu_pages(spec, tensors)
+    tensors = (outside + spec.num_layers * per_layer) * (0 if ddp else 1) + 4
+    on_host = lay.offload and spec.device != "cpu"
+    return grads + (0.0 if on_host else largest_gradient_check(spec, lay)) + activation_memory.cpu_pages(spec, tensors)
 
 
 def host_optimizer_step(spec: ModelSpec, lay: ParallelConfig, n_params: float) -> float:
-    """Host bytes of the optimizer step under ``--optimizer-cpu-offload`` on CUDA: the fp32 shards
-    step on the host with the foreach AdamW (training/optimizer.py), which makes one fp32 ``sqrt(v)``
-    temporary per local (sharded) parameter, e.g. about 32 GB for Llama-3-8B on one GPU.  On CPU host
-    and device are one memory and :func:`optimizer_peak` counts them."""
+    """Host bytes the optimizer step adds under ``--optimizer-cpu-offload`` on CUDA: the gradient
+    checks on the largest shard; the fused CPU AdamW steps the fp32 shards in place (the foreach one
+    made an fp32 ``sqrt(v)`` temporary per local parameter, about 32 GB for Llama-3-8B on one GPU)."""
     if not lay.offload or spec.device == "cpu":
         return 0.0
-    return 4.0 * n_params / (lay.dp * lay.cp)
+    return largest_gradient_check(spec, lay)
 
 
 def outside_saved(spec: ModelSpec, lay: ParallelConfig, s: float, b: int) -> float:
