@@ -63,15 +63,16 @@ read by the optimizer step (:func:`grad_shards`); the phases count those made by
 The persistent state exists before the measured step (the scaling tool takes its baseline
 after a warm-up step), so the step's peak counts gradients, activations and transients;
 ``device_peak`` adds the persistent device state, and ``host`` is the host memory a rank
-holds for the model state.  On CPU the foreach AdamW makes one ``sqrt(v)`` temporary per
-parameter in the optimizer step (CUDA's fused kernel none); with DDP's buckets (DP x CP > 1) the
-gradients are in the baseline, otherwise backward makes them again (sharded: their shards).
+holds for the model state.  AdamW is torch's fused kernel (CPU and CUDA): the optimizer step
+adds only the gradient checks on the largest gradient (``terms.largest_gradient_check``); with
+DDP's buckets (DP x CP > 1) the gradients are in the baseline, otherwise backward makes them
+again (sharded: their shards).
 
 Host memory per rank (``Estimate.host_total``): the model state under
 ``--optimizer-cpu-offload`` (``host``), the activations ``--cpu-offloading`` moves
-(``host_activations``) and the offloaded optimizer step's ``sqrt(v)`` temporaries, one fp32 per
-local parameter (``host_optimizer``); the last two are 0 on CPU, where host and device are one
-memory (the step's peak counts the temporaries there).
+(``host_activations``) and the offloaded optimizer step's gradient checks (``host_optimizer``);
+the last two are 0 on CPU, where host and device are one memory (the step's peak counts the
+checks there).
 
 Communication per step and rank (bytes sent, forward + backward):
 

@@ -124,7 +124,7 @@ class Plan:
                 ("pipeline receive buffers", est.buffers / gib, "device"),
                 ("activations kept at the end of forward", est.activations / gib, "device"),
                 ("activations offloaded (--cpu-offloading)", est.host_activations / gib, "host"),
-                ("optimizer step temporaries (AdamW sqrt(v))", est.host_optimizer / gib, "host, in step")]
+                ("optimizer step: checks of the largest gradient", est.host_optimizer / gib, "host, in step")]
         if self.spec is not None and mm.attention_kernel(self.spec, self.layout.parallel) == "reference":
             rows.append(("attention scores (reference kernel, in a layer's backward)",
                          mm.unfused_transient(self.spec, self.layout.parallel, self.seq_length / self.layout.cp,
