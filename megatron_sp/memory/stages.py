@@ -24,7 +24,9 @@ last, and at its peak the activations of the chunks its schedule keeps in flight
                    memory (``host_activations``).  The stage's gradients count as
                    persistent whatever holds them (1F1B's steady state runs after the first
                    backward, so they are alive at the peak, and a step's baseline holds the
-                   previous step's)
+                   previous step's), except the distributed optimizer's shards: it reduces
+                   the unsharded gradients (in the transient) once, after the last
+                   micro-batch, and ``zero_grad`` frees the shards before the next step
 
 Layers split evenly (``--decoder-first/last-pipeline-num-layers`` are not modelled).
 :func:`stage_estimates` gives one :class:`~megatron_sp.memory.Estimate` per PP rank;
@@ -107,7 +109,8 @@ def stage_estimates(spec: "mt.ModelSpec", lay: "mt.ParallelConfig", seq_length: 
             + (activation_memory.outside_tensors(spec, lay, s * b) if last else 0)
         transient += activation_memory.cpu_pages(spec, tensors)
         out.append(mt.Estimate(params=state["params"], grads=state["grads"], adam=state["adam"], activations=acts,
-                               transient=transient, grads_in_baseline=True, early_grads=0.0,
+                               transient=transient, grads_in_baseline=lay.sharding != "dist-opt",
+                               early_grads=0.0,
                                comm_bytes=sum(comm.values()), comm_detail=comm, host=state["host"],
                                buffers=buffers, host_activations=host,
                                host_optimizer=mt.host_optimizer_step(spec, lay, n)))
