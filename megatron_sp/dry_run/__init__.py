@@ -25,8 +25,7 @@ def dry_run(argv, world_size: int = 1, rank: int = 0, steps: int = 2, direct: bo
     as a GPU run would allocate them; ``cuda_kernels=False`` keeps the CPU kernels (to compare with
     a real CPU run), ``split_host=False`` also counts one memory, as a CPU run has it."""
     with fake_world(world_size, rank):
-        m = measure(argv, steps=steps, fake=True, direct=direct, cuda_kernels=cuda_kernels and split_host,
-                    split_host=split_host)
+        m = measure(argv, steps=steps, fake=True, direct=direct, cuda_kernels=cuda_kernels, split_host=split_host)
     accel = next((d.type for d in map(_device, m.peaks) if d.type not in ("cpu", "meta")), "cpu")
     est = model_estimate(m.args, m.mesh, accel)
     return m, est, lines(m, est, world_size, rank)

@@ -64,12 +64,11 @@ def _diff(measured, modelled) -> str:
 def _names(args, host: bool) -> dict:
     """Category names that say more for this command: sharded weights' shards and gathered copies,
     offloaded activations."""
-    sharded = getattr(args, "use_torch_fsdp2", False) or getattr(args, "use_distributed_optimizer", False)
     offload = getattr(args, "optimizer_cpu_offload", False)
     if host:
         return {"Parameter": "parameters (shards)", "Activation": "activations (offloaded)",
                 "Gradient": "gradients (shards)"}
-    if sharded and getattr(args, "use_torch_fsdp2", False):
+    if getattr(args, "use_torch_fsdp2", False):
         return {"Parameter": "parameters (gathered)" if offload else "parameters (shards + gathered)"}
     return {}
 

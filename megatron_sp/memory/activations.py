@@ -26,10 +26,11 @@ autocast the linears also keep the 2-byte copies of their weights (``weight_copi
 which autocast caches for the whole forward anyway.  Outside the layers:
 the final norm (its input and internals), the output-layer input ``e h``, RoPE's cos and sin
 ``2 d`` fp32, the embedding's dropout mask and, with the unfused loss, the fp32 softmax
-``4 V/T`` (fused: the int64 labels and the per-token loss).  RMSNorm is counted as torch's
-composite (a fused CUDA kernel keeps ``x * rsqrt`` less).  On CPU the composite runs in fp32:
-under a 2-byte stream it keeps the fp32 upcast of its input, and its backward makes 5 fp32
-``[tok, h]`` temporaries, more than a tiled MLP's backward (``memory/norms.py``).
+``4 V/T`` (fused: the int64 labels and the per-token loss).  The norms run in fp32
+(``memory/norms.py``): on CPU RMSNorm is torch's composite (it keeps the fp32 upcast of its
+input and ``x * rsqrt``; its backward makes 5 fp32 ``[tok, h]`` temporaries, more than a tiled
+MLP's backward); on CUDA under mixed precision autocast runs the fused norms in fp32 (they keep
+the fp32 input and ``rstd``; RMSNorm's backward makes 2 fp32 temporaries).
 
 **Phases.**  The step's peak is the largest of
 
@@ -39,10 +40,10 @@ under a 2-byte stream it keeps the fp32 upcast of its input, and its backward ma
   (a chunk's part + the running sum) and one chunk recomputed;
 * the last layer's backward: all other layers' kept bytes, the last checkpointed run
   recomputed, the layer's backward transient (MLP: ``f/T`` gradients, or one tile recomputed
-  and its weight gradients; attention: dq, dk, dv and the CP buffers; CPU RMSNorm: the norm's
-  fp32 temporaries), the gradients made so far (without DDP), the residual-stream gradient
-  and RoPE's tables;
-* CPU RMSNorm: the final norm's backward, on top of everything kept;
+  and its weight gradients; attention: dq, dk, dv and the CP buffers; an fp32 RMSNorm: the
+  norm's fp32 temporaries), the gradients made so far (without DDP), the residual-stream
+  gradient and RoPE's tables;
+* an fp32 RMSNorm: the final norm's backward, on top of everything kept;
 * the first layer's backward: that layer, and every gradient but the embedding's (small
   models, where the gradients outweigh the activations);
 * with offload on CUDA, the backward of an offloaded layer: its kept bytes back on the device
@@ -376,8 +377,8 @@ def phases(spec, lay, s: float, b: int, early_grads: float, layer_grads: float, 
     offload = spec.cpu_offloading_num_layers if spec.device != "cpu" else 0
     kept = [c + (0.0 if m else k) for k, c, m in zip(run_kept, run_copies, moved)]  # weights never move
     host = sum(k for k, m in zip(run_kept, moved) if m)
-    if host and spec.rope:  # RoPE's fp32 cos and sin [s, b, 1, r], saved by every layer, moved once
-        host += 2 * tok * int(spec.kv_channels * getattr(spec, "rotary_percent", 1.0)) * 4
+    if host:  # RoPE's tables, saved by every layer, moved once
+        host += rope_tables(spec, lay, s, b)
     fused = fused_loss(spec, tok)
     device_kept = sum(kept) + outside_kept(spec, lay, s, b) + (0.0 if fused else out_w)
     cached = spec.num_layers * (attn_w + mlp_w) + out_w - sum(run_copies) - (0.0 if fused else out_w)

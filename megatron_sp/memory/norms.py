@@ -16,6 +16,11 @@ norm and token:
 * makes 5 fp32 ``[tok, h]`` temporaries at its backward's peak (:data:`COMPOSITE_NORM_BACKWARD`),
   ``20 h`` bytes: 80 KB per token at h = 4096, more than a tiled MLP's backward.
 
+On CUDA under mixed precision, autocast runs layer_norm and rms_norm in fp32 (its fp32 list): a
+2-byte input is cast to fp32, the fused kernel keeps that fp32 input and ``rstd``, and RMSNorm's
+backward makes 2 fp32 ``[tok, h]`` temporaries (:data:`FUSED_NORM_BACKWARD`); the model casts the
+output back to the input's dtype (``model/transformer.py``).  :func:`fp32_norm` says which case.
+
 E.g. the Llama-3-8B shapes under FSDP2 bf16 on CPU, 524,288 tokens: 8 GiB per fp32 ``[tok, h]``
 tensor, 40 GiB of temporaries in the pre-MLP norm's backward.
 """
@@ -44,7 +49,7 @@ def fp32_norm(spec) -> bool:
     """The norm runs in fp32 whatever the stream: the CPU composite RMSNorm, or any norm on CUDA
     under mixed precision (autocast's fp32 policy for layer_norm and rms_norm; the model casts the
     output back to the stream's dtype, model/transformer.py)."""
-    return composite_rmsnorm(spec) or (spec.device != "cpu" and (spec.bf16 or getattr(spec, "fp16", False)))
+    return composite_rmsnorm(spec) or (spec.device != "cpu" and spec.bf16)  # bf16: --bf16 or --fp16
 
 
 def norm_backward_temporaries(spec) -> int:
