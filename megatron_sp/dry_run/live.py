@@ -40,7 +40,7 @@ import math
 import weakref
 
 import torch
-from torch.distributed._tools.mem_tracker import MemTracker, _UpdateType
+from torch.distributed._tools.mem_tracker import _PYTORCH_MIN_ALLOCATE, MemTracker, _UpdateType
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..placement import allocating_on_host
@@ -71,7 +71,6 @@ def uncounted_propagation():
         ShardingPropagator._propagate_tensor_meta_non_cached = real
 HOST = torch.device("cpu")
 ACCELERATOR = torch.device("cuda", 0)  # where a CPU run's device tensors would be on a GPU (module doc)
-CUDA_BLOCK = 512  # CUDA's caching allocator rounds every block up to this
 
 
 class Placement:
@@ -92,8 +91,8 @@ class Placement:
 
 
 def rounded(nbytes: int, key: torch.device) -> int:
-    """Bytes a storage takes in the memory ``key`` (CUDA: whole 512-byte blocks)."""
-    return math.ceil(nbytes / CUDA_BLOCK) * CUDA_BLOCK if key.type == "cuda" else nbytes
+    """Bytes a storage takes in the memory ``key`` (CUDA: whole 512-byte blocks, MemTracker's rule)."""
+    return math.ceil(nbytes / _PYTORCH_MIN_ALLOCATE) * _PYTORCH_MIN_ALLOCATE if key.type == "cuda" else nbytes
 
 
 @contextlib.contextmanager
