@@ -176,3 +176,15 @@ def test_the_rms_norm_stand_in_allocates_as_cudas_fused_kernel():
         y.sum().backward()
         assert x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
     assert F.rms_norm.__name__ == "rms_norm"  # restored
+    # the model's norms cast that fp32 output back to the input's dtype (model/transformer.py), so
+    # what follows (the tiled MLP saves its input as given) keeps 2 bytes, as on CPU
+    from megatron_sp.model.config import GPTConfig
+    from megatron_sp.model.transformer import build_norm
+    norm = build_norm(GPTConfig(num_layers=1, hidden_size=h, num_attention_heads=4, normalization="RMSNorm",
+                                vocab_size=64, max_position_embeddings=tok))
+    with fake_mode(), cuda_rms_norm(), torch.autocast("cpu", dtype=torch.bfloat16):
+        x = torch.randn(tok, 1, h, dtype=torch.bfloat16, requires_grad=True)
+        y = norm(x)
+        assert y.dtype == torch.bfloat16
+        y.sum().backward()
+        assert x.grad.dtype == torch.bfloat16

@@ -173,3 +173,32 @@ def test_dropout_run_is_reproducible_for_a_fixed_layout():
     no_dropout = run_distributed(_train, world, _argv("T2xP2-p2p", iters=3)[1])[-1]
     assert first == second
     assert first != no_dropout  # dropout really is on
+
+
+@pytest.mark.parametrize("dtype,percent", [(torch.float32, 1.0), (torch.float32, 0.5), (torch.bfloat16, 1.0)])
+def test_rope_matches_the_autograd_expression_and_keeps_only_cos_sin(dtype, percent):
+    """model/rope.py's rotation (a custom function with the transposed rotation as its backward)
+    against the plain expression differentiated by autograd: same output and input gradient; for
+    backward it keeps cos and sin only (autograd kept fp32 copies of the input)."""
+    from megatron_sp.model.rope import RotaryEmbedding, apply_rotary
+
+    def reference(x, cos, sin):
+        rot = cos.shape[-1]
+        x_rot, x_pass = x[..., :rot].float(), x[..., rot:]
+        x1, x2 = x_rot.chunk(2, dim=-1)
+        out = (x_rot * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+        return torch.cat([out, x_pass], dim=-1) if rot < x.shape[-1] else out
+
+    cos, sin = RotaryEmbedding(16, rotary_percent=percent)(torch.arange(3, 15).unsqueeze(0))  # [12, 1, 1, r]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 1, 4, 16, generator=g).to(dtype).requires_grad_()
+    dout = torch.randn(12, 1, 4, 16, generator=g).to(dtype)
+    ref = reference(x, cos, sin)
+    (ref_grad,) = torch.autograd.grad(ref, x, dout)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = apply_rotary(x, cos, sin)
+    (grad,) = torch.autograd.grad(out, x, dout)
+    tol = 0.0 if dtype == torch.bfloat16 else 1e-6
+    assert (out.float() - ref.float()).abs().max() <= tol and (grad.float() - ref_grad.float()).abs().max() <= tol
+    assert len(saved) == 2 and saved[0] is cos and saved[1] is sin
